@@ -1,0 +1,24 @@
+"""wsgi_isr — Incremental Static Regeneration as WSGI middleware."""
+
+from .entry import Entry, State
+from .errors import ISRError, StoreError
+from .middleware import ISRMiddleware, current, revalidate_path, revalidate_tag
+from .policy import tag
+from .stores import FileStore, MemoryStore, RedisStore, Store, open_store
+
+__all__ = [
+    "Entry",
+    "FileStore",
+    "ISRError",
+    "ISRMiddleware",
+    "MemoryStore",
+    "RedisStore",
+    "State",
+    "Store",
+    "StoreError",
+    "current",
+    "open_store",
+    "revalidate_path",
+    "revalidate_tag",
+    "tag",
+]

@@ -1,0 +1,162 @@
+"""The revalidation endpoint: ``POST {endpoint}/revalidate`` and ``GET {endpoint}/status``.
+
+Bodies (JSON)::
+
+    {"tag": "post-1"}                      {"tags": ["post-1", "posts"]}
+    {"path": "/blog", "type": "layout"}    {"paths": ["/a", "/b"]}
+    optional "mode": "soft" | "hard"; the secret as "secret" or Authorization: Bearer
+
+Errors are JSON ``{"error": "..."}`` with 400, 401, 404, 405, 413 or 503.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreError
+from .keys import layout_tag, page_tag
+from .policy import valid_tags
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .middleware import ISRMiddleware
+
+_STATUS_TEXT = {
+    200: "200 OK",
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    413: "413 Content Too Large",
+    503: "503 Service Unavailable",
+}
+
+
+class _Reject(Exception):
+    def __init__(self, code: int, message: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.code, self.message, self.headers = code, message, headers or []
+
+
+def _json(
+    start_response: StartResponse, code: int, data: Any, extra: list[tuple[str, str]] | None = None
+) -> Iterable[bytes]:
+    body = json.dumps(data, sort_keys=True).encode()
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+        *(extra or []),
+    ]
+    start_response(_STATUS_TEXT[code], headers)
+    return [body]
+
+
+def _authorised(mw: ISRMiddleware, environ: WSGIEnvironment, body_secret: Any) -> bool:
+    assert mw.secret is not None
+    expected = mw.secret.encode()
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, given = auth.partition(" ")
+    if scheme.lower() == "bearer" and given:
+        return hmac.compare_digest(given.strip().encode(), expected)
+    if isinstance(body_secret, str):
+        return hmac.compare_digest(body_secret.encode(), expected)
+    return False
+
+
+def _read_body(mw: ISRMiddleware, environ: WSGIEnvironment) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise _Reject(400, "invalid Content-Length") from None
+    if length < 0:
+        raise _Reject(400, "invalid Content-Length")
+    if length > mw.max_request_bytes:
+        raise _Reject(413, f"body larger than {mw.max_request_bytes} bytes")
+    data: bytes = environ["wsgi.input"].read(length) if length else b""
+    return data
+
+
+def _strings(value: Any, field: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise _Reject(400, f"'{field}' must be a string or a non-empty list of strings")
+
+
+def _revalidate(mw: ISRMiddleware, environ: WSGIEnvironment) -> dict[str, Any]:
+    raw = _read_body(mw, environ)
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        # authenticate before revealing anything about the body's shape
+        if not _authorised(mw, environ, None):
+            raise _Reject(401, "missing or wrong secret")
+        raise _Reject(400, "body must be a JSON object")
+    if not _authorised(mw, environ, body.get("secret")):
+        raise _Reject(401, "missing or wrong secret")
+    mode = body.get("mode", "soft")
+    if mode not in ("soft", "hard"):
+        raise _Reject(400, '\'mode\' must be "soft" or "hard"')
+    tags: list[str] = []
+    for field in ("tag", "tags"):
+        if field in body:
+            tags += _strings(body[field], field)
+    if tags and len(valid_tags(tags, source="endpoint")) != len(set(tags)):
+        raise _Reject(
+            400, "invalid tag: printable ASCII without spaces or commas, at most 256 characters"
+        )
+    kind = body.get("type", "page")
+    if kind not in ("page", "layout"):
+        raise _Reject(400, '\'type\' must be "page" or "layout"')
+    paths: list[str] = []
+    for field in ("path", "paths"):
+        if field in body:
+            paths += _strings(body[field], field)
+    for p in paths:
+        if not p.startswith("/") or len(p) > 2048:
+            raise _Reject(400, "each path must start with '/' (at most 2048 characters)")
+    if not tags and not paths:
+        raise _Reject(400, "give 'tag', 'tags', 'path' or 'paths'")
+    if len(tags) + len(paths) > 1024:
+        raise _Reject(400, "at most 1024 tags and paths per request")
+    path_tags = [layout_tag(p) if kind == "layout" else page_tag(p) for p in paths]
+    now = mw._invalidate(list(dict.fromkeys(tags)) + path_tags, mode)
+    return {"revalidated": True, "tags": tags, "paths": paths, "mode": mode, "now": now}
+
+
+def handle(
+    mw: ISRMiddleware, environ: WSGIEnvironment, start_response: StartResponse
+) -> Iterable[bytes]:
+    action = environ.get("PATH_INFO", "")[len(mw.endpoint) :]
+    method = environ.get("REQUEST_METHOD", "GET")
+    try:
+        if action == "/revalidate":
+            if method != "POST":
+                raise _Reject(405, "use POST", [("Allow", "POST")])
+            return _json(start_response, 200, _revalidate(mw, environ))
+        if action == "/status":
+            if method not in ("GET", "HEAD"):
+                raise _Reject(405, "use GET", [("Allow", "GET, HEAD")])
+            if not _authorised(mw, environ, None):
+                raise _Reject(401, "missing or wrong secret")
+            return _json(
+                start_response,
+                200,
+                {"store": mw.store.description, "counters": mw.stats.snapshot()},
+            )
+        raise _Reject(
+            404, f"unknown endpoint; use {mw.endpoint}/revalidate or {mw.endpoint}/status"
+        )
+    except _Reject as r:
+        return _json(start_response, r.code, {"error": r.message}, r.headers)
+    except StoreError as exc:
+        mw._store_failed(exc)
+        return _json(start_response, 503, {"error": "the cache store is unavailable"})

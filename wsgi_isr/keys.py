@@ -1,0 +1,179 @@
+"""Cache keys, the implicit path tags, and the clean environ a cached render sees.
+
+A key is ``scheme://host/path?normalised-query``: parameters sorted by name
+(values of a repeated name keep their order), re-encoded one canonical way, and
+optionally reduced to an allow-list. Keys longer than :data:`MAX_KEY` are
+shortened with a SHA-256 of the whole, so an attacker cannot grow them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import re
+import sys
+from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, unquote_to_bytes
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+MAX_KEY = 512
+#: Layout tags are implied for at most this many leading path segments.
+MAX_LAYOUT_DEPTH = 16
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_QUERY_SAFE = "/:@!$'()*,;-._~?"
+_HOST_RE = re.compile(r"(?:[a-z0-9_.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+PAGE_TAG = "_isr_page:"
+LAYOUT_TAG = "_isr_layout:"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestKey:
+    """Where a request's page lives in the store, and how to render it again."""
+
+    key: str
+    scheme: str
+    host: str
+    script_name: str
+    path_info: str
+    query: str
+    path: str  # quoted SCRIPT_NAME + PATH_INFO, for path tags
+
+
+def normalise_query(qs: str, allow: Collection[str] | None = None) -> str:
+    if not qs:
+        return ""
+    # latin-1 maps every byte to one character, so decoding and re-quoting round-trips
+    pairs = parse_qsl(qs, keep_blank_values=True, encoding="latin-1")
+    if allow is not None:
+        pairs = [p for p in pairs if p[0] in allow]
+    pairs.sort(key=lambda p: p[0])
+    return "&".join(
+        f"{quote(k, _QUERY_SAFE, encoding='latin-1')}={quote(v, _QUERY_SAFE, encoding='latin-1')}"
+        for k, v in pairs
+    )
+
+
+def normalise_host(environ: WSGIEnvironment) -> str | None:
+    """Lower-cased host with the default port removed, or ``None`` if malformed."""
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST")
+    if not host:
+        host = environ.get("SERVER_NAME", "")
+        port = environ.get("SERVER_PORT", "")
+        if port:
+            host = f"{host}:{port}"
+    host = host.strip().lower()
+    if not _HOST_RE.fullmatch(host):
+        return None
+    if (scheme == "http" and host.endswith(":80")) or (scheme == "https" and host.endswith(":443")):
+        host = host.rsplit(":", 1)[0]
+    return host.rstrip(".") or None
+
+
+def quote_path(path: str) -> str:
+    """Canonical percent-encoding of a WSGI path (latin-1 characters standing for bytes)."""
+    try:
+        raw = path.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8")
+    return quote(raw, _PATH_SAFE)
+
+
+def request_key(
+    environ: WSGIEnvironment, *, query_params: Collection[str] | None = None
+) -> RequestKey | None:
+    host = normalise_host(environ)
+    if host is None:
+        return None
+    scheme = "https" if environ.get("wsgi.url_scheme") == "https" else "http"
+    script_name = environ.get("SCRIPT_NAME", "")
+    path_info = environ.get("PATH_INFO", "") or "/"
+    path = quote_path(script_name + path_info)
+    query = normalise_query(environ.get("QUERY_STRING", ""), query_params)
+    key = f"{scheme}://{host}{path}?{query}"
+    return RequestKey(shorten(key), scheme, host, script_name, path_info, query, path)
+
+
+def shorten(key: str) -> str:
+    if len(key) <= MAX_KEY:
+        return key
+    return key[:200] + "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def variant_key(base: str, vary: Iterable[str], environ: WSGIEnvironment) -> str:
+    """The key of one variant of a page that varies on request headers."""
+    parts = [base]
+    for name in vary:
+        value = environ.get("HTTP_" + name.upper().replace("-", "_"), "")
+        parts.append(f"{name}={' '.join(value.split())}")
+    return shorten("\n".join(parts))
+
+
+def _path_tag(prefix: str, path: str) -> str:
+    if len(path) > 1 and path.endswith("/"):
+        path = path.rstrip("/") or "/"
+    tag = prefix + path
+    if len(tag) > 200:
+        tag = prefix + "#" + hashlib.sha256(path.encode()).hexdigest()
+    return tag
+
+
+def canonical_path(path: str) -> str:
+    """A path as a user writes it (``/blog/héllo`` or ``/blog/h%C3%A9llo``), quoted
+    the way keys are."""
+    return quote(unquote_to_bytes(path), _PATH_SAFE)
+
+
+def page_tag(path: str) -> str:
+    """The implicit tag every query variant of ``path`` carries."""
+    return _path_tag(PAGE_TAG, canonical_path(path))
+
+
+def layout_tag(path: str) -> str:
+    """The implicit tag every page at or below ``path`` carries (capped depth)."""
+    segments = [s for s in canonical_path(path).split("/") if s][:MAX_LAYOUT_DEPTH]
+    return _path_tag(LAYOUT_TAG, "/" + "/".join(segments))
+
+
+def path_tags(quoted_path: str) -> tuple[str, ...]:
+    """Page tag plus layout tags for ``/`` and every ancestor of a quoted path."""
+    segments = [s for s in quoted_path.split("/") if s][:MAX_LAYOUT_DEPTH]
+    tags = [_path_tag(PAGE_TAG, quoted_path), _path_tag(LAYOUT_TAG, "/")]
+    for i in range(1, len(segments) + 1):
+        tags.append(_path_tag(LAYOUT_TAG, "/" + "/".join(segments[:i])))
+    return tuple(tags)
+
+
+def render_environ(
+    rk: RequestKey, source: WSGIEnvironment, vary: Iterable[str] = ()
+) -> dict[str, Any]:
+    """A clean GET environ for rendering ``rk``: no cookies, no credentials, no
+    forwarding headers, no body, nothing left behind by other middleware — only
+    what the key holds plus the request headers the page is keyed on."""
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": rk.script_name,
+        "PATH_INFO": rk.path_info,
+        "QUERY_STRING": rk.query,
+        "SERVER_NAME": source.get("SERVER_NAME", "localhost"),
+        "SERVER_PORT": source.get("SERVER_PORT", "443" if rk.scheme == "https" else "80"),
+        "SERVER_PROTOCOL": source.get("SERVER_PROTOCOL", "HTTP/1.1"),
+        "HTTP_HOST": rk.host,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": rk.scheme,
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": source.get("wsgi.errors", sys.stderr),
+        "wsgi.multithread": source.get("wsgi.multithread", True),
+        "wsgi.multiprocess": source.get("wsgi.multiprocess", True),
+        "wsgi.run_once": False,
+        "wsgi_isr.render": True,
+    }
+    for name in vary:
+        wsgi_name = "HTTP_" + name.upper().replace("-", "_")
+        if wsgi_name in source:
+            env[wsgi_name] = source[wsgi_name]
+    return env

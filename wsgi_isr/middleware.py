@@ -1,0 +1,646 @@
+"""Incremental Static Regeneration for any WSGI application.
+
+Wrap the application; views opt pages in with response headers::
+
+    from wsgi_isr import ISRMiddleware
+
+    app.wsgi_app = ISRMiddleware(
+        app.wsgi_app, store="redis://127.0.0.1:6379/0", secret=os.environ["ISR_SECRET"]
+    )
+
+    @app.get("/blog/<slug>")
+    def post(slug):
+        return render_template(...), {"X-ISR-Revalidate": "60", "X-ISR-Tags": f"post-{slug}"}
+
+A fresh page is served from the store without calling the application; a stale
+one is served at once while one background regeneration runs; a miss renders
+in the foreground, concurrent misses for the same key waiting for one render.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from werkzeug.sansio.utils import host_is_trusted
+
+from . import responses as R
+from .entry import Entry, PassMarker, Record, State, TagState, VaryMarker
+from .errors import StoreError
+from .keys import (
+    RequestKey,
+    layout_tag,
+    page_tag,
+    path_tags,
+    render_environ,
+    request_key,
+    variant_key,
+)
+from .policy import Decision, client_headers, decide, stored_headers, valid_tags
+from .render import Captured, capture
+from .runner import AutoRunner, Runner
+from .stats import Stats
+from .stores import Store, open_store
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger("wsgi_isr")
+
+Mode = Literal["soft", "hard"]
+_current: contextvars.ContextVar[ISRMiddleware | None] = contextvars.ContextVar(
+    "wsgi_isr.current", default=None
+)
+_last_created: list[ISRMiddleware] = []
+
+#: Seconds a "did not opt in" answer is remembered; a refused opted-in answer
+#: (5xx, Set-Cookie, too large) is remembered only briefly so it is retried soon.
+_REFUSED_PASS_TTL = 1.0
+_MAX_BACKOFF = 300.0
+
+
+def _lock_name(key: str) -> str:
+    return "render:" + key
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
+def _has_credentials(environ: WSGIEnvironment) -> bool:
+    return bool(environ.get("HTTP_COOKIE") or environ.get("HTTP_AUTHORIZATION"))
+
+
+class ISRMiddleware:
+    """The ISR cache in front of ``app``.
+
+    :param store: ``"memory://"``, ``"file:///path"``, ``"redis://host:port/db"``, a
+        :class:`~wsgi_isr.stores.Store` or a cachelib cache. Default: a filesystem
+        store in ``$WSGI_ISR_CACHE_DIR`` or ``./.isr-cache``.
+    :param secret: enables ``{endpoint}/revalidate`` and ``{endpoint}/status``.
+    :param endpoint: path prefix of those endpoints.
+    :param trusted_hosts: when set, requests for other hosts bypass the cache
+        (``".example.com"`` matches subdomains too).
+    :param bypass_cookies: requests carrying one of these cookies go straight to the app.
+    :param bypass_token: an ``X-ISR-Bypass`` header or ``__isr_bypass`` cookie with this
+        value goes straight to the app (drafts, previews).
+    :param query_params: when set, only these query parameters are part of the key
+        (and reach the render); others are ignored.
+    :param max_entry_bytes: larger responses are not stored.
+    :param lock_timeout: how long a render lock lives if its holder dies.
+    :param coalesce_timeout: how long concurrent misses wait for the first render
+        before rendering for themselves (without storing).
+    :param regeneration_backoff: first wait after a failed regeneration; doubles on
+        each further failure, up to five minutes.
+    :param pass_ttl: how long a URL that did not opt in skips the cache machinery.
+    :param max_pending: background regenerations at most in flight per process.
+    :param runner: where regenerations run (default: greenlets under gevent, else threads).
+    :param clock: time source for a store built from a URL (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        store: Any = None,
+        secret: str | None = None,
+        endpoint: str = "/_isr",
+        trusted_hosts: Collection[str] | None = None,
+        bypass_cookies: Collection[str] = (),
+        bypass_token: str | None = None,
+        query_params: Collection[str] | None = None,
+        max_entry_bytes: int = 5 * 1024 * 1024,
+        lock_timeout: float = 60.0,
+        coalesce_timeout: float = 10.0,
+        regeneration_backoff: float = 5.0,
+        pass_ttl: float = 60.0,
+        max_pending: int = 32,
+        max_request_bytes: int = 64 * 1024,
+        runner: Runner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for name, value in (
+            ("lock_timeout", lock_timeout),
+            ("coalesce_timeout", coalesce_timeout),
+            ("regeneration_backoff", regeneration_backoff),
+            ("pass_ttl", pass_ttl),
+            ("max_entry_bytes", max_entry_bytes),
+            ("max_pending", max_pending),
+            ("max_request_bytes", max_request_bytes),
+        ):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not endpoint.startswith("/") or endpoint.endswith("/") or len(endpoint) < 2:
+            raise ValueError(f"endpoint must look like '/_isr', got {endpoint!r}")
+        if secret is not None:
+            if not isinstance(secret, str) or not secret:
+                raise ValueError("secret must be a non-empty string (or None to disable)")
+            if len(secret) < 32:
+                log.warning("wsgi_isr: the revalidation secret is shorter than 32 characters")
+        if isinstance(trusted_hosts, str) or isinstance(bypass_cookies, str):
+            raise ValueError("trusted_hosts and bypass_cookies take a list of names")
+        self.app = app
+        self.store: Store = open_store(store, clock=clock)
+        self.secret = secret
+        self.endpoint = endpoint
+        self.trusted_hosts = list(trusted_hosts) if trusted_hosts is not None else None
+        self.bypass_cookies = frozenset(bypass_cookies)
+        self.bypass_token = bypass_token
+        self.query_params = frozenset(query_params) if query_params is not None else None
+        self.max_entry_bytes = int(max_entry_bytes)
+        self.lock_timeout = float(lock_timeout)
+        self.coalesce_timeout = float(coalesce_timeout)
+        self.regeneration_backoff = float(regeneration_backoff)
+        self.pass_ttl = float(pass_ttl)
+        self.max_request_bytes = int(max_request_bytes)
+        self.runner: Runner = runner if runner is not None else AutoRunner(max_pending)
+        self.stats = Stats()
+        self._failures: dict[str, int] = {}
+        self._last_store_error = 0.0
+        _last_created[:] = [self]
+
+    # -- invalidation ----------------------------------------------------------------------
+
+    def revalidate_tag(self, *tags: str, mode: Mode = "soft") -> float:
+        """Mark every page carrying one of ``tags`` stale (``"soft"``: served while it
+        regenerates) or expired (``"hard"``: the next visitor waits for a fresh render).
+
+        Returns the store-clock time of the invalidation. Raises ``ValueError`` for an
+        invalid tag or mode, :class:`~wsgi_isr.errors.StoreError` if the store fails.
+        """
+        if not tags:
+            raise ValueError("revalidate_tag needs at least one tag")
+        good = valid_tags(tags, source="revalidate_tag")
+        if len(good) != len(set(tags)):
+            raise ValueError(
+                "invalid tag: tags are printable ASCII without spaces or commas, "
+                "at most 256 characters, not starting with '_isr_'"
+            )
+        return self._invalidate(good, mode)
+
+    def revalidate_path(
+        self, path: str, type: Literal["page", "layout"] = "page", *, mode: Mode = "soft"
+    ) -> float:
+        """Invalidate one path with all its query variants (``type="page"``), or the
+        path and everything below it (``type="layout"``; ``"/"`` is the whole site)."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {path!r}")
+        if type == "page":
+            tag = page_tag(path)
+        elif type == "layout":
+            tag = layout_tag(path)
+        else:
+            raise ValueError(f"type must be 'page' or 'layout', got {type!r}")
+        return self._invalidate([tag], mode)
+
+    def _invalidate(self, tags: list[str], mode: Mode) -> float:
+        if mode not in ("soft", "hard"):
+            raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}")
+        at = self.store.now()
+        self.store.invalidate(tags, at, hard=mode == "hard")
+        self.stats.incr("invalidations", len(tags))
+        return at
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for pending background regenerations; True if none are left."""
+        return self.runner.join(timeout)
+
+    # -- request path ----------------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path_info = environ.get("PATH_INFO", "")
+        if self.secret is not None and (
+            path_info == self.endpoint or path_info.startswith(self.endpoint + "/")
+        ):
+            from .endpoint import handle
+
+            return handle(self, environ, start_response)
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            return self.app(environ, start_response)
+        rk = request_key(environ, query_params=self.query_params)
+        if rk is None or self._bypassed(environ, rk):
+            return self._bypass(environ, start_response)
+        token = _current.set(self)
+        try:
+            return self._serve(environ, start_response, rk)
+        finally:
+            _current.reset(token)
+
+    def _bypassed(self, environ: WSGIEnvironment, rk: RequestKey) -> bool:
+        if self.trusted_hosts is not None and not host_is_trusted(rk.host, self.trusted_hosts):
+            return True
+        if self.bypass_token is not None:
+            given = environ.get("HTTP_X_ISR_BYPASS")
+            if given is not None and hmac.compare_digest(
+                given.encode(), self.bypass_token.encode()
+            ):
+                return True
+        if (self.bypass_cookies or self.bypass_token is not None) and environ.get("HTTP_COOKIE"):
+            from werkzeug.http import parse_cookie
+
+            cookies = parse_cookie(environ)
+            if self.bypass_cookies.intersection(cookies):
+                return True
+            given = cookies.get("__isr_bypass")
+            if self.bypass_token is not None and given is not None:
+                return _same(given, self.bypass_token)
+        return False
+
+    def _bypass(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        self.stats.incr("bypasses")
+        return self._pass(environ, start_response, R.BYPASS, R.CS_BYPASS)
+
+    def _pass(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        label: str,
+        status_value: str,
+    ) -> Iterable[bytes]:
+        """Call the app with the visitor's own environ; nothing is stored."""
+
+        def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers = client_headers(headers)
+            headers += [("X-ISR-Cache", label), ("Cache-Status", status_value)]
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, sr)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self.stats.incr("store_errors")
+        now = time.monotonic()
+        if now - self._last_store_error > 10.0:  # once per interval, not per request
+            self._last_store_error = now
+            log.error("wsgi_isr: store error, serving from the application: %s", exc)
+
+    def _lookup(self, key: str) -> tuple[Record | None, Any]:
+        return self.store.lookup(key)
+
+    def _serve(
+        self, environ: WSGIEnvironment, start_response: StartResponse, rk: RequestKey
+    ) -> Iterable[bytes]:
+        try:
+            record, tag_states = self._lookup(rk.key)
+            key, vary = rk.key, cast(tuple[str, ...], ())
+            if isinstance(record, VaryMarker):
+                vary = record.headers
+                key = variant_key(rk.key, vary, environ)
+                record, tag_states = self._lookup(key)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return self._pass(
+                environ, start_response, R.BYPASS, "wsgi-isr; fwd=bypass; detail=store-error"
+            )
+        if isinstance(record, PassMarker):
+            self.stats.incr("passes")
+            return self._pass(
+                environ, start_response, R.BYPASS, "wsgi-isr; fwd=bypass; detail=uncacheable"
+            )
+        if isinstance(record, Entry):
+            now = self.store.now()
+            state = record.state(now, tag_states)
+            if state is State.FRESH:
+                self.stats.incr("hits")
+                return self._respond(environ, start_response, record, now, R.HIT)
+            if state is State.STALE:
+                self.stats.incr("stale")
+                self._schedule(environ, rk, key, vary)
+                return self._respond(environ, start_response, record, now, R.STALE)
+        self.stats.incr("misses")
+        if _has_credentials(environ):
+            return self._personal_miss(environ, start_response, rk, key, vary)
+        return self._miss(environ, start_response, rk, key, vary)
+
+    def _respond(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        entry: Entry,
+        now: float,
+        label: str,
+        detail: str | None = None,
+    ) -> Iterable[bytes]:
+        headers = R.entry_headers(entry, now, label, detail)
+        if R.not_modified(entry, environ):
+            start_response(R.STATUS_304, R.headers_304(headers))
+            return []
+        start_response(entry.status, headers)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return []
+        return [entry.body]
+
+    # -- misses ----------------------------------------------------------------------------
+
+    def _personal_miss(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        rk: RequestKey,
+        key: str,
+        vary: tuple[str, ...],
+    ) -> Iterable[bytes]:
+        """A visitor with cookies or credentials gets the app's answer for them; it is
+        never stored. If the page opts in, a clean render fills the cache in the background."""
+
+        def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            decision = decide(status, headers, 0, max_entry_bytes=self.max_entry_bytes)
+            headers = client_headers(headers)
+            detail = "wsgi-isr; fwd=uri-miss; detail=credentials"
+            if decision.opted_in:
+                # rendered with this visitor's cookies: nobody else may cache it
+                headers = [(k, v) for k, v in headers if k.lower() != "cache-control"]
+                headers.append(("Cache-Control", "private, no-cache"))
+                if decision.store:
+                    self._schedule(environ, rk, key, vary)
+            headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", detail)]
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, sr)
+
+    def _miss(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        rk: RequestKey,
+        key: str,
+        vary: tuple[str, ...],
+    ) -> Iterable[bytes]:
+        lock = _lock_name(key)
+        try:
+            token = self.store.acquire(lock, self.lock_timeout)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return self._pass(
+                environ, start_response, R.BYPASS, "wsgi-isr; fwd=bypass; detail=store-error"
+            )
+        if token is None:
+            waited = self._wait_for_leader(environ, start_response, key, lock)
+            if not isinstance(waited, str):
+                return waited
+            token = waited or None
+        if token is None:  # the leader took too long: render for ourselves, store nothing
+            self.stats.incr("coalesce_timeouts")
+            captured = capture(self.app, render_environ(rk, environ, vary), self.max_entry_bytes)
+            return self._send_captured(
+                environ, start_response, captured, "wsgi-isr; fwd=uri-miss; detail=coalesce-timeout"
+            )
+        try:
+            started = self.store.now()
+            captured = capture(self.app, render_environ(rk, environ, vary), self.max_entry_bytes)
+            entry, key = self._settle(environ, rk, key, vary, captured, started, foreground=True)
+        finally:
+            self._unlock(lock, token)
+        if entry is not None:
+            return self._respond(environ, start_response, entry, started, R.MISS)
+        return self._send_captured(environ, start_response, captured, "wsgi-isr; fwd=uri-miss")
+
+    def _wait_for_leader(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        key: str,
+        lock: str,
+    ) -> Iterable[bytes] | str:
+        """Poll until the leader's render lands. Returns a response, a lock token if
+        this request became the leader, or ``""`` after the bound."""
+        deadline = time.monotonic() + self.coalesce_timeout
+        delay = 0.005
+        while True:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            try:
+                record, tag_states = self._lookup(key)
+                if isinstance(record, PassMarker):
+                    self.stats.incr("passes")
+                    return self._pass(
+                        environ,
+                        start_response,
+                        R.BYPASS,
+                        "wsgi-isr; fwd=bypass; detail=uncacheable",
+                    )
+                if isinstance(record, Entry):
+                    now = self.store.now()
+                    if record.state(now, tag_states) is not State.EXPIRED:
+                        self.stats.incr("coalesced")
+                        return self._respond(
+                            environ, start_response, record, now, R.HIT, "coalesced"
+                        )
+                token = self.store.acquire(lock, self.lock_timeout)
+                if token is not None:
+                    return token
+            except StoreError as exc:
+                self._store_failed(exc)
+                return self._pass(
+                    environ, start_response, R.BYPASS, "wsgi-isr; fwd=bypass; detail=store-error"
+                )
+            if time.monotonic() >= deadline:
+                return ""
+
+    def _send_captured(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        captured: Captured,
+        status_value: str,
+    ) -> Iterable[bytes]:
+        headers = client_headers(captured.headers)
+        headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", status_value)]
+        start_response(captured.status, headers)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            captured.close()
+            return []
+        return captured.stream()
+
+    def _unlock(self, lock: str, token: str, hold: float | None = None) -> None:
+        try:
+            if hold is None:
+                self.store.release(lock, token)
+            else:
+                self.store.extend(lock, token, hold)
+        except StoreError as exc:  # the lock's TTL frees it anyway
+            self._store_failed(exc)
+
+    # -- storing ---------------------------------------------------------------------------
+
+    def _settle(
+        self,
+        environ: WSGIEnvironment | None,
+        rk: RequestKey,
+        key: str,
+        vary: tuple[str, ...],
+        captured: Captured,
+        started: float,
+        *,
+        foreground: bool,
+    ) -> tuple[Entry | None, str]:
+        """Store what a render produced, if it may be stored. Returns the entry
+        (``None`` if nothing was stored) and the key it landed under."""
+        decision = decide(
+            captured.status,
+            captured.headers,
+            captured.size,
+            extra_tags=captured.tags,
+            max_entry_bytes=self.max_entry_bytes,
+        )
+        if not decision.store:
+            if not captured.overflow and not decision.opted_in:
+                self._put(key, PassMarker(decision.reason), self.pass_ttl)
+            elif foreground:
+                self._put(key, PassMarker(decision.reason), _REFUSED_PASS_TTL)
+            log.info("wsgi_isr: not storing %s: %s", key, decision.reason)
+            return None, key
+        if decision.vary != vary:
+            # the page varies on request headers it was not keyed on yet: remember that,
+            # and store this render only if it saw all of them (a foreground render with
+            # the visitor's request at hand renders again, once)
+            self._put(rk.key, VaryMarker(decision.vary) if decision.vary else None, None)
+            if environ is None:
+                return None, key
+            key = variant_key(rk.key, decision.vary, environ) if decision.vary else rk.key
+            captured.close()
+            captured = capture(
+                self.app, render_environ(rk, environ, decision.vary), self.max_entry_bytes
+            )
+            retry = self._settle(None, rk, key, decision.vary, captured, started, foreground=False)
+            return retry
+        entry = self._entry(rk, captured, decision, started)
+        ttl = None if decision.expire is None else decision.expire + 60
+        if self._put(key, entry, ttl):
+            return entry, key
+        return None, key
+
+    def _put(self, key: str, record: Record | None, ttl: float | None) -> bool:
+        try:
+            if record is None:
+                self.store.delete(key)
+            else:
+                self.store.put(key, record, ttl)
+            return True
+        except StoreError as exc:
+            self._store_failed(exc)
+            return False
+
+    def _entry(
+        self, rk: RequestKey, captured: Captured, decision: Decision, started: float
+    ) -> Entry:
+        body = captured.body()
+        etags = [v for k, v in captured.headers if k.lower() == "etag"]
+        lms = [v for k, v in captured.headers if k.lower() == "last-modified"]
+        return Entry(
+            status=captured.status,
+            headers=stored_headers(captured.headers),
+            body=body,
+            created=float(started),
+            revalidate=decision.revalidate,
+            expire=decision.expire,
+            tags=decision.tags + path_tags(rk.path),
+            etag=etags[-1] if etags else R.make_etag(body),
+            last_modified=lms[-1] if lms else R.last_modified(started),
+        )
+
+    # -- background regeneration -----------------------------------------------------------
+
+    def _schedule(
+        self, environ: WSGIEnvironment, rk: RequestKey, key: str, vary: tuple[str, ...]
+    ) -> None:
+        lock = _lock_name(key)
+        try:
+            token = self.store.acquire(lock, self.lock_timeout)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
+        if token is None:
+            return  # someone, somewhere, is already on it (or backing off)
+        env = render_environ(rk, environ, vary)
+        if self.runner.submit(lambda: self._regenerate(rk, key, vary, env, lock, token)):
+            self.stats.incr("regenerations_started")
+        else:
+            self.stats.incr("regenerations_skipped")
+            self._unlock(lock, token)
+
+    def _regenerate(
+        self,
+        rk: RequestKey,
+        key: str,
+        vary: tuple[str, ...],
+        env: dict[str, Any],
+        lock: str,
+        token: str,
+    ) -> None:
+        hold: float | None = None
+        try:
+            started = self.store.now()
+            try:
+                captured = capture(self.app, env, self.max_entry_bytes)
+                if captured.overflow:
+                    for _ in captured.rest or ():
+                        pass
+                    captured.close()
+            except Exception:
+                log.exception("wsgi_isr: regeneration of %s raised; keeping the stale page", key)
+                hold = self._failed(key)
+                return
+            decision = decide(
+                captured.status,
+                captured.headers,
+                captured.size,
+                extra_tags=captured.tags,
+                max_entry_bytes=self.max_entry_bytes,
+            )
+            if decision.store or not decision.opted_in:
+                self._settle(None, rk, key, vary, captured, started, foreground=False)
+                self._failures.pop(key, None)
+                self.stats.incr("regenerations_ok")
+            else:
+                log.warning(
+                    "wsgi_isr: regeneration of %s refused (%s); keeping the stale page",
+                    key,
+                    decision.reason,
+                )
+                hold = self._failed(key)
+        finally:
+            self._unlock(lock, token, hold)
+
+    def _failed(self, key: str) -> float:
+        """Count a failed regeneration and return how long to hold the lock (backoff)."""
+        self.stats.incr("regenerations_failed")
+        n = self._failures.get(key, 0) + 1
+        if len(self._failures) > 10_000:
+            self._failures.clear()
+        self._failures[key] = n
+        return float(min(self.regeneration_backoff * 2.0 ** (n - 1), _MAX_BACKOFF))
+
+
+def current() -> ISRMiddleware:
+    """The middleware handling the current request, else the last one created."""
+    mw: ISRMiddleware | None = _current.get()
+    if mw is None:
+        if not _last_created:
+            raise RuntimeError("no ISRMiddleware has been created in this process")
+        mw = _last_created[0]
+    return mw
+
+
+def revalidate_tag(*tags: str, mode: Mode = "soft") -> float:
+    """Invalidate tags through the :func:`current` middleware.
+
+    See :meth:`ISRMiddleware.revalidate_tag`; usable from any view, e.g. a CMS webhook.
+    """
+    return current().revalidate_tag(*tags, mode=mode)
+
+
+def revalidate_path(
+    path: str, type: Literal["page", "layout"] = "page", *, mode: Mode = "soft"
+) -> float:
+    """Invalidate a path through the :func:`current` middleware.
+
+    See :meth:`ISRMiddleware.revalidate_path`.
+    """
+    return current().revalidate_path(path, type, mode=mode)
+
+
+__all__ = ["ISRMiddleware", "TagState", "current", "revalidate_path", "revalidate_tag"]

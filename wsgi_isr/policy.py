@@ -1,0 +1,215 @@
+"""Header policy: what opts a response in, what refuses it, which tags it carries.
+
+Everything here is a pure function of the response's status and headers, so it
+is cheap to test exhaustively.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+log = logging.getLogger("wsgi_isr")
+
+MAX_TAG_LENGTH = 256
+MAX_TAGS = 128
+#: Tags of the implicit path kind; user tags may not forge them.
+RESERVED_TAG_PREFIX = "_isr_"
+
+_TAG_RE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # printable ASCII, no space, no comma
+_HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+#: Statuses we never store even when the response opted in.
+_UNSTORABLE_STATUS = frozenset((206, 304))
+#: Request headers a cached page is never allowed to vary on: cached renders never see them.
+UNKEYABLE = frozenset(("cookie", "authorization"))
+
+_render_tags: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "wsgi_isr.render_tags", default=None
+)
+
+
+def tag(*tags: str) -> None:
+    """Add tags to the response being rendered for the cache.
+
+    Call it from anywhere while a cached page renders — a data-access helper, a
+    template filter — like Next.js ``fetch(url, {next: {tags}})``::
+
+        def get_post(slug):
+            wsgi_isr.tag(f"post-{slug}")
+            return db.fetch_post(slug)
+
+    Outside a render (a script, a request that bypasses the cache) it does nothing.
+    Invalid tags are dropped with a warning when the response is stored.
+    """
+    current = _render_tags.get()
+    if current is not None:
+        current.extend(tags)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a response. ``store`` is False when ``reason`` says why."""
+
+    store: bool
+    reason: str
+    opted_in: bool
+    revalidate: float | None = None
+    expire: float | None = None
+    tags: tuple[str, ...] = ()
+    vary: tuple[str, ...] = ()
+
+
+def valid_tags(raw: Iterable[str], *, source: str = "response") -> list[str]:
+    """Keep the valid tags, in order, without duplicates; log what is dropped."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for t in raw:
+        t = t.strip() if isinstance(t, str) else t
+        if not t:
+            continue
+        if (
+            not isinstance(t, str)
+            or len(t) > MAX_TAG_LENGTH
+            or not _TAG_RE.fullmatch(t)
+            or t.startswith(RESERVED_TAG_PREFIX)
+        ):
+            log.warning("wsgi_isr: dropping invalid tag from %s (%d chars)", source, len(str(t)))
+            continue
+        if t in seen:
+            continue
+        if len(out) >= MAX_TAGS:
+            log.warning("wsgi_isr: more than %d tags on one %s; the rest dropped", MAX_TAGS, source)
+            break
+        seen.add(t)
+        out.append(t)
+    return out
+
+
+def parse_seconds(value: str) -> float | None:
+    """``"60"`` -> 60.0; anything that is not a finite non-negative number -> ``None``."""
+    try:
+        n = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(n) or n < 0:
+        return None
+    return n
+
+
+def parse_cache_control(value: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for part in value.split(","):
+        name, eq, arg = part.strip().partition("=")
+        name = name.strip().lower()
+        if name:
+            out[name] = arg.strip().strip('"') if eq else None
+    return out
+
+
+def header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+    name = name.lower()
+    return [v for k, v in headers if k.lower() == name]
+
+
+def decide(
+    status: str,
+    headers: Sequence[tuple[str, str]],
+    body_size: int,
+    *,
+    extra_tags: Iterable[str] = (),
+    max_entry_bytes: int,
+) -> Decision:
+    """Decide whether a response is stored, for how long, and with which tags."""
+    cc = parse_cache_control(", ".join(header_values(headers, "cache-control")))
+    revalidate: float | None
+    expire: float | None = None
+    isr = header_values(headers, "x-isr-revalidate")
+    if isr:
+        if isr[-1].strip().lower() == "false":
+            revalidate = None  # until invalidated on demand
+        else:
+            revalidate = parse_seconds(isr[-1])
+            if revalidate is None:
+                log.warning("wsgi_isr: ignoring invalid X-ISR-Revalidate value (not cached)")
+                return Decision(False, "invalid X-ISR-Revalidate", False)
+    elif "s-maxage" in cc:
+        s_maxage = parse_seconds(cc["s-maxage"] or "")
+        if s_maxage is None:
+            return Decision(False, "invalid s-maxage", False)
+        revalidate = s_maxage
+        if "stale-while-revalidate" not in cc:
+            expire = s_maxage  # a CDN would not serve it stale either
+        elif cc["stale-while-revalidate"]:
+            swr = parse_seconds(cc["stale-while-revalidate"] or "")
+            expire = None if swr is None else s_maxage + swr
+    else:
+        return Decision(False, "not opted in", False)
+    if revalidate == 0:
+        return Decision(False, "revalidate is 0", False)
+    for raw in header_values(headers, "x-isr-expire")[-1:]:
+        exp = parse_seconds(raw)
+        if not exp:
+            log.warning("wsgi_isr: ignoring invalid X-ISR-Expire value")
+        else:
+            expire = exp
+
+    code = int(status.split(None, 1)[0]) if status[:3].isdigit() else 0
+    if code < 200 or code >= 500 or code in _UNSTORABLE_STATUS:
+        return Decision(False, f"status {code}", True)
+    if header_values(headers, "set-cookie"):
+        return Decision(False, "Set-Cookie", True)
+    for refused in ("private", "no-store", "no-cache"):
+        if refused in cc:
+            return Decision(False, f"Cache-Control: {refused}", True)
+    vary = [v.strip().lower() for h in header_values(headers, "vary") for v in h.split(",")]
+    if "*" in vary:
+        return Decision(False, "Vary: *", True)
+    if body_size > max_entry_bytes:
+        return Decision(False, "body larger than max_entry_bytes", True)
+
+    raw_tags: list[str] = []
+    for h in header_values(headers, "x-isr-tags") + header_values(headers, "cache-tag"):
+        raw_tags.extend(h.split(","))
+    for h in header_values(headers, "surrogate-key"):
+        raw_tags.extend(h.split())
+    raw_tags.extend(extra_tags)
+    tags = valid_tags(raw_tags)
+    keyed = tuple(sorted({v for v in vary if v and v not in UNKEYABLE}))
+    return Decision(True, "stored", True, revalidate, expire, tuple(tags), keyed)
+
+
+def client_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The application's headers minus our internal ``X-ISR-*`` ones."""
+    return [(k, v) for k, v in headers if not k.lower().startswith("x-isr-")]
+
+
+def stored_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """What a stored entry keeps: no internal, hop-by-hop, length or freshness headers
+    (those are computed per response)."""
+    drop = _HOP_BY_HOP | {
+        "content-length",
+        "cache-control",
+        "age",
+        "date",
+        "expires",
+        "etag",
+        "last-modified",
+    }
+    return tuple(
+        (k, v) for k, v in headers if not k.lower().startswith("x-isr-") and k.lower() not in drop
+    )

@@ -1,0 +1,92 @@
+"""Calling the application and capturing what it answers."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .policy import _render_tags
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+
+
+@dataclasses.dataclass(slots=True)
+class Captured:
+    """A response read into memory up to a size limit.
+
+    When the body was larger than the limit, ``rest`` holds the unread part and
+    ``close`` must be called once the caller has streamed it.
+    """
+
+    status: str
+    headers: list[tuple[str, str]]
+    chunks: list[bytes]
+    size: int
+    tags: list[str]
+    overflow: bool = False
+    rest: Iterator[bytes] | None = None
+    closer: Any = None
+
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def close(self) -> None:
+        close = getattr(self.closer, "close", None)
+        self.closer = None
+        if close is not None:
+            close()
+
+    def stream(self) -> Iterable[bytes]:
+        """The whole body, buffered part first; closes the app's iterable at the end."""
+        try:
+            yield from self.chunks
+            if self.rest is not None:
+                yield from self.rest
+        finally:
+            self.close()
+
+
+def capture(app: WSGIApplication, environ: WSGIEnvironment, limit: int) -> Captured:
+    """Call ``app`` and read its response, collecting tags added with :func:`wsgi_isr.tag`.
+
+    Exceptions from the application propagate.
+    """
+    tags: list[str] = []
+    token = _render_tags.set(tags)
+    chunks: list[bytes] = []
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None and started and chunks:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started[:] = [status, list(headers)]
+        return chunks.append
+
+    try:
+        result = app(environ, start_response)
+        size = sum(len(c) for c in chunks)
+        iterator = iter(result)
+        try:
+            for chunk in iterator:
+                if chunk:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
+                        return Captured(
+                            started[0], started[1], chunks, size, tags, True, iterator, result
+                        )
+        except BaseException:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        if not started:
+            raise RuntimeError("the application returned without calling start_response")
+        return Captured(started[0], started[1], chunks, size, tags)
+    finally:
+        _render_tags.reset(token)

@@ -1,0 +1,116 @@
+"""Building what the client receives for a cached entry, and the fixed answers.
+
+Per-request work is limited to the few headers that depend on the clock; the
+rest was computed when the entry was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from werkzeug.http import http_date, parse_date
+
+from .entry import Entry
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+HIT, STALE, MISS, BYPASS = "HIT", "STALE", "MISS", "BYPASS"
+#: What "forever" is announced as to CDNs (one year, like Next.js).
+FOREVER = 31_536_000
+STATUS_304 = "304 Not Modified"
+#: Headers a 304 repeats (RFC 9110 15.4.5).
+_304_KEEP = frozenset(("content-location", "vary", "expires"))
+
+CS_BYPASS = "wsgi-isr; fwd=bypass"
+CS_STORE_ERROR = "wsgi-isr; fwd=bypass; detail=store-error"
+CS_UNCACHEABLE = "wsgi-isr; fwd=bypass; detail=uncacheable"
+
+
+def make_etag(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def last_modified(ts: float) -> str:
+    return http_date(int(ts))
+
+
+def cdn_cache_control(entry: Entry, now: float, stale: bool) -> str:
+    """``public, s-maxage=<remaining>, stale-while-revalidate=<window>``: never more
+    freshness than the entry has left."""
+    age = max(0.0, now - entry.created)
+    remaining = entry.remaining(now)
+    s_maxage = 0 if stale else (FOREVER if math.isinf(remaining) else max(0, int(remaining)))
+    if entry.expire is None:
+        window = FOREVER
+    else:
+        fresh_until = age if stale else max(age, entry.revalidate or 0.0)
+        window = max(0, int(entry.expire - fresh_until))
+    if entry.expire is not None and window == 0:
+        return f"public, s-maxage={s_maxage}"
+    return f"public, s-maxage={s_maxage}, stale-while-revalidate={window}"
+
+
+def cache_status(label: str, entry: Entry, now: float, detail: str | None = None) -> str:
+    if label == MISS:
+        return "wsgi-isr; fwd=uri-miss; stored"
+    remaining = entry.remaining(now)
+    parts = ["wsgi-isr; hit"]
+    if label == STALE:
+        ttl = min(0, math.floor(remaining)) if not math.isinf(remaining) else 0
+        parts.append(f"ttl={ttl}")
+        parts.append("detail=stale-while-revalidate")
+    else:
+        if not math.isinf(remaining):
+            parts.append(f"ttl={max(0, int(remaining))}")
+        if detail:
+            parts.append(f"detail={detail}")
+    return "; ".join(parts)
+
+
+def entry_headers(
+    entry: Entry, now: float, label: str, detail: str | None = None
+) -> list[tuple[str, str]]:
+    headers = list(entry.headers)
+    headers += (
+        ("Content-Length", str(len(entry.body))),
+        ("ETag", entry.etag),
+        ("Last-Modified", entry.last_modified),
+        ("Age", str(max(0, int(now - entry.created)))),
+        ("Cache-Control", cdn_cache_control(entry, now, label == STALE)),
+        ("X-ISR-Cache", label),
+        ("Cache-Status", cache_status(label, entry, now, detail)),
+    )
+    return headers
+
+
+def _etags(value: str) -> Iterable[str]:
+    for tag in value.split(","):
+        tag = tag.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag:
+            yield tag
+
+
+def not_modified(entry: Entry, environ: WSGIEnvironment) -> bool:
+    """Whether a conditional GET/HEAD for this entry can be answered with 304."""
+    if not entry.status.startswith("200"):
+        return False
+    inm = environ.get("HTTP_IF_NONE_MATCH")
+    if inm is not None:
+        strong = entry.etag[2:] if entry.etag.startswith("W/") else entry.etag
+        return any(t == "*" or t == strong for t in _etags(inm))
+    ims = environ.get("HTTP_IF_MODIFIED_SINCE")
+    if ims:
+        since, modified = parse_date(ims), parse_date(entry.last_modified)
+        return since is not None and modified is not None and modified <= since
+    return False
+
+
+def headers_304(full: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    drop = {"content-length", "content-type", "content-encoding", "content-language"}
+    return [(k, v) for k, v in full if k.lower() not in drop or k.lower() in _304_KEEP]

@@ -1,0 +1,73 @@
+"""Stores: where cached pages, tag state and locks live.
+
+``open_store`` turns what a user passes as ``store=`` into a :class:`Store`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .base import Store
+from .file import FileStore
+from .memory import MemoryStore
+from .redis import RedisStore
+
+__all__ = ["FileStore", "MemoryStore", "RedisStore", "Store", "default_cache_dir", "open_store"]
+
+
+def default_cache_dir() -> str:
+    """Where the default filesystem store lives: ``$WSGI_ISR_CACHE_DIR``, else
+    ``.isr-cache`` in the current working directory (the same for every worker
+    a process manager starts from one deployment directory)."""
+    return os.path.abspath(os.environ.get("WSGI_ISR_CACHE_DIR") or ".isr-cache")
+
+
+def open_store(spec: Any, *, clock: Callable[[], float] = time.time) -> Store:
+    """Build a store from a URL, a :class:`Store`, or a cachelib cache.
+
+    >>> open_store("memory://").description
+    'memory (max_entries=10000)'
+    """
+    if spec is None:
+        return FileStore(default_cache_dir(), clock=clock)
+    if isinstance(spec, Store):
+        return spec
+    if isinstance(spec, str):
+        return _from_url(spec, clock)
+    from cachelib import BaseCache, FileSystemCache, RedisCache, SimpleCache
+
+    if isinstance(spec, SimpleCache):
+        return MemoryStore(cache=spec, clock=clock)
+    if isinstance(spec, FileSystemCache):
+        # entries stay in the user's cache; tag state and locks beside it
+        return FileStore(spec._path.rstrip(os.sep) + "-isr", cache=spec, clock=clock)
+    if isinstance(spec, RedisCache):
+        return RedisStore(client=spec._write_client, prefix=spec._get_prefix(), clock=clock)
+    if isinstance(spec, BaseCache):
+        raise ValueError(
+            f"{type(spec).__name__} cannot hold locks atomically; use memory://, "
+            "file:///path or redis://host:port/db"
+        )
+    raise ValueError(f"store must be a URL, a Store or a cachelib cache, not {spec!r}")
+
+
+def _from_url(url: str, clock: Callable[[], float]) -> Store:
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
+        return MemoryStore(clock=clock)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file store URL must be file:///absolute/path, got {url!r}")
+        path = unquote(parts.path)
+        if not path or path == "/":
+            raise ValueError(f"file store URL needs a directory: {url!r}")
+        return FileStore(path, clock=clock)
+    if parts.scheme in ("redis", "rediss", "unix"):
+        return RedisStore(url, clock=clock)
+    raise ValueError(
+        f"unknown store URL {url!r}: expected memory://, file:///path or redis://host:port/db"
+    )

@@ -1,0 +1,102 @@
+"""The contract every store implements.
+
+A store keeps three things: records (cached pages and markers) under cache
+keys, the invalidation state of tags, and short-lived locks. It never decides
+freshness — the middleware does, from the record and the tag states the store
+hands back. Errors from the backend are raised as :class:`~wsgi_isr.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from ..entry import Record, TagState
+
+
+class Store(abc.ABC):
+    """Base class of the stores. Subclasses implement the abstract methods."""
+
+    #: Human-readable description for ``/status`` (never contains a password).
+    description: str = "store"
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+
+    def now(self) -> float:
+        """The store's clock, used for render-start and invalidation timestamps.
+
+        Stores shared by several hosts may override it with one clock for
+        the whole cluster.
+        """
+        return self.clock()
+
+    @abc.abstractmethod
+    def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        """Return the record under ``key`` (``None`` if absent or unreadable)
+        and the tag states as they were when the record was read.
+
+        The mapping holds only tags that were ever invalidated; it must not be
+        mutated by the caller.
+        """
+
+    @abc.abstractmethod
+    def put(self, key: str, record: Record, ttl: float | None) -> None:
+        """Store ``record`` under ``key``, replacing any previous one atomically.
+
+        ``ttl`` is how long the backend may keep it (``None``: as long as it
+        likes); freshness is not the store's business.
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are not an error."""
+
+    @abc.abstractmethod
+    def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
+        """Current state of the given tags (absent tags are left out)."""
+
+    @abc.abstractmethod
+    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+        """Record that ``tags`` were invalidated at ``at``.
+
+        Soft sets ``stale_at``, hard sets both ``stale_at`` and ``expired_at``.
+        Timestamps only move forward. Tag state is never evicted.
+        """
+
+    @abc.abstractmethod
+    def acquire(self, name: str, ttl: float) -> str | None:
+        """Take the lock ``name`` for ``ttl`` seconds. Return a token, or ``None``
+        if someone else holds it. Atomic across every process sharing the store."""
+
+    @abc.abstractmethod
+    def release(self, name: str, token: str) -> bool:
+        """Release the lock if ``token`` still owns it; return whether it did."""
+
+    @abc.abstractmethod
+    def extend(self, name: str, token: str, ttl: float) -> bool:
+        """Keep the lock for ``ttl`` more seconds from now if ``token`` owns it."""
+
+    def count(self) -> int | None:
+        """Number of cached records, or ``None`` if the backend cannot tell cheaply."""
+        return None
+
+    def close(self) -> None:
+        """Release resources (connections, file handles)."""
+        return None
+
+
+def merge_tag_state(old: TagState | None, at: float, hard: bool) -> TagState:
+    """The state of a tag after an invalidation at ``at``: timestamps never go back."""
+    stale, expired = old or (0.0, 0.0)
+    stale = max(stale, at)
+    if hard:
+        expired = max(expired, at)
+    return (stale, expired)
+
+
+def new_token() -> str:
+    import secrets
+
+    return secrets.token_hex(16)

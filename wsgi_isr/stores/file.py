@@ -1,0 +1,220 @@
+"""``file:///path`` — the embedded default, shared by every worker on one host.
+
+Layout under the root directory::
+
+    entries/   cachelib FileSystemCache (mkstemp + os.replace: readers never see half a file)
+    tags.log   append-only JSON lines, one per tag invalidation; never pruned by the
+               entry threshold, compacted in place (atomic replace) when it grows
+    locks/     one small file per lock name; the lock state inside is read and written
+               under ``flock``, so "take it if free or expired" is atomic across processes
+               (cachelib's ``FileSystemCache.add`` is check-then-set and is not)
+
+    store = FileStore("/var/cache/myapp-isr", max_entries=100_000)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from cachelib import FileSystemCache
+
+from ..entry import Record, TagState, decode, encode
+from ..errors import StoreError
+from .base import Store, merge_tag_state, new_token
+
+log = logging.getLogger("wsgi_isr")
+
+#: Compact the tag log when it is larger than this and twice its live content.
+COMPACT_BYTES = 1 << 20
+
+
+class FileStore(Store):
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_entries: int = 100_000,
+        cache: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(clock=clock)
+        if max_entries < 0:
+            raise ValueError("max_entries must be >= 0 (0 means unbounded)")
+        self.path = os.path.abspath(path)
+        self.description = f"file://{self.path}"
+        try:
+            os.makedirs(os.path.join(self.path, "locks"), exist_ok=True)
+            self.cache = cache or FileSystemCache(
+                os.path.join(self.path, "entries"), threshold=max_entries, default_timeout=0
+            )
+        except OSError as exc:
+            raise StoreError(f"cannot use cache directory {self.path!r}: {exc}") from exc
+        self._log_path = os.path.join(self.path, "tags.log")
+        self._log_lock_path = os.path.join(self.path, "tags.lock")
+        self._tags: dict[str, TagState] = {}
+        self._log_id: tuple[int, int] | None = None
+        self._log_pos = 0
+        self._refresh_mutex = threading.Lock()
+
+    # -- records -------------------------------------------------------------------------
+
+    def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        try:
+            value = self.cache.get(key)
+        except Exception:  # a corrupted file can make unpickling raise anything
+            log.warning("wsgi_isr: unreadable cache file for %r, treated as a miss", key)
+            value = None
+        return decode(value), self._refresh_tags()
+
+    def put(self, key: str, record: Record, ttl: float | None) -> None:
+        timeout = 0 if ttl is None else max(1, math.ceil(ttl))
+        if not self.cache.set(key, encode(record), timeout=timeout):
+            raise StoreError(f"could not write cache entry under {self.path!r}")
+
+    def delete(self, key: str) -> None:
+        self.cache.delete(key)
+
+    def count(self) -> int | None:
+        try:
+            return sum(1 for n in os.listdir(self.cache._path) if not self.cache._is_mgmt(n))
+        except OSError:
+            return None
+
+    # -- tag state -----------------------------------------------------------------------
+
+    def _refresh_tags(self) -> Mapping[str, TagState]:
+        try:
+            st = os.stat(self._log_path)
+        except FileNotFoundError:
+            return self._tags
+        except OSError as exc:
+            raise StoreError(f"cannot read {self._log_path}: {exc}") from exc
+        ident = (st.st_dev, st.st_ino)
+        if ident == self._log_id and st.st_size == self._log_pos:
+            return self._tags
+        with self._refresh_mutex:
+            if ident != self._log_id:  # first read, or the log was compacted
+                tags: dict[str, TagState] = {}
+                pos = 0
+            else:
+                tags, pos = dict(self._tags), self._log_pos
+            try:
+                with open(self._log_path, "rb") as f:
+                    if os.fstat(f.fileno()).st_ino != st.st_ino:
+                        return self._tags  # replaced between stat and open: next call
+                    f.seek(pos)
+                    data = f.read()
+            except OSError as exc:
+                raise StoreError(f"cannot read {self._log_path}: {exc}") from exc
+            end = data.rfind(b"\n") + 1  # a line still being appended waits for next time
+            for line in data[:end].splitlines():
+                try:
+                    tag, stale, expired = json.loads(line)
+                    tags[tag] = (
+                        max(tags.get(tag, (0.0, 0.0))[0], float(stale)),
+                        max(tags.get(tag, (0.0, 0.0))[1], float(expired)),
+                    )
+                except (ValueError, TypeError):
+                    log.warning("wsgi_isr: skipping a malformed line in %s", self._log_path)
+            self._tags, self._log_pos, self._log_id = tags, pos + end, ident
+            return tags
+
+    def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
+        current = self._refresh_tags()
+        return {t: current[t] for t in tags if t in current}
+
+    @contextlib.contextmanager
+    def _flocked(self, path: str) -> Iterator[int]:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)  # closing drops the flock, also when the process dies
+
+    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+        tags = list(tags)
+        try:
+            with self._flocked(self._log_lock_path):
+                current = self._refresh_tags()
+                lines = []
+                for tag in tags:
+                    state = merge_tag_state(current.get(tag), at, hard)
+                    lines.append(json.dumps([tag, state[0], state[1]]).encode() + b"\n")
+                with open(self._log_path, "ab") as f:
+                    f.write(b"".join(lines))
+                self._maybe_compact()
+        except OSError as exc:
+            raise StoreError(f"cannot record invalidation in {self._log_path}: {exc}") from exc
+
+    def _maybe_compact(self) -> None:
+        """Rewrite the log with one line per tag. Called with the log lock held."""
+        size = os.path.getsize(self._log_path)
+        current = self._refresh_tags()
+        live = sum(len(t) + 48 for t in current)
+        if size < COMPACT_BYTES or size < 2 * live:
+            return
+        tmp = f"{self._log_path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.writelines(json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
+        os.replace(tmp, self._log_path)
+
+    # -- locks ---------------------------------------------------------------------------
+
+    def _lock_path(self, name: str) -> str:
+        return os.path.join(self.path, "locks", hashlib.sha256(name.encode()).hexdigest())
+
+    def _read_lock(self, fd: int) -> tuple[str, float]:
+        raw = os.pread(fd, 128, 0).decode("ascii", "replace").split()
+        try:
+            return raw[0], float(raw[1])
+        except (IndexError, ValueError):
+            return "", 0.0
+
+    def _write_lock(self, fd: int, token: str, until: float) -> None:
+        data = f"{token} {until!r}\n".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+    def acquire(self, name: str, ttl: float) -> str | None:
+        try:
+            with self._flocked(self._lock_path(name)) as fd:
+                holder, until = self._read_lock(fd)
+                now = self.clock()
+                if holder and until > now:
+                    return None
+                token = new_token()
+                self._write_lock(fd, token, now + ttl)
+                return token
+        except OSError as exc:
+            raise StoreError(f"cannot take lock in {self.path}: {exc}") from exc
+
+    def release(self, name: str, token: str) -> bool:
+        try:
+            with self._flocked(self._lock_path(name)) as fd:
+                if self._read_lock(fd)[0] != token:
+                    return False
+                os.ftruncate(fd, 0)
+                return True
+        except OSError as exc:
+            raise StoreError(f"cannot release lock in {self.path}: {exc}") from exc
+
+    def extend(self, name: str, token: str, ttl: float) -> bool:
+        try:
+            with self._flocked(self._lock_path(name)) as fd:
+                if self._read_lock(fd)[0] != token:
+                    return False
+                self._write_lock(fd, token, self.clock() + ttl)
+                return True
+        except OSError as exc:
+            raise StoreError(f"cannot extend lock in {self.path}: {exc}") from exc

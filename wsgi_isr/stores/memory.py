@@ -1,0 +1,90 @@
+"""``memory://`` — a per-process store on cachelib's ``SimpleCache``.
+
+For tests and single-process servers: nothing is shared between workers.
+
+    store = MemoryStore(max_entries=10_000)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from cachelib import SimpleCache
+
+from ..entry import Record, TagState, decode, encode
+from .base import Store, merge_tag_state, new_token
+
+
+class MemoryStore(Store):
+    """Records in a ``SimpleCache`` bounded by ``max_entries``; tag state and
+    locks in plain dictionaries that are never pruned."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        cache: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(clock=clock)
+        if max_entries <= 0:
+            raise ValueError("max_entries must be positive")
+        self.cache = (
+            cache if cache is not None else SimpleCache(threshold=max_entries, default_timeout=0)
+        )
+        self._tags: dict[str, TagState] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
+        self._mutex = threading.Lock()
+        self.description = f"memory (max_entries={max_entries})"
+
+    def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        return decode(self.cache.get(key)), self._tags
+
+    def put(self, key: str, record: Record, ttl: float | None) -> None:
+        self.cache.set(key, encode(record), timeout=0 if ttl is None else max(1, math.ceil(ttl)))
+
+    def delete(self, key: str) -> None:
+        self.cache.delete(key)
+
+    def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
+        return {t: self._tags[t] for t in tags if t in self._tags}
+
+    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+        with self._mutex:
+            for tag in tags:
+                self._tags[tag] = merge_tag_state(self._tags.get(tag), at, hard)
+
+    def acquire(self, name: str, ttl: float) -> str | None:
+        now = self.clock()
+        with self._mutex:
+            held = self._locks.get(name)
+            if held is not None and held[1] > now:
+                return None
+            token = new_token()
+            self._locks[name] = (token, now + ttl)
+            if len(self._locks) > 1024:
+                self._locks = {k: v for k, v in self._locks.items() if v[1] > now}
+            return token
+
+    def release(self, name: str, token: str) -> bool:
+        with self._mutex:
+            held = self._locks.get(name)
+            if held is None or held[0] != token:
+                return False
+            del self._locks[name]
+            return True
+
+    def extend(self, name: str, token: str, ttl: float) -> bool:
+        with self._mutex:
+            held = self._locks.get(name)
+            if held is None or held[0] != token:
+                return False
+            self._locks[name] = (token, self.clock() + ttl)
+            return True
+
+    def count(self) -> int | None:
+        return len(getattr(self.cache, "_cache", ()))

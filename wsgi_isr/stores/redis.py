@@ -1,0 +1,245 @@
+"""``redis://host:port/db`` — shared by every worker on every host.
+
+Records go through cachelib's ``RedisCache`` serializer; tag state lives in a
+hash that never expires (configure Redis with a ``volatile-*`` eviction policy
+so only records, which always carry a TTL, can be evicted). Every tag
+invalidation moves a sequence number forward; a hit reads the record and that number
+in one ``MGET`` and refreshes its in-process copy of tag state only when the
+number moved. Locks are ``SET NX PX`` with a random token, released by an
+atomic compare-and-delete.
+
+    store = RedisStore("redis://127.0.0.1:6379/0?prefix=myapp:")
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..entry import Record, TagState, decode, encode
+from ..errors import StoreError
+from .base import Store, new_token
+
+try:
+    import redis as _redis
+except ImportError:  # pragma: no cover - redis is an install requirement
+    _redis = None  # type: ignore[assignment]
+
+#: Records without an expiry of their own still get a TTL, so a volatile-* eviction
+#: policy can reclaim them and never has to touch tag state.
+DEFAULT_RECORD_TTL = 365 * 24 * 3600
+
+_INVALIDATE = """
+local at = tonumber(ARGV[1])
+local hard = ARGV[2] == '1'
+-- the sequence only moves forward, even across a restart that lost it: it is at
+-- least the server's time in milliseconds, so readers notice a reset (seq goes back)
+-- instead of mistaking new invalidations for ones they have already seen
+local t = redis.call('TIME')
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now_ms > seq then seq = now_ms end
+redis.call('SET', KEYS[1], string.format('%d', seq))
+for i = 3, #ARGV do
+  local tag = ARGV[i]
+  local stale, expired = 0, 0
+  local cur = redis.call('HGET', KEYS[2], tag)
+  if cur then
+    local sp = string.find(cur, ' ', 1, true)
+    stale = tonumber(string.sub(cur, 1, sp - 1))
+    expired = tonumber(string.sub(cur, sp + 1))
+  end
+  if at > stale then stale = at end
+  if hard and at > expired then expired = at end
+  redis.call('HSET', KEYS[2], tag, string.format('%.6f %.6f', stale, expired))
+  redis.call('ZADD', KEYS[3], seq, tag)
+end
+return seq
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def _parse_state(raw: bytes | str) -> TagState:
+    stale, expired = (raw.decode() if isinstance(raw, bytes) else raw).split()
+    return (float(stale), float(expired))
+
+
+class RedisStore(Store):
+    """A store on one Redis server (or anything speaking its protocol)."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        client: Any = None,
+        prefix: str = "isr:",
+        socket_timeout: float = 2.0,
+        socket_connect_timeout: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(clock=clock)
+        if _redis is None:  # pragma: no cover
+            raise ImportError("the redis store needs redis-py: pip install redis")
+        from cachelib.serializers import RedisSerializer
+
+        if client is None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("redis", "rediss", "unix"):
+                raise ValueError(f"not a redis URL: {url!r}")
+            query = dict(parse_qsl(parts.query))
+            prefix = query.pop("prefix", prefix)
+            url = urlunsplit(parts._replace(query=urlencode(query)))
+            try:
+                client = _redis.Redis.from_url(
+                    url,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=socket_connect_timeout,
+                    health_check_interval=30,
+                )
+            except ValueError as exc:
+                raise ValueError(f"bad redis URL {url!r}: {exc}") from exc
+            safe = parts._replace(netloc=parts.hostname or "", query="")
+            self.description = f"redis: {urlunsplit(safe)} (prefix {prefix!r})"
+        else:
+            self.description = f"redis client {client!r} (prefix {prefix!r})"
+        self.client = client
+        self.prefix = prefix
+        self._serializer = RedisSerializer()
+        self._seq_key = prefix + "tagseq"
+        self._state_key = prefix + "tagstate"
+        self._changes_key = prefix + "tagchanges"
+        self._invalidate = client.register_script(_INVALIDATE)
+        self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(_EXTEND)
+        self._tags: dict[str, TagState] = {}
+        self._seq = 0
+        self._mutex = threading.Lock()
+
+    def _record_key(self, key: str) -> str:
+        return f"{self.prefix}e:{key}"
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self.prefix}lock:{name}"
+
+    def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        try:
+            raw, seq = self.client.mget([self._record_key(key), self._seq_key])
+            tags = self._sync_tags(int(seq or 0))
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis lookup failed: {exc}") from exc
+        try:
+            value = self._serializer.loads(raw)
+        except Exception:  # garbage under our key: a miss, not a crash
+            value = None
+        return decode(value), tags
+
+    def _sync_tags(self, seq: int) -> Mapping[str, TagState]:
+        if seq == self._seq:
+            return self._tags
+        with self._mutex:
+            if seq == self._seq:
+                return self._tags
+            if seq < self._seq:  # the server lost its data (restart without persistence)
+                self._tags, self._seq = {}, 0
+            tags = dict(self._tags)
+            if self._seq == 0:
+                changed = self.client.zrangebyscore(
+                    self._changes_key, "-inf", "+inf", withscores=True
+                )
+                states = self.client.hgetall(self._state_key)
+                for tag, raw in states.items():
+                    tags[tag.decode()] = _parse_state(raw)
+            else:
+                changed = self.client.zrangebyscore(
+                    self._changes_key, f"({self._seq}", "+inf", withscores=True
+                )
+                names = [t for t, _ in changed]
+                if names:
+                    for tag, raw in zip(
+                        names, self.client.hmget(self._state_key, names), strict=True
+                    ):
+                        if raw is not None:
+                            tags[tag.decode()] = _parse_state(raw)
+            top = max((int(s) for _, s in changed), default=seq)
+            self._tags, self._seq = tags, max(top, seq)
+            return tags
+
+    def put(self, key: str, record: Record, ttl: float | None) -> None:
+        ms = int((ttl if ttl is not None else DEFAULT_RECORD_TTL) * 1000)
+        try:
+            self.client.set(
+                self._record_key(key), self._serializer.dumps(encode(record)), px=max(ms, 1)
+            )
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis write failed: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete(self._record_key(key))
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis delete failed: {exc}") from exc
+
+    def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
+        names = list(tags)
+        if not names:
+            return {}
+        try:
+            raws = self.client.hmget(self._state_key, names)
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis read failed: {exc}") from exc
+        return {t: _parse_state(r) for t, r in zip(names, raws, strict=True) if r is not None}
+
+    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+        names = list(tags)
+        if not names:
+            return
+        try:
+            self._invalidate(
+                keys=[self._seq_key, self._state_key, self._changes_key],
+                args=[repr(float(at)), "1" if hard else "0", *names],
+            )
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis invalidation failed: {exc}") from exc
+
+    def acquire(self, name: str, ttl: float) -> str | None:
+        token = new_token()
+        try:
+            ok = self.client.set(self._lock_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis lock failed: {exc}") from exc
+        return token if ok else None
+
+    def release(self, name: str, token: str) -> bool:
+        try:
+            return bool(self._release(keys=[self._lock_key(name)], args=[token]))
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis unlock failed: {exc}") from exc
+
+    def extend(self, name: str, token: str, ttl: float) -> bool:
+        try:
+            return bool(
+                self._extend(keys=[self._lock_key(name)], args=[token, max(1, int(ttl * 1000))])
+            )
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis lock extend failed: {exc}") from exc
+
+    def count(self) -> int | None:
+        try:
+            return sum(1 for _ in self.client.scan_iter(match=f"{self.prefix}e:*", count=1000))
+        except _redis.RedisError:
+            return None
+
+    def close(self) -> None:
+        self.client.close()
