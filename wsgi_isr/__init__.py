@@ -2,7 +2,8 @@
 
 from .entry import Entry, State
 from .errors import ISRError, StoreError
-from .middleware import ISRMiddleware, current, revalidate_path, revalidate_tag
+from .invalidation import current, revalidate_path, revalidate_tag
+from .middleware import ISRMiddleware
 from .policy import tag
 from .stores import FileStore, MemoryStore, RedisStore, Store, open_store
 

@@ -17,14 +17,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
-from .keys import layout_tag, page_tag
-from .policy import valid_tags
+from .invalidation import check_mode, checked_tags, path_tag
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .middleware import ISRMiddleware
 
+MAX_ITEMS = 1024
 _STATUS_TEXT = {
     200: "200 OK",
     400: "400 Bad Request",
@@ -102,33 +102,25 @@ def _revalidate(mw: ISRMiddleware, environ: WSGIEnvironment) -> dict[str, Any]:
         raise _Reject(400, "body must be a JSON object")
     if not _authorised(mw, environ, body.get("secret")):
         raise _Reject(401, "missing or wrong secret")
-    mode = body.get("mode", "soft")
-    if mode not in ("soft", "hard"):
-        raise _Reject(400, '\'mode\' must be "soft" or "hard"')
     tags: list[str] = []
     for field in ("tag", "tags"):
         if field in body:
             tags += _strings(body[field], field)
-    if tags and len(valid_tags(tags, source="endpoint")) != len(set(tags)):
-        raise _Reject(
-            400, "invalid tag: printable ASCII without spaces or commas, at most 256 characters"
-        )
-    kind = body.get("type", "page")
-    if kind not in ("page", "layout"):
-        raise _Reject(400, '\'type\' must be "page" or "layout"')
     paths: list[str] = []
     for field in ("path", "paths"):
         if field in body:
             paths += _strings(body[field], field)
-    for p in paths:
-        if not p.startswith("/") or len(p) > 2048:
-            raise _Reject(400, "each path must start with '/' (at most 2048 characters)")
     if not tags and not paths:
         raise _Reject(400, "give 'tag', 'tags', 'path' or 'paths'")
-    if len(tags) + len(paths) > 1024:
-        raise _Reject(400, "at most 1024 tags and paths per request")
-    path_tags = [layout_tag(p) if kind == "layout" else page_tag(p) for p in paths]
-    now = mw._invalidate(list(dict.fromkeys(tags)) + path_tags, mode)
+    if len(tags) + len(paths) > MAX_ITEMS:
+        raise _Reject(400, f"at most {MAX_ITEMS} tags and paths per request")
+    try:
+        mode = check_mode(body.get("mode", "soft"))
+        kind = body.get("type", "page")
+        targets = (checked_tags(tags) if tags else []) + [path_tag(p, kind) for p in paths]
+    except ValueError as exc:
+        raise _Reject(400, str(exc)) from None
+    now = mw.invalidate(targets, mode)
     return {"revalidated": True, "tags": tags, "paths": paths, "mode": mode, "now": now}
 
 

@@ -19,28 +19,34 @@ in the foreground, concurrent misses for the same key waiting for one render.
 
 from __future__ import annotations
 
-import contextvars
 import hmac
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from werkzeug.sansio.utils import host_is_trusted
 
 from . import responses as R
-from .entry import Entry, PassMarker, Record, State, TagState, VaryMarker
+from .entry import Entry, PassMarker, Record, State, VaryMarker
 from .errors import StoreError
+from .invalidation import (
+    Mode,
+    PathType,
+    check_mode,
+    checked_tags,
+    current_middleware,
+    last_created,
+    path_tag,
+)
 from .keys import (
     RequestKey,
-    layout_tag,
-    page_tag,
-    path_tags,
     render_environ,
     request_key,
     variant_key,
 )
-from .policy import Decision, client_headers, decide, stored_headers, valid_tags
+from .policy import client_headers, decide
+from .regeneration import Regenerator, lock_name
 from .render import Captured, capture
 from .runner import AutoRunner, Runner
 from .stats import Stats
@@ -50,21 +56,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("wsgi_isr")
-
-Mode = Literal["soft", "hard"]
-_current: contextvars.ContextVar[ISRMiddleware | None] = contextvars.ContextVar(
-    "wsgi_isr.current", default=None
-)
-_last_created: list[ISRMiddleware] = []
-
-#: Seconds a "did not opt in" answer is remembered; a refused opted-in answer
-#: (5xx, Set-Cookie, too large) is remembered only briefly so it is retried soon.
-_REFUSED_PASS_TTL = 1.0
-_MAX_BACKOFF = 300.0
-
-
-def _lock_name(key: str) -> str:
-    return "render:" + key
 
 
 def _same(given: str, expected: str) -> bool:
@@ -159,9 +150,19 @@ class ISRMiddleware:
         self.max_request_bytes = int(max_request_bytes)
         self.runner: Runner = runner if runner is not None else AutoRunner(max_pending)
         self.stats = Stats()
-        self._failures: dict[str, int] = {}
         self._last_store_error = 0.0
-        _last_created[:] = [self]
+        self.regen = Regenerator(
+            app,
+            self.store,
+            self.runner,
+            self.stats,
+            max_entry_bytes=self.max_entry_bytes,
+            lock_timeout=self.lock_timeout,
+            pass_ttl=self.pass_ttl,
+            backoff=self.regeneration_backoff,
+            on_store_error=self._store_failed,
+        )
+        last_created[:] = [self]
 
     # -- invalidation ----------------------------------------------------------------------
 
@@ -174,34 +175,18 @@ class ISRMiddleware:
         """
         if not tags:
             raise ValueError("revalidate_tag needs at least one tag")
-        good = valid_tags(tags, source="revalidate_tag")
-        if len(good) != len(set(tags)):
-            raise ValueError(
-                "invalid tag: tags are printable ASCII without spaces or commas, "
-                "at most 256 characters, not starting with '_isr_'"
-            )
-        return self._invalidate(good, mode)
+        return self.invalidate(checked_tags(tags), mode)
 
-    def revalidate_path(
-        self, path: str, type: Literal["page", "layout"] = "page", *, mode: Mode = "soft"
-    ) -> float:
+    def revalidate_path(self, path: str, type: PathType = "page", *, mode: Mode = "soft") -> float:
         """Invalidate one path with all its query variants (``type="page"``), or the
         path and everything below it (``type="layout"``; ``"/"`` is the whole site)."""
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {path!r}")
-        if type == "page":
-            tag = page_tag(path)
-        elif type == "layout":
-            tag = layout_tag(path)
-        else:
-            raise ValueError(f"type must be 'page' or 'layout', got {type!r}")
-        return self._invalidate([tag], mode)
+        return self.invalidate([path_tag(path, type)], mode)
 
-    def _invalidate(self, tags: list[str], mode: Mode) -> float:
-        if mode not in ("soft", "hard"):
-            raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}")
+    def invalidate(self, tags: list[str], mode: Mode) -> float:
+        """Record the invalidation of already-checked tags (explicit or implicit)."""
+        hard = check_mode(mode) == "hard"
         at = self.store.now()
-        self.store.invalidate(tags, at, hard=mode == "hard")
+        self.store.invalidate(tags, at, hard=hard)
         self.stats.incr("invalidations", len(tags))
         return at
 
@@ -224,11 +209,11 @@ class ISRMiddleware:
         rk = request_key(environ, query_params=self.query_params)
         if rk is None or self._bypassed(environ, rk):
             return self._bypass(environ, start_response)
-        token = _current.set(self)
+        token = current_middleware.set(self)
         try:
             return self._serve(environ, start_response, rk)
         finally:
-            _current.reset(token)
+            current_middleware.reset(token)
 
     def _bypassed(self, environ: WSGIEnvironment, rk: RequestKey) -> bool:
         if self.trusted_hosts is not None and not host_is_trusted(rk.host, self.trusted_hosts):
@@ -292,14 +277,10 @@ class ISRMiddleware:
                 record, tag_states = self._lookup(key)
         except StoreError as exc:
             self._store_failed(exc)
-            return self._pass(
-                environ, start_response, R.BYPASS, "wsgi-isr; fwd=bypass; detail=store-error"
-            )
+            return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
         if isinstance(record, PassMarker):
             self.stats.incr("passes")
-            return self._pass(
-                environ, start_response, R.BYPASS, "wsgi-isr; fwd=bypass; detail=uncacheable"
-            )
+            return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE)
         if isinstance(record, Entry):
             now = self.store.now()
             state = record.state(now, tag_states)
@@ -308,7 +289,7 @@ class ISRMiddleware:
                 return self._respond(environ, start_response, record, now, R.HIT)
             if state is State.STALE:
                 self.stats.incr("stale")
-                self._schedule(environ, rk, key, vary)
+                self.regen.schedule(environ, rk, key, vary)
                 return self._respond(environ, start_response, record, now, R.STALE)
         self.stats.incr("misses")
         if _has_credentials(environ):
@@ -355,7 +336,7 @@ class ISRMiddleware:
                 headers = [(k, v) for k, v in headers if k.lower() != "cache-control"]
                 headers.append(("Cache-Control", "private, no-cache"))
                 if decision.store:
-                    self._schedule(environ, rk, key, vary)
+                    self.regen.schedule(environ, rk, key, vary)
             headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", detail)]
             return start_response(status, headers, exc_info)
 
@@ -369,14 +350,12 @@ class ISRMiddleware:
         key: str,
         vary: tuple[str, ...],
     ) -> Iterable[bytes]:
-        lock = _lock_name(key)
+        lock = lock_name(key)
         try:
             token = self.store.acquire(lock, self.lock_timeout)
         except StoreError as exc:
             self._store_failed(exc)
-            return self._pass(
-                environ, start_response, R.BYPASS, "wsgi-isr; fwd=bypass; detail=store-error"
-            )
+            return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
         if token is None:
             waited = self._wait_for_leader(environ, start_response, key, lock)
             if not isinstance(waited, str):
@@ -391,9 +370,11 @@ class ISRMiddleware:
         try:
             started = self.store.now()
             captured = capture(self.app, render_environ(rk, environ, vary), self.max_entry_bytes)
-            entry, key = self._settle(environ, rk, key, vary, captured, started, foreground=True)
+            entry, key = self.regen.settle(
+                environ, rk, key, vary, captured, started, foreground=True
+            )
         finally:
-            self._unlock(lock, token)
+            self.regen.unlock(lock, token)
         if entry is not None:
             return self._respond(environ, start_response, entry, started, R.MISS)
         return self._send_captured(environ, start_response, captured, "wsgi-isr; fwd=uri-miss")
@@ -420,7 +401,7 @@ class ISRMiddleware:
                         environ,
                         start_response,
                         R.BYPASS,
-                        "wsgi-isr; fwd=bypass; detail=uncacheable",
+                        R.CS_UNCACHEABLE,
                     )
                 if isinstance(record, Entry):
                     now = self.store.now()
@@ -434,9 +415,7 @@ class ISRMiddleware:
                     return token
             except StoreError as exc:
                 self._store_failed(exc)
-                return self._pass(
-                    environ, start_response, R.BYPASS, "wsgi-isr; fwd=bypass; detail=store-error"
-                )
+                return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
             if time.monotonic() >= deadline:
                 return ""
 
@@ -455,192 +434,5 @@ class ISRMiddleware:
             return []
         return captured.stream()
 
-    def _unlock(self, lock: str, token: str, hold: float | None = None) -> None:
-        try:
-            if hold is None:
-                self.store.release(lock, token)
-            else:
-                self.store.extend(lock, token, hold)
-        except StoreError as exc:  # the lock's TTL frees it anyway
-            self._store_failed(exc)
 
-    # -- storing ---------------------------------------------------------------------------
-
-    def _settle(
-        self,
-        environ: WSGIEnvironment | None,
-        rk: RequestKey,
-        key: str,
-        vary: tuple[str, ...],
-        captured: Captured,
-        started: float,
-        *,
-        foreground: bool,
-    ) -> tuple[Entry | None, str]:
-        """Store what a render produced, if it may be stored. Returns the entry
-        (``None`` if nothing was stored) and the key it landed under."""
-        decision = decide(
-            captured.status,
-            captured.headers,
-            captured.size,
-            extra_tags=captured.tags,
-            max_entry_bytes=self.max_entry_bytes,
-        )
-        if not decision.store:
-            if not captured.overflow and not decision.opted_in:
-                self._put(key, PassMarker(decision.reason), self.pass_ttl)
-            elif foreground:
-                self._put(key, PassMarker(decision.reason), _REFUSED_PASS_TTL)
-            log.info("wsgi_isr: not storing %s: %s", key, decision.reason)
-            return None, key
-        if decision.vary != vary:
-            # the page varies on request headers it was not keyed on yet: remember that,
-            # and store this render only if it saw all of them (a foreground render with
-            # the visitor's request at hand renders again, once)
-            self._put(rk.key, VaryMarker(decision.vary) if decision.vary else None, None)
-            if environ is None:
-                return None, key
-            key = variant_key(rk.key, decision.vary, environ) if decision.vary else rk.key
-            captured.close()
-            captured = capture(
-                self.app, render_environ(rk, environ, decision.vary), self.max_entry_bytes
-            )
-            retry = self._settle(None, rk, key, decision.vary, captured, started, foreground=False)
-            return retry
-        entry = self._entry(rk, captured, decision, started)
-        ttl = None if decision.expire is None else decision.expire + 60
-        if self._put(key, entry, ttl):
-            return entry, key
-        return None, key
-
-    def _put(self, key: str, record: Record | None, ttl: float | None) -> bool:
-        try:
-            if record is None:
-                self.store.delete(key)
-            else:
-                self.store.put(key, record, ttl)
-            return True
-        except StoreError as exc:
-            self._store_failed(exc)
-            return False
-
-    def _entry(
-        self, rk: RequestKey, captured: Captured, decision: Decision, started: float
-    ) -> Entry:
-        body = captured.body()
-        etags = [v for k, v in captured.headers if k.lower() == "etag"]
-        lms = [v for k, v in captured.headers if k.lower() == "last-modified"]
-        return Entry(
-            status=captured.status,
-            headers=stored_headers(captured.headers),
-            body=body,
-            created=float(started),
-            revalidate=decision.revalidate,
-            expire=decision.expire,
-            tags=decision.tags + path_tags(rk.path),
-            etag=etags[-1] if etags else R.make_etag(body),
-            last_modified=lms[-1] if lms else R.last_modified(started),
-        )
-
-    # -- background regeneration -----------------------------------------------------------
-
-    def _schedule(
-        self, environ: WSGIEnvironment, rk: RequestKey, key: str, vary: tuple[str, ...]
-    ) -> None:
-        lock = _lock_name(key)
-        try:
-            token = self.store.acquire(lock, self.lock_timeout)
-        except StoreError as exc:
-            self._store_failed(exc)
-            return
-        if token is None:
-            return  # someone, somewhere, is already on it (or backing off)
-        env = render_environ(rk, environ, vary)
-        if self.runner.submit(lambda: self._regenerate(rk, key, vary, env, lock, token)):
-            self.stats.incr("regenerations_started")
-        else:
-            self.stats.incr("regenerations_skipped")
-            self._unlock(lock, token)
-
-    def _regenerate(
-        self,
-        rk: RequestKey,
-        key: str,
-        vary: tuple[str, ...],
-        env: dict[str, Any],
-        lock: str,
-        token: str,
-    ) -> None:
-        hold: float | None = None
-        try:
-            started = self.store.now()
-            try:
-                captured = capture(self.app, env, self.max_entry_bytes)
-                if captured.overflow:
-                    for _ in captured.rest or ():
-                        pass
-                    captured.close()
-            except Exception:
-                log.exception("wsgi_isr: regeneration of %s raised; keeping the stale page", key)
-                hold = self._failed(key)
-                return
-            decision = decide(
-                captured.status,
-                captured.headers,
-                captured.size,
-                extra_tags=captured.tags,
-                max_entry_bytes=self.max_entry_bytes,
-            )
-            if decision.store or not decision.opted_in:
-                self._settle(None, rk, key, vary, captured, started, foreground=False)
-                self._failures.pop(key, None)
-                self.stats.incr("regenerations_ok")
-            else:
-                log.warning(
-                    "wsgi_isr: regeneration of %s refused (%s); keeping the stale page",
-                    key,
-                    decision.reason,
-                )
-                hold = self._failed(key)
-        finally:
-            self._unlock(lock, token, hold)
-
-    def _failed(self, key: str) -> float:
-        """Count a failed regeneration and return how long to hold the lock (backoff)."""
-        self.stats.incr("regenerations_failed")
-        n = self._failures.get(key, 0) + 1
-        if len(self._failures) > 10_000:
-            self._failures.clear()
-        self._failures[key] = n
-        return float(min(self.regeneration_backoff * 2.0 ** (n - 1), _MAX_BACKOFF))
-
-
-def current() -> ISRMiddleware:
-    """The middleware handling the current request, else the last one created."""
-    mw: ISRMiddleware | None = _current.get()
-    if mw is None:
-        if not _last_created:
-            raise RuntimeError("no ISRMiddleware has been created in this process")
-        mw = _last_created[0]
-    return mw
-
-
-def revalidate_tag(*tags: str, mode: Mode = "soft") -> float:
-    """Invalidate tags through the :func:`current` middleware.
-
-    See :meth:`ISRMiddleware.revalidate_tag`; usable from any view, e.g. a CMS webhook.
-    """
-    return current().revalidate_tag(*tags, mode=mode)
-
-
-def revalidate_path(
-    path: str, type: Literal["page", "layout"] = "page", *, mode: Mode = "soft"
-) -> float:
-    """Invalidate a path through the :func:`current` middleware.
-
-    See :meth:`ISRMiddleware.revalidate_path`.
-    """
-    return current().revalidate_path(path, type, mode=mode)
-
-
-__all__ = ["ISRMiddleware", "TagState", "current", "revalidate_path", "revalidate_tag"]
+__all__ = ["ISRMiddleware"]

@@ -1,0 +1,7 @@
+# gunicorn -c examples/flask_blog/gunicorn.conf.py
+wsgi_app = "examples.flask_blog.app:app"
+bind = "127.0.0.1:8000"
+workers = 4
+worker_class = "gevent"
+graceful_timeout = 30
+accesslog = "-"

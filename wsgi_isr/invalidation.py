@@ -1,0 +1,88 @@
+"""On-demand invalidation: turning tags and paths into the tags the store records.
+
+Invalidating never touches cached pages: the store records, per tag, when it
+was invalidated, and a page is stale if any of its tags (explicit, or the
+implicit page/layout tags of its path) was invalidated after its render
+started. The cost is one write per tag, whatever the number of cached pages.
+
+    wsgi_isr.revalidate_tag("post-hello-world")
+    wsgi_isr.revalidate_path("/docs", "layout", mode="hard")
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
+
+from .keys import layout_tag, page_tag
+from .policy import valid_tags
+
+if TYPE_CHECKING:
+    from .middleware import ISRMiddleware
+
+Mode = Literal["soft", "hard"]
+PathType = Literal["page", "layout"]
+MAX_PATH = 2048
+INVALID_TAG = (
+    "invalid tag: printable ASCII without spaces or commas, at most 256 characters, "
+    "not starting with '_isr_'"
+)
+
+#: The middleware handling the current request; module-level helpers act on it.
+current_middleware: contextvars.ContextVar[ISRMiddleware | None] = contextvars.ContextVar(
+    "wsgi_isr.current", default=None
+)
+last_created: list[ISRMiddleware] = []
+
+
+def check_mode(mode: object) -> Mode:
+    if mode not in ("soft", "hard"):
+        raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}")
+    return mode
+
+
+def checked_tags(tags: Iterable[str]) -> list[str]:
+    """The tags, deduplicated; ``ValueError`` if any is invalid."""
+    tags = list(tags)
+    good = valid_tags(tags, source="revalidate_tag")
+    if len(good) != len(set(tags)):
+        raise ValueError(INVALID_TAG)
+    return good
+
+
+def path_tag(path: object, type: object = "page") -> str:
+    """The implicit tag that invalidates ``path`` as a page or as a layout."""
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > MAX_PATH:
+        raise ValueError(f"path must start with '/' (at most {MAX_PATH} characters), got {path!r}")
+    if type == "page":
+        return page_tag(path)
+    if type == "layout":
+        return layout_tag(path)
+    raise ValueError(f"type must be 'page' or 'layout', got {type!r}")
+
+
+def current() -> ISRMiddleware:
+    """The middleware handling the current request, else the last one created."""
+    mw = current_middleware.get()
+    if mw is None:
+        if not last_created:
+            raise RuntimeError("no ISRMiddleware has been created in this process")
+        mw = last_created[0]
+    return mw
+
+
+def revalidate_tag(*tags: str, mode: Mode = "soft") -> float:
+    """Invalidate tags through the :func:`current` middleware.
+
+    See :meth:`ISRMiddleware.revalidate_tag`; usable from any view, e.g. a CMS webhook.
+    """
+    return current().revalidate_tag(*tags, mode=mode)
+
+
+def revalidate_path(path: str, type: PathType = "page", *, mode: Mode = "soft") -> float:
+    """Invalidate a path through the :func:`current` middleware.
+
+    See :meth:`ISRMiddleware.revalidate_path`.
+    """
+    return current().revalidate_path(path, type, mode=mode)
