@@ -56,11 +56,16 @@ class CountingApp:
             status, spec = spec
         if callable(spec):
             spec = spec(environ, n)
-        body = (
-            f"{path}?{environ.get('QUERY_STRING', '')} render {n} "
-            f"cookie={environ.get('HTTP_COOKIE', '-')} auth={environ.get('HTTP_AUTHORIZATION', '-')} "
-            f"xfh={environ.get('HTTP_X_FORWARDED_HOST', '-')} lang={environ.get('HTTP_ACCEPT_LANGUAGE', '-')}"
-        ).encode()
+        seen = " ".join(
+            f"{label}={environ.get(name, '-')}"
+            for label, name in (
+                ("cookie", "HTTP_COOKIE"),
+                ("auth", "HTTP_AUTHORIZATION"),
+                ("xfh", "HTTP_X_FORWARDED_HOST"),
+                ("lang", "HTTP_ACCEPT_LANGUAGE"),
+            )
+        )
+        body = f"{path}?{environ.get('QUERY_STRING', '')} render {n} {seen}".encode()
         start_response(status, [("Content-Type", "text/plain"), *spec])
         return [body]
 

@@ -54,7 +54,7 @@ def test_what_opts_in(headers: list[tuple[str, str]], cached: bool) -> None:
     for response in (first, second):
         assert not [
             h
-            for h in response.headers.keys()
+            for h, _ in response.headers.items()
             if h.lower().startswith("x-isr-") and h != "X-ISR-Cache"
         ]
 

@@ -18,7 +18,31 @@ import wsgi_isr
 POSTS = 10_000
 PER_PAGE = 20
 CATEGORIES = ("python", "web", "caching", "databases", "ops", "testing", "design", "security")
-_WORDS = ["cache", "stale", "fresh", "render", "page", "tag", "worker", "greenlet", "request", "response", "header", "store", "redis", "file", "memory", "lock", "regenerate", "invalidate", "visitor", "server", "deploy", "static", "dynamic"]
+_WORDS = (
+    "cache",
+    "stale",
+    "fresh",
+    "render",
+    "page",
+    "tag",
+    "worker",
+    "greenlet",
+    "request",
+    "response",
+    "header",
+    "store",
+    "redis",
+    "file",
+    "memory",
+    "lock",
+    "regenerate",
+    "invalidate",
+    "visitor",
+    "server",
+    "deploy",
+    "static",
+    "dynamic",
+)
 
 
 @dataclass(frozen=True)
