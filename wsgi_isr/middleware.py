@@ -46,6 +46,7 @@ from .keys import (
     variant_key,
 )
 from .policy import client_headers, decide
+from .prebuild import PrebuildReport, prebuild
 from .regeneration import Regenerator, lock_name
 from .render import Captured, capture
 from .runner import AutoRunner, Runner
@@ -189,6 +190,25 @@ class ISRMiddleware:
         self.store.invalidate(tags, at, hard=hard)
         self.stats.incr("invalidations", len(tags))
         return at
+
+    def prebuild(
+        self,
+        paths: Iterable[str],
+        *,
+        host: str = "localhost",
+        scheme: str = "http",
+        concurrency: int = 4,
+        progress: Callable[[str, str], None] | None = None,
+    ) -> PrebuildReport:
+        """Render ``paths`` into the store now, as ``scheme://host`` will request them.
+
+        Returns a :class:`~wsgi_isr.prebuild.PrebuildReport` of built / skipped (the
+        page did not opt in) / failed paths; ``progress(path, outcome)`` is called
+        after each one.
+        """
+        return prebuild(
+            self, paths, host=host, scheme=scheme, concurrency=concurrency, progress=progress
+        )
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for pending background regenerations; True if none are left."""

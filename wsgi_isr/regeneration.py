@@ -81,16 +81,12 @@ class Regenerator:
         started: float,
         *,
         foreground: bool,
+        decision: Decision | None = None,
     ) -> tuple[Entry | None, str]:
         """Store what a render produced, if it may be stored. Returns the entry
         (``None`` if nothing was stored) and the key it landed under."""
-        decision = decide(
-            captured.status,
-            captured.headers,
-            captured.size,
-            extra_tags=captured.tags,
-            max_entry_bytes=self.max_entry_bytes,
-        )
+        if decision is None:
+            decision = self.decide(captured)
         if not decision.store:
             if not captured.overflow and not decision.opted_in:
                 self.put(key, PassMarker(decision.reason), self.pass_ttl)
@@ -117,6 +113,15 @@ class Regenerator:
         if self.put(key, entry, ttl):
             return entry, key
         return None, key
+
+    def decide(self, captured: Captured) -> Decision:
+        return decide(
+            captured.status,
+            captured.headers,
+            captured.size,
+            extra_tags=captured.tags,
+            max_entry_bytes=self.max_entry_bytes,
+        )
 
     def put(self, key: str, record: Record | None, ttl: float | None) -> bool:
         try:
@@ -187,15 +192,11 @@ class Regenerator:
                 log.exception("wsgi_isr: regeneration of %s raised; keeping the stale page", key)
                 hold = self.failed(key)
                 return
-            decision = decide(
-                captured.status,
-                captured.headers,
-                captured.size,
-                extra_tags=captured.tags,
-                max_entry_bytes=self.max_entry_bytes,
-            )
+            decision = self.decide(captured)
             if decision.store or not decision.opted_in:
-                self.settle(None, rk, key, vary, captured, started, foreground=False)
+                self.settle(
+                    None, rk, key, vary, captured, started, foreground=False, decision=decision
+                )
                 self._failures.pop(key, None)
                 self.stats.incr("regenerations_ok")
             else:

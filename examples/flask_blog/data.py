@@ -90,7 +90,7 @@ def ensure_schema(path: str, posts: int = POSTS) -> None:
                 rows.append(
                     (
                         i,
-                        f"post-{i:05d}",
+                        f"{'-'.join(words[:3])}-{i}",
                         f"Post {i}: {' '.join(words[:4]).capitalize()}",
                         " ".join(words),
                         CATEGORIES[i % len(CATEGORIES)],

@@ -1,5 +1,5 @@
 # gunicorn -c examples/flask_blog/gunicorn.conf.py
-wsgi_app = "examples.flask_blog.app:app"
+wsgi_app = "examples.flask_blog.app:create_app()"
 bind = "127.0.0.1:8000"
 workers = 4
 worker_class = "gevent"

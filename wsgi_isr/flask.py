@@ -1,0 +1,286 @@
+"""Flask integration: configuration from ``app.config``, a page decorator, and a CLI.
+
+from flask import Flask
+from wsgi_isr.flask import ISR
+
+app = Flask(__name__)
+isr = ISR(app)                       # or isr = ISR(); isr.init_app(app)
+
+@app.get("/posts/<slug>")
+@isr.page(revalidate=60, tags=lambda slug: [f"post-{slug}", "posts"],
+          static_params=lambda: [{"slug": s} for s in top_slugs()])
+def post(slug): ...
+
+$ flask isr build                    # pre-render every static_params page
+$ flask isr revalidate --tag posts   # invalidate from a shell
+$ flask isr status
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+import click
+from flask import Flask, abort, current_app, make_response
+from flask.cli import AppGroup
+
+from .invalidation import Mode, PathType
+from .middleware import ISRMiddleware
+
+F = TypeVar("F", bound=Callable[..., Any])
+Params = Iterable[dict[str, Any]]
+
+#: app.config key -> (ISRMiddleware keyword, converter)
+CONFIG: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "ISR_STORE": ("store", lambda v: v),
+    "ISR_SECRET": ("secret", lambda v: v or None),
+    "ISR_ENDPOINT": ("endpoint", str),
+    "ISR_TRUSTED_HOSTS": ("trusted_hosts", list),
+    "ISR_BYPASS_COOKIES": ("bypass_cookies", tuple),
+    "ISR_BYPASS_TOKEN": ("bypass_token", lambda v: v or None),
+    "ISR_QUERY_PARAMS": ("query_params", list),
+    "ISR_MAX_ENTRY_BYTES": ("max_entry_bytes", int),
+    "ISR_LOCK_TIMEOUT": ("lock_timeout", float),
+    "ISR_COALESCE_TIMEOUT": ("coalesce_timeout", float),
+    "ISR_REGENERATION_BACKOFF": ("regeneration_backoff", float),
+    "ISR_PASS_TTL": ("pass_ttl", float),
+    "ISR_MAX_PENDING": ("max_pending", int),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PageSpec:
+    """What ``@isr.page`` recorded about a view."""
+
+    revalidate: int | float | bool
+    tags: Iterable[str] | Callable[..., Iterable[str]]
+    expire: int | float | None
+    static_params: Callable[[], Params] | None
+    dynamic_params: bool
+
+
+def _param_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, str(v)) for k, v in params.items()))
+
+
+class ISR:
+    """The Flask extension. Reads ``ISR_*`` keys from ``app.config`` (see :data:`CONFIG`)
+    and installs :class:`~wsgi_isr.ISRMiddleware` on ``app.wsgi_app``.
+
+    Without ``ISR_STORE`` the store is a filesystem store in the app's instance folder,
+    shared by every worker of the deployment.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        self.options = options
+        self._known_params: dict[Callable[..., Any], set[tuple[tuple[str, str], ...]]] = {}
+        self._app: Flask | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        kwargs: dict[str, Any] = {}
+        for key, (name, convert) in CONFIG.items():
+            if app.config.get(key) is not None:
+                kwargs[name] = convert(app.config[key])
+        if "store" not in kwargs:
+            kwargs["store"] = "file://" + os.path.join(app.instance_path, "isr-cache")
+        kwargs.update(self.options)
+        middleware = ISRMiddleware(app.wsgi_app, **kwargs)
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.extensions["isr"] = self
+        app.extensions["isr.middleware"] = middleware
+        app.cli.add_command(cli)
+        self._app = app
+
+    # -- the middleware of the app in use --------------------------------------------------
+
+    @property
+    def middleware(self) -> ISRMiddleware:
+        """The middleware of the current app (or of the app passed to the constructor)."""
+        try:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        except RuntimeError:
+            if self._app is None:
+                raise RuntimeError("ISR is not initialised on any app") from None
+            app = self._app
+        return cast(ISRMiddleware, app.extensions["isr.middleware"])
+
+    def revalidate_tag(self, *tags: str, mode: Mode = "soft") -> float:
+        """Invalidate tags (see :meth:`ISRMiddleware.revalidate_tag`); works in any view
+        (a CMS webhook) and outside requests."""
+        return self.middleware.revalidate_tag(*tags, mode=mode)
+
+    def revalidate_path(self, path: str, type: PathType = "page", *, mode: Mode = "soft") -> float:
+        """Invalidate a path (see :meth:`ISRMiddleware.revalidate_path`)."""
+        return self.middleware.revalidate_path(path, type, mode=mode)
+
+    # -- the decorator -----------------------------------------------------------------------
+
+    def page(
+        self,
+        revalidate: int | float | bool = False,
+        *,
+        tags: Iterable[str] | Callable[..., Iterable[str]] = (),
+        expire: int | float | None = None,
+        static_params: Callable[[], Params] | None = None,
+        dynamic_params: bool = True,
+    ) -> Callable[[F], F]:
+        """Cache the view's responses.
+
+        :param revalidate: seconds the page stays fresh; ``False`` until invalidated.
+        :param tags: tags, or a callable taking the view's keyword arguments.
+        :param expire: past this age a stale copy is not served.
+        :param static_params: returns the view arguments to pre-render with
+            ``flask isr build`` (like Next.js ``generateStaticParams``).
+        :param dynamic_params: ``False`` turns arguments outside ``static_params`` into a
+            404 without running the view.
+        """
+        if revalidate is True or (not isinstance(revalidate, bool) and revalidate < 0):
+            raise ValueError("revalidate must be a number of seconds >= 0, or False")
+        if expire is not None and expire <= 0:
+            raise ValueError("expire must be positive")
+        if not dynamic_params and static_params is None:
+            raise ValueError("dynamic_params=False needs static_params")
+        spec = PageSpec(revalidate, tags, expire, static_params, dynamic_params)
+        header = "false" if revalidate is False else f"{revalidate:g}"
+
+        def decorator(view: F) -> F:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if not spec.dynamic_params and _param_key(kwargs) not in self._allowed(wrapper):
+                    abort(404)
+                response = make_response(view(*args, **kwargs))
+                response.headers["X-ISR-Revalidate"] = header
+                page_tags = list(spec.tags(**kwargs) if callable(spec.tags) else spec.tags)
+                if page_tags:
+                    response.headers.add("X-ISR-Tags", ", ".join(page_tags))
+                if spec.expire is not None:
+                    response.headers["X-ISR-Expire"] = f"{spec.expire:g}"
+                return response
+
+            wrapper._isr_page = spec  # type: ignore[attr-defined]
+            return cast(F, wrapper)
+
+        return decorator
+
+    def _allowed(self, view: Callable[..., Any]) -> set[tuple[tuple[str, str], ...]]:
+        known = self._known_params.get(view)
+        if known is None:
+            spec: PageSpec = view._isr_page  # type: ignore[attr-defined]
+            assert spec.static_params is not None
+            known = {_param_key(p) for p in spec.static_params()}
+            self._known_params[view] = known
+        return known
+
+    # -- pre-building ------------------------------------------------------------------------
+
+    def static_paths(self, app: Flask | None = None) -> list[str]:
+        """Every URL the ``static_params`` of every ``@isr.page`` route asks for."""
+        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        adapter = app.url_map.bind("localhost")
+        paths: list[str] = []
+        for rule in app.url_map.iter_rules():
+            view = app.view_functions.get(rule.endpoint)
+            spec: PageSpec | None = getattr(view, "_isr_page", None)
+            if spec is None or "GET" not in (rule.methods or ()):
+                continue
+            if spec.static_params is None:
+                if not rule.arguments:
+                    paths.append(adapter.build(rule.endpoint, {}))
+                continue
+            for params in spec.static_params():
+                paths.append(adapter.build(rule.endpoint, params, append_unknown=False))
+        return list(dict.fromkeys(paths))
+
+
+def _state() -> tuple[ISR, ISRMiddleware]:
+    ext = current_app.extensions.get("isr")
+    if ext is None:
+        raise click.ClickException("this app does not use wsgi_isr.flask.ISR")
+    return ext, current_app.extensions["isr.middleware"]
+
+
+cli = AppGroup("isr", help="Incremental Static Regeneration: build, revalidate, status.")
+
+
+@cli.command("build")
+@click.option("--concurrency", default=4, show_default=True, help="Pages rendered at once.")
+@click.option("--host", default=None, help="Host the pages are served as (default: SERVER_NAME).")
+@click.option("--scheme", default=None, type=click.Choice(["http", "https"]))
+def build_command(concurrency: int, host: str | None, scheme: str | None) -> None:
+    """Pre-render the static_params of every @isr.page route into the store."""
+    ext, mw = _state()
+    host = host or current_app.config.get("SERVER_NAME") or "localhost"
+    scheme = scheme or current_app.config.get("PREFERRED_URL_SCHEME") or "http"
+    paths = ext.static_paths()
+    click.echo(f"Pre-rendering {len(paths)} pages as {scheme}://{host} into {mw.store.description}")
+    with click.progressbar(length=len(paths), label="building", file=sys.stderr) as bar:
+        report = mw.prebuild(
+            paths,
+            host=host,
+            scheme=scheme,
+            concurrency=concurrency,
+            progress=lambda path, outcome: bar.update(1),
+        )
+    for path, reason in report.failed:
+        click.echo(f"FAILED {path}: {reason}", err=True)
+    for path, reason in report.skipped[:20]:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    click.echo(report.summary())
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command("revalidate")
+@click.option("--tag", "tags", multiple=True, help="A tag to invalidate (repeatable).")
+@click.option("--path", "paths", multiple=True, help="A path to invalidate (repeatable).")
+@click.option("--layout", is_flag=True, help="Invalidate the paths and everything below them.")
+@click.option("--hard", is_flag=True, help="Expire instead of marking stale.")
+def revalidate_command(
+    tags: tuple[str, ...], paths: tuple[str, ...], layout: bool, hard: bool
+) -> None:
+    """Invalidate tags and paths in the store the running servers use."""
+    ext, mw = _state()
+    if not tags and not paths:
+        raise click.UsageError("give at least one --tag or --path")
+    mode: Mode = "hard" if hard else "soft"
+    try:
+        if tags:
+            mw.revalidate_tag(*tags, mode=mode)
+        for path in paths:
+            mw.revalidate_path(path, "layout" if layout else "page", mode=mode)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(f"revalidated ({mode}): tags={list(tags)} paths={list(paths)}")
+
+
+@cli.command("status")
+@click.option("--url", default=None, help="Base URL of a running server to read its counters.")
+def status_command(url: str | None) -> None:
+    """Show the store, how many pages it holds, and (with --url) a server's counters."""
+    ext, mw = _state()
+    count = mw.store.count()
+    click.echo(f"store:   {mw.store.description}")
+    click.echo(f"entries: {count if count is not None else 'unknown'}")
+    if url:
+        if mw.secret is None:
+            raise click.ClickException("ISR_SECRET is not set: the status endpoint is off")
+        req = urllib.request.Request(
+            url.rstrip("/") + mw.endpoint + "/status",
+            headers={"Authorization": f"Bearer {mw.secret}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            data = json.load(resp)
+        for name, value in data["counters"].items():
+            click.echo(f"{name + ':':24}{value}")
+
+
+__all__ = ["ISR", "PageSpec", "cli"]
