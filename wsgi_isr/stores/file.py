@@ -38,6 +38,11 @@ log = logging.getLogger("wsgi_isr")
 COMPACT_BYTES = 1 << 20
 
 
+def _generation_line() -> bytes:
+    """First line of every tag log file: tells readers a compacted log from the old one."""
+    return json.dumps({"generation": new_token()}).encode() + b"\n"
+
+
 class FileStore(Store):
     def __init__(
         self,
@@ -62,8 +67,9 @@ class FileStore(Store):
         self._log_path = os.path.join(self.path, "tags.log")
         self._log_lock_path = os.path.join(self.path, "tags.lock")
         self._tags: dict[str, TagState] = {}
-        self._log_id: tuple[int, int] | None = None
+        self._log_id: tuple[int, int, int, int] | None = None
         self._log_pos = 0
+        self._generation = b""
         self._refresh_mutex = threading.Lock()
 
     # -- records -------------------------------------------------------------------------
@@ -93,26 +99,34 @@ class FileStore(Store):
     # -- tag state -----------------------------------------------------------------------
 
     def _refresh_tags(self) -> Mapping[str, TagState]:
+        """Bring the in-process copy of tag state up to date with the log.
+
+        The common case costs one ``stat``. A log replaced by compaction is noticed by
+        the generation in its first line, even when the new file reuses the inode.
+        """
         try:
             st = os.stat(self._log_path)
         except FileNotFoundError:
             return self._tags
         except OSError as exc:
             raise StoreError(f"cannot read {self._log_path}: {exc}") from exc
-        ident = (st.st_dev, st.st_ino)
-        if ident == self._log_id and st.st_size == self._log_pos:
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if ident == self._log_id:
             return self._tags
         with self._refresh_mutex:
-            if ident != self._log_id:  # first read, or the log was compacted
-                tags: dict[str, TagState] = {}
-                pos = 0
-            else:
-                tags, pos = dict(self._tags), self._log_pos
             try:
                 with open(self._log_path, "rb") as f:
-                    if os.fstat(f.fileno()).st_ino != st.st_ino:
-                        return self._tags  # replaced between stat and open: next call
-                    f.seek(pos)
+                    generation = f.readline()
+                    if not generation.endswith(b"\n"):
+                        return self._tags  # being created: next call
+                    if (
+                        generation == self._generation
+                        and os.fstat(f.fileno()).st_size >= self._log_pos
+                    ):
+                        tags, pos = dict(self._tags), self._log_pos
+                        f.seek(pos)
+                    else:  # first read, or the log was compacted
+                        tags, pos = {}, len(generation)
                     data = f.read()
             except OSError as exc:
                 raise StoreError(f"cannot read {self._log_path}: {exc}") from exc
@@ -120,13 +134,12 @@ class FileStore(Store):
             for line in data[:end].splitlines():
                 try:
                     tag, stale, expired = json.loads(line)
-                    tags[tag] = (
-                        max(tags.get(tag, (0.0, 0.0))[0], float(stale)),
-                        max(tags.get(tag, (0.0, 0.0))[1], float(expired)),
-                    )
+                    old = tags.get(tag, (0.0, 0.0))
+                    tags[tag] = (max(old[0], float(stale)), max(old[1], float(expired)))
                 except (ValueError, TypeError):
                     log.warning("wsgi_isr: skipping a malformed line in %s", self._log_path)
-            self._tags, self._log_pos, self._log_id = tags, pos + end, ident
+            self._tags, self._log_pos, self._generation = tags, pos + end, generation
+            self._log_id = ident if end == len(data) else None
             return tags
 
     def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
@@ -152,6 +165,8 @@ class FileStore(Store):
                     state = merge_tag_state(current.get(tag), at, hard)
                     lines.append(json.dumps([tag, state[0], state[1]]).encode() + b"\n")
                 with open(self._log_path, "ab") as f:
+                    if f.tell() == 0:
+                        f.write(_generation_line())
                     f.write(b"".join(lines))
                 self._maybe_compact()
         except OSError as exc:
@@ -166,6 +181,7 @@ class FileStore(Store):
             return
         tmp = f"{self._log_path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
+            f.write(_generation_line())
             f.writelines(json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
         os.replace(tmp, self._log_path)
 

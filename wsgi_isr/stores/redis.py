@@ -100,7 +100,8 @@ class RedisStore(Store):
                 raise ValueError(f"not a redis URL: {url!r}")
             query = dict(parse_qsl(parts.query))
             prefix = query.pop("prefix", prefix)
-            url = urlunsplit(parts._replace(query=urlencode(query)))
+            # rebuilt by hand: urlunsplit drops the "//" of "unix:///path"
+            url = url.split("?", 1)[0] + ("?" + urlencode(query) if query else "")
             try:
                 client = _redis.Redis.from_url(
                     url,

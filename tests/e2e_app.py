@@ -1,0 +1,125 @@
+"""A small Flask application behind :class:`wsgi_isr.ISRMiddleware`, served by the
+real-server tests (``tests/test_server.py``) under ``gunicorn -k gevent -w 2``::
+
+    ISR_STORE=file:///tmp/isr ISR_SECRET=... ISR_COUNTER_DIR=/tmp/renders \\
+        gunicorn -k gevent -w 2 tests.e2e_app:app
+
+Configuration comes from the environment:
+
+``ISR_STORE``
+    the store URL (``file:///...`` so both workers share it).
+``ISR_SECRET``
+    enables ``POST /_isr/revalidate``.
+``ISR_COUNTER_DIR``
+    every render appends one line to ``<dir>/<page>.log`` (``slow-<name>``,
+    ``post-<slug>``, ``whoami``). Renders happen in several worker processes, so
+    they are counted in files (``O_APPEND`` under ``flock``), never in memory.
+``ISR_SLOW_SECONDS`` / ``ISR_POST_SECONDS``
+    how long ``/slow/<name>`` and ``/post/<slug>`` take to render.
+
+Every response carries ``X-Worker-Pid``, the pid of the worker that *served* it
+(added outside the cache, so a cached page still says who answered).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, abort, request
+
+from wsgi_isr import ISRMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+logging.basicConfig(level=logging.INFO, format="%(process)d %(levelname)s %(name)s: %(message)s")
+
+COUNTER_DIR = os.environ["ISR_COUNTER_DIR"]
+SLOW_SECONDS = float(os.environ.get("ISR_SLOW_SECONDS", "2"))
+POST_SECONDS = float(os.environ.get("ISR_POST_SECONDS", "0.5"))
+_NAME = re.compile(r"[a-z0-9-]{1,64}")
+
+
+def record_render(page: str) -> int:
+    """Append a line for one render of ``page``; return how many renders it has had."""
+    fd = os.open(
+        os.path.join(COUNTER_DIR, page + ".log"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644
+    )
+    try:
+        # the lock makes "append, then count" one step across worker processes
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()} {time.time():.6f}\n".encode())
+        return os.pread(fd, os.fstat(fd).st_size, 0).count(b"\n")
+    finally:
+        os.close(fd)
+
+
+def _checked(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        abort(404)
+    return name
+
+
+app = Flask(__name__)
+
+
+@app.get("/health")
+def health() -> tuple[str, dict[str, str]]:
+    return f"ok {os.getpid()}", {"Content-Type": "text/plain"}
+
+
+@app.get("/slow/<name>")
+def slow(name: str) -> tuple[str, dict[str, str]]:
+    """Takes ``SLOW_SECONDS`` to render and is fresh for one second."""
+    name = _checked(name)
+    n = record_render(f"slow-{name}")
+    time.sleep(SLOW_SECONDS)  # gevent-patched: the worker keeps serving meanwhile
+    return f"slow {name} render {n} by {os.getpid()}", {
+        "Content-Type": "text/plain",
+        "X-ISR-Revalidate": "1",
+    }
+
+
+@app.get("/post/<slug>")
+def post(slug: str) -> tuple[str, dict[str, str]]:
+    """Cached until its tag is revalidated."""
+    slug = _checked(slug)
+    n = record_render(f"post-{slug}")
+    time.sleep(POST_SECONDS)
+    return f"post {slug} render {n} by {os.getpid()}", {
+        "Content-Type": "text/plain",
+        "X-ISR-Revalidate": "false",
+        "X-ISR-Tags": f"post-{slug}, posts",
+    }
+
+
+@app.get("/whoami")
+def whoami() -> tuple[str, dict[str, str]]:
+    """Opts in to caching although it shows the visitor's cookie: the middleware must
+    never let one visitor's render reach another."""
+    user = request.cookies.get("user", "anonymous")
+    n = record_render("whoami")
+    return f"hello {user} render {n}", {"Content-Type": "text/plain", "X-ISR-Revalidate": "60"}
+
+
+def served_by(wsgi_app: WSGIApplication) -> WSGIApplication:
+    """Add ``X-Worker-Pid`` (the serving process) to every response."""
+
+    def wrapper(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, ("X-Worker-Pid", str(os.getpid()))], exc_info)
+
+        return wsgi_app(environ, sr)
+
+    return wrapper
+
+
+app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]
+    ISRMiddleware(app.wsgi_app, store=os.environ["ISR_STORE"], secret=os.environ["ISR_SECRET"])
+)
