@@ -63,7 +63,7 @@ def _from_url(url: str, clock: Callable[[], float]) -> Store:
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"file store URL must be file:///absolute/path, got {url!r}")
         path = unquote(parts.path)
-        if not path or path == "/":
+        if not path.startswith("/") or path == "/":
             raise ValueError(f"file store URL needs a directory: {url!r}")
         return FileStore(path, clock=clock)
     if parts.scheme in ("redis", "rediss", "unix"):

@@ -228,9 +228,11 @@ class FileStore(Store):
     def extend(self, name: str, token: str, ttl: float) -> bool:
         try:
             with self._flocked(self._lock_path(name)) as fd:
-                if self._read_lock(fd)[0] != token:
+                holder, until = self._read_lock(fd)
+                now = self.clock()
+                if holder != token or until <= now:
                     return False
-                self._write_lock(fd, token, self.clock() + ttl)
+                self._write_lock(fd, token, now + ttl)
                 return True
         except OSError as exc:
             raise StoreError(f"cannot extend lock in {self.path}: {exc}") from exc

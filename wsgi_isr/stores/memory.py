@@ -18,6 +18,8 @@ from cachelib import SimpleCache
 from ..entry import Record, TagState, decode, encode
 from .base import Store, merge_tag_state, new_token
 
+FOREVER = 365 * 24 * 3600
+
 
 class MemoryStore(Store):
     """Records in a ``SimpleCache`` bounded by ``max_entries``; tag state and
@@ -45,7 +47,9 @@ class MemoryStore(Store):
         return decode(self.cache.get(key)), self._tags
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
-        self.cache.set(key, encode(record), timeout=0 if ttl is None else max(1, math.ceil(ttl)))
+        # SimpleCache prunes "never expires" (0) records first, so give them a long TTL
+        timeout = FOREVER if ttl is None else max(1, math.ceil(ttl))
+        self.cache.set(key, encode(record), timeout=timeout)
 
     def delete(self, key: str) -> None:
         self.cache.delete(key)
@@ -81,9 +85,10 @@ class MemoryStore(Store):
     def extend(self, name: str, token: str, ttl: float) -> bool:
         with self._mutex:
             held = self._locks.get(name)
-            if held is None or held[0] != token:
+            now = self.clock()
+            if held is None or held[0] != token or held[1] <= now:
                 return False
-            self._locks[name] = (token, self.clock() + ttl)
+            self._locks[name] = (token, now + ttl)
             return True
 
     def count(self) -> int | None:

@@ -1,0 +1,784 @@
+"""The store contract: one behaviour suite run against every store.
+
+Each test takes a ``backend`` (memory, file, redis), a ``shared_backend`` (the stores
+whose instances share data, as workers do: file, redis) or a ``bounded_backend``
+(the stores with ``max_entries``: memory, file) and opens stores on it. Lock TTLs
+follow the store's clock (a :class:`~conftest.FakeClock`) except on Redis, which
+counts real milliseconds; ``Backend.elapse`` hides the difference. Record TTLs are
+kept by the cachelib backends in real seconds, so the one record-TTL test sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import pickle
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cachelib import FileSystemCache, NullCache, RedisCache, SimpleCache
+from cachelib.serializers import RedisSerializer
+
+import wsgi_isr.stores.file as file_module
+from wsgi_isr.entry import FORMAT_VERSION, Entry, PassMarker, Record, TagState, VaryMarker
+from wsgi_isr.stores import FileStore, MemoryStore, RedisStore, Store, open_store
+
+ENTRY = Entry(
+    status="200 OK",
+    headers=(("Content-Type", "text/html; charset=utf-8"), ("X-Thing", "é 1")),
+    body=b"<h1>hello</h1>\x00\xff",
+    created=1_000_000.25,
+    revalidate=60.0,
+    expire=None,
+    tags=("posts", "post-1", "/blog/hello"),
+    etag='"abc123"',
+    last_modified="Wed, 21 Oct 2015 07:28:00 GMT",
+)
+UNTIL_INVALIDATED = dataclasses.replace(
+    ENTRY, revalidate=None, expire=86400.0, tags=(), body=b"", headers=()
+)
+
+RECORDS = [
+    pytest.param(ENTRY, id="entry"),
+    pytest.param(UNTIL_INVALIDATED, id="entry-until-invalidated"),
+    pytest.param(PassMarker("set-cookie"), id="pass-marker"),
+    pytest.param(VaryMarker(("accept-language", "x-variant")), id="vary-marker"),
+    pytest.param(VaryMarker(()), id="vary-marker-no-headers"),
+]
+
+ALL = [
+    pytest.param("memory", id="memory"),
+    pytest.param("file", id="file"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+]
+SHARED = ALL[1:]  # two instances on one backend see the same data
+BOUNDED = ALL[:2]  # take max_entries
+
+
+class Backend:
+    """One kind of store: opens instances on the same data and moves time for their locks."""
+
+    def __init__(self, kind: str, request: pytest.FixtureRequest, tmp_path: Path, clock: Any):
+        self.kind = kind
+        self.clock = clock
+        self.shared = kind != "memory"
+        self._stores: list[Store] = []
+        if kind == "memory":
+            self.url = "memory://"
+        elif kind == "file":
+            self.root = tmp_path / "store"
+            self.url = f"file://{self.root}"
+        else:
+            self.url = request.getfixturevalue("redis_url")
+
+    def open(self, **options: Any) -> Store:
+        store: Store
+        if self.kind == "memory":
+            store = MemoryStore(clock=self.clock, **options)
+        elif self.kind == "file":
+            store = FileStore(str(self.root), clock=self.clock, **options)
+        else:
+            store = RedisStore(self.url, clock=self.clock, **options)
+        self._stores.append(store)
+        return store
+
+    def elapse(self, seconds: float) -> None:
+        """Let lock TTLs run: Redis expires keys by its own real clock."""
+        if self.kind == "redis":
+            time.sleep(seconds)
+        else:
+            self.clock.advance(seconds)
+
+    def write_value(self, store: Store, key: str, value: Any) -> None:
+        """Put ``value`` under ``key`` the way the backend serialises, bypassing ``put``."""
+        if isinstance(store, RedisStore):
+            store.client.set(f"{store.prefix}e:{key}", RedisSerializer().dumps(value))
+        else:
+            store.cache.set(key, value, timeout=0)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for store in self._stores:
+            store.close()
+
+
+def _backend(request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Iterator[Backend]:
+    backend = Backend(request.param, request, tmp_path, clock)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(params=ALL)
+def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Iterator[Backend]:
+    yield from _backend(request, tmp_path, clock)
+
+
+@pytest.fixture(params=SHARED)
+def shared_backend(request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Iterator[Backend]:
+    yield from _backend(request, tmp_path, clock)
+
+
+@pytest.fixture(params=BOUNDED)
+def bounded_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Any
+) -> Iterator[Backend]:
+    yield from _backend(request, tmp_path, clock)
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.open()
+
+
+def _merge(old: TagState | None, at: float, hard: bool) -> TagState:
+    """The expected tag state, written out independently of the code under test."""
+    stale, expired = old or (0.0, 0.0)
+    return (max(stale, at), max(expired, at) if hard else expired)
+
+
+# -- records ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", RECORDS)
+def test_put_then_lookup_returns_an_equal_record(store: Store, record: Record) -> None:
+    store.put("https://example.com/blog/hello?a=1", record, ttl=None)
+    got, _ = store.lookup("https://example.com/blog/hello?a=1")
+    assert got == record
+    assert type(got) is type(record)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("https://example.com/", id="url"),
+        pytest.param("https://example.com/ключ/ü?q=日本", id="unicode"),
+        pytest.param("https://example.com/" + "a" * 2000, id="long"),
+        pytest.param("../../etc/passwd", id="path-traversal"),
+        pytest.param("e:lock:tagseq", id="looks-like-internal-keys"),
+        pytest.param("https://h/p|accept-language=en, fr", id="with-vary-values"),
+    ],
+)
+def test_keys_are_opaque_and_distinct(store: Store, key: str) -> None:
+    store.put(key, PassMarker("mine"), ttl=None)
+    store.put(key + "/other", PassMarker("other"), ttl=None)
+    assert store.lookup(key)[0] == PassMarker("mine")
+    assert store.lookup(key + "/other")[0] == PassMarker("other")
+
+
+def test_lookup_of_a_missing_key_is_none_and_tag_states(store: Store) -> None:
+    store.invalidate(["posts"], 1_000_100.0, hard=False)
+    record, tags = store.lookup("https://example.com/nothing-here")
+    assert record is None
+    assert tags.get("posts") == (1_000_100.0, 0.0)
+
+
+def test_put_replaces_the_previous_record(store: Store) -> None:
+    store.put("k", ENTRY, ttl=None)
+    newer = dataclasses.replace(ENTRY, body=b"second render", created=ENTRY.created + 60)
+    store.put("k", newer, ttl=None)
+    assert store.lookup("k")[0] == newer
+    store.put("k", VaryMarker(("accept-language",)), ttl=None)
+    assert store.lookup("k")[0] == VaryMarker(("accept-language",))
+
+
+def test_delete_removes_only_that_key(store: Store) -> None:
+    store.put("a", ENTRY, ttl=None)
+    store.put("b", PassMarker("x"), ttl=None)
+    store.delete("a")
+    assert store.lookup("a")[0] is None
+    assert store.lookup("b")[0] == PassMarker("x")
+
+
+def test_delete_of_a_missing_key_is_not_an_error(store: Store) -> None:
+    store.delete("never-stored")
+    store.put("a", ENTRY, ttl=None)
+    store.delete("a")
+    store.delete("a")
+    assert store.lookup("a")[0] is None
+
+
+def test_count_follows_puts_and_deletes(store: Store) -> None:
+    assert store.count() == 0
+    for key in ("a", "b", "c"):
+        store.put(key, ENTRY, ttl=None)
+    store.put("a", PassMarker("again"), ttl=None)
+    store.invalidate(["posts"], 1.0, hard=True)  # tag state is not a record
+    assert store.acquire("lock", 10)  # nor is a lock
+    assert store.count() == 3
+    store.delete("b")
+    assert store.count() == 2
+
+
+def test_records_are_shared_between_instances(shared_backend: Backend) -> None:
+    one, two = shared_backend.open(), shared_backend.open()
+    one.put("k", ENTRY, ttl=None)
+    assert two.lookup("k")[0] == ENTRY
+    two.delete("k")
+    assert one.lookup("k")[0] is None
+
+
+def test_record_ttl_lets_the_backend_drop_it(store: Store) -> None:
+    # the only test that waits for wall-clock record expiry: cachelib and Redis
+    # keep record TTLs in real seconds. cachelib expires at int(now) + ttl, so a
+    # put just before a whole second would be gone at once: start early in a second.
+    if time.time() % 1 > 0.7:
+        time.sleep(1.01 - time.time() % 1)
+    store.put("short", ENTRY, ttl=1)
+    store.put("long", ENTRY, ttl=3600)
+    store.put("forever", ENTRY, ttl=None)
+    assert store.lookup("short")[0] == ENTRY
+    time.sleep(1.1)
+    assert store.lookup("short")[0] is None
+    assert store.lookup("long")[0] == ENTRY
+    assert store.lookup("forever")[0] == ENTRY
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param((FORMAT_VERSION + 1, "P", "from a newer release"), id="other-format-version"),
+        pytest.param((FORMAT_VERSION, "X", "what"), id="unknown-kind"),
+        pytest.param(
+            ENTRY.to_record()[:5] + ("yesterday",) + ENTRY.to_record()[6:],
+            id="entry-field-of-wrong-type",
+        ),
+        pytest.param({"status": "200 OK"}, id="dict"),
+        pytest.param(42, id="int"),
+        pytest.param(b"raw bytes", id="bytes"),
+    ],
+)
+def test_a_value_that_is_not_a_record_is_a_miss(backend: Backend, store: Store, value: Any) -> None:
+    backend.write_value(store, "k", value)
+    assert store.lookup("k")[0] is None
+    store.put("k", ENTRY, ttl=None)  # and it can be overwritten
+    assert store.lookup("k")[0] == ENTRY
+
+
+NEVER_EXPIRES = struct.pack("I", 0)  # FileSystemCache's expiry header: 0 is "never"
+MISSING_CLASS = b"cwsgi_isr_no_such_module\nThing\n)R."  # unpickling raises ImportError
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\x01\x02", id="short-header"),
+        pytest.param(NEVER_EXPIRES + b"this is not a pickle", id="not-a-pickle"),
+        pytest.param(NEVER_EXPIRES + pickle.dumps(ENTRY.to_record())[:-20], id="truncated-pickle"),
+        pytest.param(NEVER_EXPIRES + MISSING_CLASS, id="unknown-class"),
+        pytest.param(bytes(range(255, -1, -1)), id="binary"),
+    ],
+)
+def test_file_store_garbage_entry_file_is_a_miss(tmp_path: Path, garbage: bytes) -> None:
+    store = FileStore(str(tmp_path))
+    store.put("k", ENTRY, ttl=None)
+    Path(store.cache._get_filename("k")).write_bytes(garbage)
+    record, tags = store.lookup("k")
+    assert record is None
+    assert tags == {}
+    store.put("k", ENTRY, ttl=None)
+    assert store.lookup("k")[0] == ENTRY
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"garbage", id="unserialised"),
+        pytest.param(b"12345", id="integer"),
+        pytest.param(b"!this is not a pickle", id="not-a-pickle"),
+        pytest.param(b"!" + pickle.dumps(ENTRY.to_record())[:-20], id="truncated-pickle"),
+        pytest.param(b"!" + MISSING_CLASS, id="unknown-class"),
+    ],
+)
+def test_redis_store_garbage_value_is_a_miss(redis_url: str, garbage: bytes) -> None:
+    store = RedisStore(redis_url)
+    try:
+        store.put("k", ENTRY, ttl=None)
+        store.client.set(store.prefix + "e:k", garbage)
+        record, tags = store.lookup("k")
+        assert record is None
+        assert tags == {}
+        store.put("k", ENTRY, ttl=None)
+        assert store.lookup("k")[0] == ENTRY
+    finally:
+        store.close()
+
+
+def test_tag_state_survives_a_flood_of_records(bounded_backend: Backend) -> None:
+    store = bounded_backend.open(max_entries=10)
+    expected: dict[str, TagState] = {}
+    for i in range(50):
+        tag = f"tag-{i}"
+        store.invalidate([tag], 1_000.0 + i, hard=i % 2 == 0)
+        expected[tag] = (1_000.0 + i, 1_000.0 + i if i % 2 == 0 else 0.0)
+        store.put(f"page-{i}", dataclasses.replace(ENTRY, tags=(tag,)), ttl=None)
+    kept = [i for i in range(50) if store.lookup(f"page-{i}")[0] is not None]
+    assert len(kept) <= 11, "the flood did not evict records; the test proves nothing"
+    assert store.tag_states(expected) == expected
+    mapping = store.lookup("page-0")[1]
+    assert {t: mapping.get(t) for t in expected} == expected
+    if bounded_backend.shared:
+        assert bounded_backend.open(max_entries=10).tag_states(expected) == expected
+
+
+# -- tag state ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("invalidations", "expected"),
+    [
+        pytest.param([(100.0, False)], (100.0, 0.0), id="soft-sets-stale-at"),
+        pytest.param([(100.0, True)], (100.0, 100.0), id="hard-sets-both"),
+        pytest.param([(100.0, False), (50.0, False)], (100.0, 0.0), id="soft-never-goes-back"),
+        pytest.param([(100.0, True), (50.0, True)], (100.0, 100.0), id="hard-never-goes-back"),
+        pytest.param([(100.0, False), (200.0, True)], (200.0, 200.0), id="soft-then-hard"),
+        pytest.param([(100.0, True), (200.0, False)], (200.0, 100.0), id="hard-then-soft"),
+        pytest.param([(100.0, False), (50.0, True)], (100.0, 50.0), id="late-hard-keeps-stale"),
+        pytest.param(
+            [(1_700_000_000.125, False), (1_700_000_000.5, True)],
+            (1_700_000_000.5, 1_700_000_000.5),
+            id="sub-second-precision",
+        ),
+    ],
+)
+def test_invalidate_records_tag_state(
+    store: Store, invalidations: list[tuple[float, bool]], expected: TagState
+) -> None:
+    for at, hard in invalidations:
+        store.invalidate(["posts"], at, hard=hard)
+    assert store.tag_states(["posts"]) == {"posts": expected}
+    assert store.lookup("any-key")[1].get("posts") == expected
+
+
+def test_invalidate_several_tags_at_once(store: Store) -> None:
+    store.invalidate(["a", "b", "/blog/hello"], 10.0, hard=True)
+    store.invalidate([], 20.0, hard=True)  # nothing to do, not an error
+    assert store.tag_states(["a", "b", "/blog/hello"]) == {
+        "a": (10.0, 10.0),
+        "b": (10.0, 10.0),
+        "/blog/hello": (10.0, 10.0),
+    }
+
+
+def test_tag_states_leaves_out_tags_never_invalidated(store: Store) -> None:
+    assert store.tag_states([]) == {}
+    assert store.tag_states(["never"]) == {}
+    store.invalidate(["known"], 5.0, hard=False)
+    assert store.tag_states(["never", "known"]) == {"known": (5.0, 0.0)}
+    assert "never" not in store.lookup("k")[1]
+
+
+def test_lookup_reflects_invalidations_made_after_an_earlier_lookup(store: Store) -> None:
+    store.put("k", ENTRY, ttl=None)
+    assert "posts" not in store.lookup("k")[1]
+    store.invalidate(["posts"], 10.0, hard=False)
+    assert store.lookup("k")[1].get("posts") == (10.0, 0.0)
+    store.invalidate(["posts"], 20.0, hard=True)
+    assert store.lookup("k")[1].get("posts") == (20.0, 20.0)
+
+
+def test_invalidations_are_shared_between_instances(shared_backend: Backend) -> None:
+    one, two = shared_backend.open(), shared_backend.open()
+    one.put("k", ENTRY, ttl=None)
+    assert two.lookup("k")[1].get("posts") is None  # two has read (and cached) the state
+    one.invalidate(["posts"], 10.0, hard=False)
+    assert two.lookup("k")[1].get("posts") == (10.0, 0.0)
+    assert two.tag_states(["posts"]) == {"posts": (10.0, 0.0)}
+    one.invalidate(["posts", "post-1"], 20.0, hard=True)
+    assert two.lookup("k")[1].get("posts") == (20.0, 20.0)
+    assert two.lookup("k")[1].get("post-1") == (20.0, 20.0)
+    two.invalidate(["posts"], 15.0, hard=False)  # older than what one wrote: no effect
+    two.invalidate(["/blog/hello"], 30.0, hard=False)
+    assert one.tag_states(["posts", "/blog/hello"]) == {
+        "posts": (20.0, 20.0),
+        "/blog/hello": (30.0, 0.0),
+    }
+    assert one.lookup("k")[1].get("/blog/hello") == (30.0, 0.0)
+
+
+# -- locks --------------------------------------------------------------------------------
+
+
+def test_acquire_returns_a_token_and_excludes_others(store: Store) -> None:
+    token = store.acquire("regen:k", 10)
+    assert isinstance(token, str) and token
+    assert store.acquire("regen:k", 10) is None
+
+
+def test_locks_are_independent_per_name(store: Store) -> None:
+    first, second = store.acquire("a", 10), store.acquire("b", 10)
+    assert first and second and first != second
+
+
+def test_release_with_the_wrong_token_keeps_the_lock(store: Store) -> None:
+    token = store.acquire("k", 10)
+    assert token
+    assert store.release("k", "not-" + token) is False
+    assert store.acquire("k", 10) is None
+
+
+def test_release_with_the_right_token_frees_the_lock(store: Store) -> None:
+    token = store.acquire("k", 10)
+    assert token
+    assert store.release("k", token) is True
+    assert store.release("k", token) is False  # already released
+    again = store.acquire("k", 10)
+    assert again and again != token
+
+
+def test_extend_keeps_the_lock_past_its_first_ttl(backend: Backend, store: Store) -> None:
+    token = store.acquire("k", 0.5)
+    assert token
+    backend.elapse(0.1)
+    assert store.extend("k", "not-" + token, 5) is False
+    assert store.extend("k", token, 1.0) is True  # now held until 1.1
+    backend.elapse(0.6)  # past the first TTL
+    assert store.acquire("k", 10) is None
+    backend.elapse(0.6)  # past the extension
+    assert store.acquire("k", 10)
+
+
+def test_lock_expires_after_its_ttl(backend: Backend, store: Store) -> None:
+    old = store.acquire("k", 0.2)
+    assert old
+    backend.elapse(0.3)
+    new = store.acquire("k", 10)
+    assert new and new != old
+    # the holder whose lock ran out can no longer release or extend the new holder's lock
+    assert store.release("k", old) is False
+    assert store.extend("k", old, 10) is False
+    assert store.acquire("k", 10) is None
+    assert store.release("k", new) is True
+
+
+def test_an_expired_lock_cannot_be_extended(backend: Backend, store: Store) -> None:
+    token = store.acquire("k", 0.2)
+    assert token
+    backend.elapse(0.3)
+    assert store.extend("k", token, 10) is False
+    assert store.acquire("k", 10)
+
+
+def test_records_without_ttl_survive_pruning_in_order(bounded_backend: Backend) -> None:
+    store = bounded_backend.open(max_entries=10)
+    for i in range(15):
+        store.put(f"page-{i}", ENTRY, ttl=None)
+    kept = [i for i in range(15) if store.lookup(f"page-{i}")[0] is not None]
+    assert len(kept) >= 9 and 14 in kept  # pruned down to the bound, not all dropped at once
+
+
+def test_locks_are_shared_between_instances(shared_backend: Backend) -> None:
+    one, two = shared_backend.open(), shared_backend.open()
+    token = one.acquire("k", 10)
+    assert token
+    assert two.acquire("k", 10) is None
+    assert two.release("k", "not-" + token) is False
+    assert two.release("k", token) is True  # the token, not the instance, owns the lock
+    assert one.acquire("k", 10)
+
+
+PROCESSES = 8
+LOCK_NAMES = [f"page-{i}" for i in range(40)]
+
+
+def _race_for_locks(url: str, barrier: Any, results: Any) -> None:
+    store = open_store(url)
+    try:
+        barrier.wait(timeout=60)
+        results.put([(name, store.acquire(name, 30)) for name in LOCK_NAMES])
+    finally:
+        store.close()
+
+
+def test_acquire_is_atomic_across_processes(shared_backend: Backend) -> None:
+    shared_backend.open()  # create the directory before the race
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
+    procs = [
+        ctx.Process(target=_race_for_locks, args=(shared_backend.url, barrier, results))
+        for _ in range(PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = [results.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    for p in procs:
+        assert p.exitcode == 0
+    for name in LOCK_NAMES:
+        tokens = [token for outcome in outcomes for n, token in outcome if n == name]
+        assert len(tokens) == PROCESSES
+        assert sum(token is not None for token in tokens) == 1, name
+
+
+# -- open_store ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "detail"),
+    [
+        pytest.param("memory://", MemoryStore, None, id="memory"),
+        pytest.param("file://{tmp}/cache", FileStore, "{tmp}/cache", id="file"),
+        pytest.param("file://localhost{tmp}/x", FileStore, "{tmp}/x", id="file-localhost"),
+        pytest.param("file://{tmp}/with%20space", FileStore, "{tmp}/with space", id="file-quoted"),
+        pytest.param("redis://127.0.0.1:1/0", RedisStore, "isr:", id="redis"),
+        pytest.param("redis://127.0.0.1:1/2?prefix=app:", RedisStore, "app:", id="redis-prefix"),
+        pytest.param("rediss://example.com:1/0?prefix=s:", RedisStore, "s:", id="rediss"),
+        pytest.param("unix:///tmp/redis.sock?db=1&prefix=u:", RedisStore, "u:", id="unix-socket"),
+    ],
+)
+def test_open_store_url(tmp_path: Path, url: str, kind: type[Store], detail: str | None) -> None:
+    # Redis clients connect lazily: nothing here talks to port 1 (or any server)
+    store = open_store(url.format(tmp=tmp_path))
+    try:
+        assert type(store) is kind
+        if isinstance(store, FileStore):
+            assert store.path == detail.format(tmp=tmp_path)  # type: ignore[union-attr]
+            assert os.path.isdir(store.path)
+        if isinstance(store, RedisStore):
+            assert store.prefix == detail
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("ftp://x", id="ftp"),
+        pytest.param("http://example.com/", id="http"),
+        pytest.param("file://", id="file-without-path"),
+        pytest.param("file:relative/dir", id="file-relative"),
+        pytest.param("file:///", id="file-root"),
+        pytest.param("file://otherhost/tmp/x", id="file-remote-host"),
+        pytest.param("bogus", id="no-scheme"),
+        pytest.param("", id="empty"),
+        pytest.param("redis://127.0.0.1:notaport/0", id="redis-bad-port"),
+    ],
+)
+def test_open_store_rejects_bad_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        open_store(url)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(42, id="int"),
+        pytest.param(object(), id="object"),
+        pytest.param(NullCache(), id="cachelib-cache-without-atomic-locks"),
+    ],
+)
+def test_open_store_rejects_other_values(spec: Any) -> None:
+    with pytest.raises(ValueError):
+        open_store(spec)
+
+
+def test_open_store_passes_a_store_through(clock: Any) -> None:
+    store = MemoryStore(clock=clock)
+    assert open_store(store) is store
+
+
+def test_open_store_default_is_a_file_store_in_the_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSGI_ISR_CACHE_DIR", str(tmp_path / "isr"))
+    store = open_store(None)
+    assert isinstance(store, FileStore)
+    assert store.path == str(tmp_path / "isr")
+
+
+def test_open_store_uses_the_given_clock(tmp_path: Path, clock: Any) -> None:
+    for url in ("memory://", f"file://{tmp_path}"):
+        store = open_store(url, clock=clock)
+        assert store.now() == clock.now
+        clock.advance(5)
+        assert store.now() == clock.now
+
+
+def test_open_store_wraps_a_simple_cache() -> None:
+    cache = SimpleCache()
+    store = open_store(cache)
+    assert isinstance(store, MemoryStore)
+    store.put("k", ENTRY, ttl=None)
+    assert cache.get("k") is not None  # the record lives in the user's cache
+    assert store.lookup("k")[0] == ENTRY
+
+
+def test_open_store_wraps_a_filesystem_cache(tmp_path: Path) -> None:
+    cache = FileSystemCache(str(tmp_path / "cache"))
+    store = open_store(cache)
+    assert isinstance(store, FileStore)
+    store.put("k", ENTRY, ttl=None)
+    assert cache.get("k") is not None  # the record lives in the user's cache
+    store.invalidate(["posts"], 10.0, hard=False)
+    again = open_store(FileSystemCache(str(tmp_path / "cache")))
+    assert again.lookup("k") == (ENTRY, {"posts": (10.0, 0.0)})
+    assert again.acquire("k", 10) is not None and store.acquire("k", 10) is None
+
+
+@pytest.mark.redis
+def test_open_store_wraps_a_redis_cache(redis_server: Any, redis_url: str) -> None:
+    prefix = redis_url.partition("prefix=")[2] + "rc:"
+    cache = RedisCache(host="127.0.0.1", port=redis_server.port, key_prefix=prefix)
+    store = open_store(cache)
+    try:
+        assert isinstance(store, RedisStore)
+        assert store.prefix == prefix
+        store.put("k", ENTRY, ttl=None)
+        assert cache._write_client.exists(prefix + "e:k") == 1
+        assert store.lookup("k")[0] == ENTRY
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_redis_store_url_round_trip_and_prefix_isolation(redis_url: str) -> None:
+    store = open_store(redis_url)
+    other = open_store(redis_url + "other:")
+    try:
+        assert isinstance(store, RedisStore)
+        store.put("k", ENTRY, ttl=None)
+        store.invalidate(["posts"], 10.0, hard=False)
+        assert store.lookup("k") == (ENTRY, {"posts": (10.0, 0.0)})
+        assert other.lookup("k") == (None, {})
+        assert other.acquire("lock", 10) and store.acquire("lock", 10)
+    finally:
+        store.close()
+        other.close()
+
+
+def test_redis_description_hides_the_password() -> None:
+    store = RedisStore("redis://user:s3cret@127.0.0.1:1/0")
+    try:
+        assert "s3cret" not in store.description
+        assert "127.0.0.1" in store.description
+    finally:
+        store.close()
+
+
+# -- file store -----------------------------------------------------------------------------
+
+
+def test_file_tag_log_compaction_keeps_every_tags_latest_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_module, "COMPACT_BYTES", 512)
+    store = FileStore(str(tmp_path))
+    expected: dict[str, TagState] = {}
+    written = 0
+    at = 1_000.0
+    for rnd in range(40):
+        for i in range(8):
+            tag, hard = f"tag-{i}", (rnd + i) % 3 == 0
+            at += 1.5
+            # every fifth one comes late: it must not move the state back
+            when = at - 500 if (rnd + i) % 5 == 0 else at
+            store.invalidate([tag], when, hard=hard)
+            expected[tag] = _merge(expected.get(tag), when, hard)
+            written += 30
+    log = tmp_path / "tags.log"
+    assert log.stat().st_size < written / 3, "the log was never compacted"
+    assert store.tag_states(expected) == expected
+    fresh = FileStore(str(tmp_path))
+    assert fresh.tag_states(expected) == expected
+    assert dict(fresh.lookup("k")[1]) == expected
+
+
+def test_file_tag_log_compaction_is_seen_by_a_worker_that_read_it_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker keeps its position in the log between requests; other workers may
+    # compact (replace) the log several times in between.
+    monkeypatch.setattr(file_module, "COMPACT_BYTES", 512)
+    writer, worker = FileStore(str(tmp_path)), FileStore(str(tmp_path))
+    log = tmp_path / "tags.log"
+    expected: dict[str, TagState] = {}
+    at = 1_000.0
+    for rnd in range(6):
+        worker.lookup("k")
+        compactions, size, i = 0, log.stat().st_size if log.exists() else 0, 0
+        while compactions < 2 or i % 3:
+            tag, hard = f"tag-{i % 8}", i % 4 == 0
+            at += 1
+            writer.invalidate([tag], at, hard=hard)
+            expected[tag] = _merge(expected.get(tag), at, hard)
+            compactions += log.stat().st_size < size
+            size = log.stat().st_size
+            i += 1
+        assert dict(worker.lookup("k")[1]) == expected, f"round {rnd}"
+        assert worker.tag_states(expected) == expected
+
+
+def test_file_tag_log_malformed_lines_are_skipped(tmp_path: Path) -> None:
+    store = FileStore(str(tmp_path))
+    store.invalidate(["before"], 10.0, hard=False)
+    with open(tmp_path / "tags.log", "ab") as f:
+        f.write(b"garbage\n")
+        f.write(b'["half", "not-a-number", 0]\n')
+        f.write(b"\xff\xfe\n")
+    store.invalidate(["after"], 20.0, hard=True)
+    for reader in (store, FileStore(str(tmp_path))):
+        assert reader.tag_states(["before", "after", "half"]) == {
+            "before": (10.0, 0.0),
+            "after": (20.0, 20.0),
+        }
+
+
+# -- redis store ----------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_redis_records_always_expire_and_tag_state_never(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    try:
+        store.put("k", ENTRY, ttl=None)
+        store.invalidate(["posts"], 10.0, hard=False)
+        # so a volatile-* eviction policy can reclaim records and never tag state
+        assert 3600_000 < store.client.pttl(store.prefix + "e:k") < 10**12
+        assert store.client.pttl(store.prefix + "tagstate") == -1
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "reader_looks_after_restart",
+    [
+        pytest.param(False, id="reader-idle-through-restart"),
+        pytest.param(True, id="reader-reads-after-restart"),
+    ],
+)
+def test_redis_store_sees_invalidations_after_a_restart_that_lost_data(
+    redis_server: Any, redis_url: str, reader_looks_after_restart: bool
+) -> None:
+    reader, writer = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        writer.invalidate(["before"], 100.0, hard=False)
+        assert reader.lookup("k")[1].get("before") == (100.0, 0.0)  # reader holds a sequence
+        redis_server.stop()
+        redis_server.start()
+        assert writer.tag_states(["before"]) == {}, "the restart did not lose the data"
+        if reader_looks_after_restart:
+            assert reader.lookup("k")[1].get("before") is None
+        # more invalidations than before the restart: a sequence that restarted from
+        # zero would overtake the reader's and hide the first ones
+        for n in range(3):
+            writer.invalidate([f"after-{n}"], 200.0 + n, hard=True)
+        expected = {f"after-{n}": (200.0 + n, 200.0 + n) for n in range(3)}
+        mapping = reader.lookup("k")[1]
+        assert {t: mapping.get(t) for t in expected} == expected
+        assert reader.tag_states(expected) == expected
+    finally:
+        reader.close()
+        writer.close()
