@@ -128,3 +128,26 @@ def test_status_reports_counters_and_store() -> None:
 def test_short_secret_warns(caplog: pytest.LogCaptureFixture) -> None:
     make(secret="short")
     assert "shorter than 32" in caplog.text
+
+
+def test_metrics_in_prometheus_text_format() -> None:
+    mw, client, clock, app = make(secret=SECRET)
+    client.get("/p")
+    client.get("/p")
+    clock.advance(61)
+    client.get("/p")
+    mw.join(5)
+    assert client.get("/_isr/metrics").status_code == 401
+    r = client.get("/_isr/metrics", headers={"Authorization": f"Bearer {SECRET}"})
+    assert r.status_code == 200 and r.mimetype == "text/plain"
+    text = r.get_data(as_text=True)
+    lines = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    values = {k.split("{")[0] + "{" + k.split(",", 1)[-1]: v for k, v in lines.items()}
+    assert values['wsgi_isr_requests_total{state="hit"}'] == "1"
+    assert values['wsgi_isr_requests_total{state="miss"}'] == "1"
+    assert values['wsgi_isr_requests_total{state="stale"}'] == "1"
+    assert values['wsgi_isr_regenerations_total{result="ok"}'] == "1"
+    assert values['wsgi_isr_regeneration_duration_seconds_bucket{le="+Inf"}'] == "1"
+    assert "# TYPE wsgi_isr_regeneration_duration_seconds histogram" in text

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from .middleware import ISRMiddleware
 
 MAX_ITEMS = 1024
+_METRICS_HEADERS = (
+    ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+    ("Cache-Control", "no-store"),
+)
 _STATUS_TEXT = {
     200: "200 OK",
     400: "400 Bad Request",
@@ -144,9 +148,15 @@ def handle(
                 200,
                 {"store": mw.store.description, "counters": mw.stats.snapshot()},
             )
-        raise _Reject(
-            404, f"unknown endpoint; use {mw.endpoint}/revalidate or {mw.endpoint}/status"
-        )
+        if action == "/metrics":
+            if method not in ("GET", "HEAD"):
+                raise _Reject(405, "use GET", [("Allow", "GET, HEAD")])
+            if not _authorised(mw, environ, None):
+                raise _Reject(401, "missing or wrong secret")
+            body = mw.stats.prometheus().encode()
+            start_response("200 OK", [*_METRICS_HEADERS, ("Content-Length", str(len(body)))])
+            return [body]
+        raise _Reject(404, f"unknown endpoint; use {mw.endpoint}/revalidate, /status or /metrics")
     except _Reject as r:
         return _json(start_response, r.code, {"error": r.message}, r.headers)
     except StoreError as exc:

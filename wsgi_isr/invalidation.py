@@ -12,6 +12,7 @@ started. The cost is one write per tag, whatever the number of cached pages.
 from __future__ import annotations
 
 import contextvars
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
@@ -34,6 +35,8 @@ current_middleware: contextvars.ContextVar[ISRMiddleware | None] = contextvars.C
     "wsgi_isr.current", default=None
 )
 last_created: list[ISRMiddleware] = []
+#: Every middleware alive in this process (graceful shutdown joins them all).
+instances: weakref.WeakSet[ISRMiddleware] = weakref.WeakSet()
 
 
 def check_mode(mode: object) -> Mode:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from werkzeug.sansio.utils import host_is_trusted
 
 from . import responses as R
-from .entry import Entry, PassMarker, Record, State, VaryMarker
+from .entry import Entry, PassMarker, Record, State, TagState, VaryMarker
 from .errors import StoreError
 from .invalidation import (
     Mode,
@@ -36,6 +36,7 @@ from .invalidation import (
     check_mode,
     checked_tags,
     current_middleware,
+    instances,
     last_created,
     path_tag,
 )
@@ -51,7 +52,7 @@ from .regeneration import Regenerator, lock_name
 from .render import Captured, capture
 from .runner import AutoRunner, Runner
 from .stats import Stats
-from .stores import Store, open_store
+from .stores import LocalLayer, Store, open_store
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -89,6 +90,9 @@ class ISRMiddleware:
     :param regeneration_backoff: first wait after a failed regeneration; doubles on
         each further failure, up to five minutes.
     :param pass_ttl: how long a URL that did not opt in skips the cache machinery.
+    :param local_ttl: keep records in process for this many seconds in front of a
+        shared store (hits then cost no round trip); invalidations reach every process
+        through Redis pub/sub, and this TTL bounds what a lost message can cost.
     :param max_pending: background regenerations at most in flight per process.
     :param runner: where regenerations run (default: greenlets under gevent, else threads).
     :param clock: time source for a store built from a URL (tests pass a fake one).
@@ -112,6 +116,7 @@ class ISRMiddleware:
         pass_ttl: float = 60.0,
         max_pending: int = 32,
         max_request_bytes: int = 64 * 1024,
+        local_ttl: float | None = None,
         runner: Runner | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -136,7 +141,12 @@ class ISRMiddleware:
         if isinstance(trusted_hosts, str) or isinstance(bypass_cookies, str):
             raise ValueError("trusted_hosts and bypass_cookies take a list of names")
         self.app = app
+        if local_ttl is not None and (not isinstance(local_ttl, int | float) or local_ttl <= 0):
+            raise ValueError(f"local_ttl must be a positive number or None, got {local_ttl!r}")
+        self.local_ttl = local_ttl
         self.store: Store = open_store(store, clock=clock)
+        if local_ttl is not None:
+            self.store = LocalLayer(self.store, ttl=local_ttl)
         self.secret = secret
         self.endpoint = endpoint
         self.trusted_hosts = list(trusted_hosts) if trusted_hosts is not None else None
@@ -164,6 +174,7 @@ class ISRMiddleware:
             on_store_error=self._store_failed,
         )
         last_created[:] = [self]
+        instances.add(self)
 
     # -- invalidation ----------------------------------------------------------------------
 
@@ -282,19 +293,33 @@ class ISRMiddleware:
             self._last_store_error = now
             log.error("wsgi_isr: store error, serving from the application: %s", exc)
 
-    def _lookup(self, key: str) -> tuple[Record | None, Any]:
-        return self.store.lookup(key)
+    def _find(
+        self, environ: WSGIEnvironment, rk: RequestKey, through: bool = False
+    ) -> tuple[Record | None, Mapping[str, TagState], str, tuple[str, ...]]:
+        """The record for this request (following a Vary marker to the variant),
+        the tag states, and the key and vary names it was found under."""
+        lookup = self.store.lookup
+        if through and isinstance(self.store, LocalLayer):
+            lookup = self.store.lookup_through
+        record, tag_states = lookup(rk.key)
+        key, vary = rk.key, cast(tuple[str, ...], ())
+        if isinstance(record, VaryMarker):
+            vary = record.headers
+            key = variant_key(rk.key, vary, environ)
+            record, tag_states = lookup(key)
+        return record, tag_states, key, vary
 
     def _serve(
         self, environ: WSGIEnvironment, start_response: StartResponse, rk: RequestKey
     ) -> Iterable[bytes]:
         try:
-            record, tag_states = self._lookup(rk.key)
-            key, vary = rk.key, cast(tuple[str, ...], ())
-            if isinstance(record, VaryMarker):
-                vary = record.headers
-                key = variant_key(rk.key, vary, environ)
-                record, tag_states = self._lookup(key)
+            record, tag_states, key, vary = self._find(environ, rk)
+            now = self.store.now()
+            state = record.state(now, tag_states) if isinstance(record, Entry) else None
+            if state is not State.FRESH and self.local_ttl is not None:
+                # only a FRESH local copy is trusted: anything else may be out of date
+                record, tag_states, key, vary = self._find(environ, rk, through=True)
+                state = record.state(now, tag_states) if isinstance(record, Entry) else None
         except StoreError as exc:
             self._store_failed(exc)
             return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
@@ -302,8 +327,6 @@ class ISRMiddleware:
             self.stats.incr("passes")
             return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE)
         if isinstance(record, Entry):
-            now = self.store.now()
-            state = record.state(now, tag_states)
             if state is State.FRESH:
                 self.stats.incr("hits")
                 return self._respond(environ, start_response, record, now, R.HIT)
@@ -414,7 +437,7 @@ class ISRMiddleware:
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
             try:
-                record, tag_states = self._lookup(key)
+                record, tag_states = self.store.lookup(key)
                 if isinstance(record, PassMarker):
                     self.stats.incr("passes")
                     return self._pass(

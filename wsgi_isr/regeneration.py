@@ -9,6 +9,7 @@ next attempt is backed off.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -182,8 +183,10 @@ class Regenerator:
         hold: float | None = None
         try:
             started = self.store.now()
+            timer = time.monotonic()
             try:
                 captured = capture(self.app, env, self.max_entry_bytes)
+                self.stats.observe_regeneration(time.monotonic() - timer)
                 if captured.overflow:
                     for _ in captured.rest or ():
                         pass

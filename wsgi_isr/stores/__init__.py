@@ -13,10 +13,19 @@ from urllib.parse import unquote, urlsplit
 
 from .base import Store
 from .file import FileStore
+from .local import LocalLayer
 from .memory import MemoryStore
 from .redis import RedisStore
 
-__all__ = ["FileStore", "MemoryStore", "RedisStore", "Store", "default_cache_dir", "open_store"]
+__all__ = [
+    "FileStore",
+    "LocalLayer",
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "default_cache_dir",
+    "open_store",
+]
 
 
 def default_cache_dir() -> str:

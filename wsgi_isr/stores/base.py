@@ -78,6 +78,19 @@ class Store(abc.ABC):
     def extend(self, name: str, token: str, ttl: float) -> bool:
         """Keep the lock for ``ttl`` more seconds from now if ``token`` owns it."""
 
+    def known_tag_states(self) -> Mapping[str, TagState]:
+        """The tag states as this process last saw them, with as little I/O as the
+        backend allows (a local layer in front uses it on its hits)."""
+        return self.tag_states(())
+
+    def subscribe(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` whenever any process sharing the store invalidates tags.
+
+        Returns False if the backend has no way to tell (the default); a hint only,
+        correctness never depends on it.
+        """
+        return False
+
     def count(self) -> int | None:
         """Number of cached records, or ``None`` if the backend cannot tell cheaply."""
         return None

@@ -142,6 +142,9 @@ class FileStore(Store):
             self._log_id = ident if end == len(data) else None
             return tags
 
+    def known_tag_states(self) -> Mapping[str, TagState]:
+        return self._refresh_tags()  # one stat when nothing changed
+
     def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
         current = self._refresh_tags()
         return {t: current[t] for t in tags if t in current}

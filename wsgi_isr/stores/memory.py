@@ -57,6 +57,9 @@ class MemoryStore(Store):
     def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
         return {t: self._tags[t] for t in tags if t in self._tags}
 
+    def known_tag_states(self) -> Mapping[str, TagState]:
+        return self._tags
+
     def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
         with self._mutex:
             for tag in tags:

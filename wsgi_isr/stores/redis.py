@@ -13,6 +13,8 @@ atomic compare-and-delete.
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +30,7 @@ try:
 except ImportError:  # pragma: no cover - redis is an install requirement
     _redis = None  # type: ignore[assignment]
 
+CLOCK_CHECK_INTERVAL = 30.0
 #: Records without an expiry of their own still get a TTL, so a volatile-* eviction
 #: policy can reclaim them and never has to touch tag state.
 DEFAULT_RECORD_TTL = 365 * 24 * 3600
@@ -127,6 +130,43 @@ class RedisStore(Store):
         self._tags: dict[str, TagState] = {}
         self._seq = 0
         self._mutex = threading.Lock()
+        self._channel = prefix + "invalidations"
+        # one clock for the cluster: the server's, as an offset to ours, refreshed now and then
+        self._server_clock = clock is time.time
+        self._offset = 0.0
+        self._offset_checked = -math.inf
+        self._subscriber: _Subscriber | None = None
+
+    def now(self) -> float:
+        """Seconds on the Redis server's clock (via an offset refreshed every 30 s), so
+        every host stamps renders and invalidations on one clock."""
+        local = self.clock()
+        if self._server_clock and local - self._offset_checked > CLOCK_CHECK_INTERVAL:
+            self._offset_checked = local
+            try:
+                before = self.clock()
+                seconds, micros = self.client.time()
+                after = self.clock()
+                self._offset = seconds + micros / 1e6 - (before + after) / 2
+            except _redis.RedisError:
+                pass  # keep the last offset; the store's errors surface elsewhere
+        return local + self._offset
+
+    def known_tag_states(self) -> Mapping[str, TagState]:
+        return self._tags
+
+    def sync_tags(self) -> None:
+        """Read the invalidation sequence and catch up with it (one round trip when
+        nothing changed)."""
+        try:
+            self._sync_tags(int(self.client.get(self._seq_key) or 0))
+        except _redis.RedisError as exc:
+            raise StoreError(f"redis read failed: {exc}") from exc
+
+    def subscribe(self, callback: Callable[[], None]) -> bool:
+        if self._subscriber is None or not self._subscriber.alive():
+            self._subscriber = _Subscriber(self.client, self._channel, callback)
+        return True
 
     def _record_key(self, key: str) -> str:
         return f"{self.prefix}e:{key}"
@@ -207,10 +247,11 @@ class RedisStore(Store):
         if not names:
             return
         try:
-            self._invalidate(
+            seq = self._invalidate(
                 keys=[self._seq_key, self._state_key, self._changes_key],
                 args=[repr(float(at)), "1" if hard else "0", *names],
             )
+            self.client.publish(self._channel, seq)
         except _redis.RedisError as exc:
             raise StoreError(f"redis invalidation failed: {exc}") from exc
 
@@ -243,4 +284,42 @@ class RedisStore(Store):
             return None
 
     def close(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.stop()
         self.client.close()
+
+
+class _Subscriber:
+    """Listens for invalidation messages in a background thread (a greenlet when the
+    process is gevent-patched) and calls back; reconnects by itself, quietly.
+
+    Started lazily and per process: a subscriber inherited through ``fork`` is dead.
+    """
+
+    def __init__(self, client: Any, channel: str, callback: Callable[[], None]) -> None:
+        self.client, self.channel, self.callback = client, channel, callback
+        self.pid = os.getpid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wsgi_isr-pubsub", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    pubsub.subscribe(self.channel)
+                    self.callback()  # catch up with what happened while not listening
+                    while not self._stop.is_set():
+                        if pubsub.get_message(timeout=1.0) is not None:
+                            self.callback()
+                finally:
+                    pubsub.close()
+            except Exception:  # Redis down or restarting: wait, then listen again
+                self._stop.wait(1.0)

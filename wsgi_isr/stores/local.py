@@ -1,0 +1,117 @@
+"""An in-process layer in front of a shared store: hits without a round trip.
+
+    store = LocalLayer(RedisStore("redis://10.0.0.5:6379/0"), ttl=1.0)
+    # or: ISRMiddleware(app, store="redis://...", local_ttl=1.0)
+
+A record is kept in process for ``ttl`` seconds. Tag state still comes from the
+backend: every invalidation is announced over Redis pub/sub, and each process
+catches up with the backend's tag state when it hears one — a hint only; the
+layer's short TTL bounds what a lost message can cost. The middleware only
+trusts a local copy that it classifies FRESH; anything else is looked up again
+in the backend (:meth:`LocalLayer.lookup_through`), so a copy made stale by a
+regeneration in another process never causes a second regeneration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+
+from ..entry import Record, TagState
+from ..errors import StoreError
+from .base import Store
+
+
+class LocalLayer(Store):
+    def __init__(
+        self,
+        backend: Store,
+        *,
+        ttl: float = 1.0,
+        max_entries: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(clock=backend.clock)
+        if ttl <= 0 or max_entries <= 0:
+            raise ValueError("local layer ttl and max_entries must be positive")
+        self.backend = backend
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.monotonic = monotonic
+        self.description = f"{backend.description} + local layer (ttl {ttl:g} s)"
+        self._records: OrderedDict[str, tuple[Record | None, float]] = OrderedDict()
+        self._mutex = threading.Lock()
+        self._subscribed_pid = 0
+
+    def now(self) -> float:
+        return self.backend.now()
+
+    def _on_invalidation(self) -> None:
+        sync = getattr(self.backend, "sync_tags", None)
+        if sync is not None:
+            with contextlib.suppress(StoreError):  # the TTL bounds a missed update's cost
+                sync()
+
+    def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        if self._subscribed_pid != os.getpid():  # per process: threads do not survive fork
+            self._subscribed_pid = os.getpid()
+            self.backend.subscribe(self._on_invalidation)
+        held = self._records.get(key)
+        if held is not None and held[1] > self.monotonic():
+            return held[0], self.backend.known_tag_states()
+        return self.lookup_through(key)
+
+    def lookup_through(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        """Look ``key`` up in the backend and refresh the local copy."""
+        record, tags = self.backend.lookup(key)
+        self._remember(key, record)
+        return record, tags
+
+    def _remember(self, key: str, record: Record | None) -> None:
+        with self._mutex:
+            self._records[key] = (record, self.monotonic() + self.ttl)
+            self._records.move_to_end(key)
+            while len(self._records) > self.max_entries:
+                self._records.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        with self._mutex:
+            self._records.pop(key, None)
+
+    def put(self, key: str, record: Record, ttl: float | None) -> None:
+        self.forget(key)
+        self.backend.put(key, record, ttl)
+        self._remember(key, record)
+
+    def delete(self, key: str) -> None:
+        self.forget(key)
+        self.backend.delete(key)
+
+    def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
+        return self.backend.tag_states(tags)
+
+    def known_tag_states(self) -> Mapping[str, TagState]:
+        return self.backend.known_tag_states()
+
+    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+        self.backend.invalidate(tags, at, hard=hard)
+        self._on_invalidation()
+
+    def acquire(self, name: str, ttl: float) -> str | None:
+        return self.backend.acquire(name, ttl)
+
+    def release(self, name: str, token: str) -> bool:
+        return self.backend.release(name, token)
+
+    def extend(self, name: str, token: str, ttl: float) -> bool:
+        return self.backend.extend(name, token, ttl)
+
+    def count(self) -> int | None:
+        return self.backend.count()
+
+    def close(self) -> None:
+        self.backend.close()
