@@ -52,6 +52,7 @@ CONFIG: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ISR_REGENERATION_BACKOFF": ("regeneration_backoff", float),
     "ISR_PASS_TTL": ("pass_ttl", float),
     "ISR_MAX_PENDING": ("max_pending", int),
+    "ISR_LOCAL_TTL": ("local_ttl", float),
 }
 
 
