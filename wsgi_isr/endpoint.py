@@ -138,21 +138,14 @@ def handle(
             if method != "POST":
                 raise _Reject(405, "use POST", [("Allow", "POST")])
             return _json(start_response, 200, _revalidate(mw, environ))
-        if action == "/status":
+        if action in ("/status", "/metrics"):
             if method not in ("GET", "HEAD"):
                 raise _Reject(405, "use GET", [("Allow", "GET, HEAD")])
             if not _authorised(mw, environ, None):
                 raise _Reject(401, "missing or wrong secret")
-            return _json(
-                start_response,
-                200,
-                {"store": mw.store.description, "counters": mw.stats.snapshot()},
-            )
-        if action == "/metrics":
-            if method not in ("GET", "HEAD"):
-                raise _Reject(405, "use GET", [("Allow", "GET, HEAD")])
-            if not _authorised(mw, environ, None):
-                raise _Reject(401, "missing or wrong secret")
+            if action == "/status":
+                status = {"store": mw.store.description, "counters": mw.stats.snapshot()}
+                return _json(start_response, 200, status)
             body = mw.stats.prometheus().encode()
             start_response("200 OK", [*_METRICS_HEADERS, ("Content-Length", str(len(body)))])
             return [body]
