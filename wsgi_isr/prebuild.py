@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from werkzeug.test import EnvironBuilder
-
 from .keys import render_environ, request_key
 from .render import capture
 
@@ -50,6 +48,8 @@ def prebuild_one(mw: ISRMiddleware, path: str, host: str, scheme: str) -> tuple[
     """Render and store one path. Returns ``("built" | "skipped" | "failed", reason)``."""
     if not path.startswith("/"):
         return "failed", "path must start with '/'"
+    from werkzeug.test import EnvironBuilder  # pulls in ssl: not at import time
+
     environ = EnvironBuilder(path=path, base_url=f"{scheme}://{host}").get_environ()
     rk = request_key(environ, query_params=mw.query_params)
     if rk is None:

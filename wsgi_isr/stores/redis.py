@@ -25,11 +25,6 @@ from ..entry import Record, TagState, decode, encode
 from ..errors import StoreError
 from .base import Store, new_token
 
-try:
-    import redis as _redis
-except ImportError:  # pragma: no cover - redis is an install requirement
-    _redis = None  # type: ignore[assignment]
-
 CLOCK_CHECK_INTERVAL = 30.0
 #: Records without an expiry of their own still get a TTL, so a volatile-* eviction
 #: policy can reclaim them and never has to touch tag state.
@@ -93,8 +88,13 @@ class RedisStore(Store):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(clock=clock)
-        if _redis is None:  # pragma: no cover
-            raise ImportError("the redis store needs redis-py: pip install redis")
+        # imported here, not at module level: a gunicorn.conf.py that imports wsgi_isr
+        # must not pull in ssl (through redis-py) before the gevent worker patches it
+        try:
+            import redis as _redis
+        except ImportError as exc:  # pragma: no cover - redis is an install requirement
+            raise ImportError("the redis store needs redis-py: pip install redis") from exc
+        self._errors: type[Exception] = _redis.RedisError
         from cachelib.serializers import RedisSerializer
 
         if client is None:
@@ -148,7 +148,7 @@ class RedisStore(Store):
                 seconds, micros = self.client.time()
                 after = self.clock()
                 self._offset = seconds + micros / 1e6 - (before + after) / 2
-            except _redis.RedisError:
+            except self._errors:
                 pass  # keep the last offset; the store's errors surface elsewhere
         return local + self._offset
 
@@ -160,7 +160,7 @@ class RedisStore(Store):
         nothing changed)."""
         try:
             self._sync_tags(int(self.client.get(self._seq_key) or 0))
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis read failed: {exc}") from exc
 
     def subscribe(self, callback: Callable[[], None]) -> bool:
@@ -178,7 +178,7 @@ class RedisStore(Store):
         try:
             raw, seq = self.client.mget([self._record_key(key), self._seq_key])
             tags = self._sync_tags(int(seq or 0))
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis lookup failed: {exc}") from exc
         try:
             value = self._serializer.loads(raw)
@@ -223,13 +223,13 @@ class RedisStore(Store):
             self.client.set(
                 self._record_key(key), self._serializer.dumps(encode(record)), px=max(ms, 1)
             )
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis write failed: {exc}") from exc
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete(self._record_key(key))
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis delete failed: {exc}") from exc
 
     def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
@@ -238,7 +238,7 @@ class RedisStore(Store):
             return {}
         try:
             raws = self.client.hmget(self._state_key, names)
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis read failed: {exc}") from exc
         return {t: _parse_state(r) for t, r in zip(names, raws, strict=True) if r is not None}
 
@@ -252,21 +252,21 @@ class RedisStore(Store):
                 args=[repr(float(at)), "1" if hard else "0", *names],
             )
             self.client.publish(self._channel, seq)
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis invalidation failed: {exc}") from exc
 
     def acquire(self, name: str, ttl: float) -> str | None:
         token = new_token()
         try:
             ok = self.client.set(self._lock_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis lock failed: {exc}") from exc
         return token if ok else None
 
     def release(self, name: str, token: str) -> bool:
         try:
             return bool(self._release(keys=[self._lock_key(name)], args=[token]))
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis unlock failed: {exc}") from exc
 
     def extend(self, name: str, token: str, ttl: float) -> bool:
@@ -274,13 +274,13 @@ class RedisStore(Store):
             return bool(
                 self._extend(keys=[self._lock_key(name)], args=[token, max(1, int(ttl * 1000))])
             )
-        except _redis.RedisError as exc:
+        except self._errors as exc:
             raise StoreError(f"redis lock extend failed: {exc}") from exc
 
     def count(self) -> int | None:
         try:
             return sum(1 for _ in self.client.scan_iter(match=f"{self.prefix}e:*", count=1000))
-        except _redis.RedisError:
+        except self._errors:
             return None
 
     def close(self) -> None:
