@@ -12,12 +12,12 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import free_port, stop_process, wait_for
 
 #: Fixtures whose users need a real redis-server; such tests get the ``redis`` marker.
 _REDIS_FIXTURES = frozenset({"redis_server", "redis_url"})
@@ -48,12 +48,6 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
@@ -69,7 +63,7 @@ class RedisServer:
     def __init__(self, binary: str, workdir: Path) -> None:
         self.binary = binary
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -95,26 +89,19 @@ class RedisServer:
             "--logfile", str(self.log_path),
             "--daemonize", "no",
         ]  # fmt: skip
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=self.workdir)
-        deadline = time.monotonic() + timeout
-        while not _answers_ping(self.port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-                raise RuntimeError(f"redis-server did not come up on port {self.port}:\n{log}")
-            time.sleep(0.02)
+        proc = self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=self.workdir)
+        # stops waiting early if redis-server exits (a port taken meanwhile, say)
+        up = wait_for(lambda: proc.poll() is not None or _answers_ping(self.port), timeout, 0.02)
+        if not up or proc.poll() is not None:
+            self.stop()
+            log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            raise RuntimeError(f"redis-server did not come up on port {self.port}:\n{log}")
 
     def stop(self) -> None:
         """Stop the server; everything it held is lost."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """A small Flask application behind :class:`wsgi_isr.ISRMiddleware`, served by the
-real-server tests (``tests/test_server.py``) under ``gunicorn -k gevent -w 2``::
+real-server tests (``tests/test_server.py``, ``tests/test_cluster.py``,
+``tests/test_shutdown.py``) under ``gunicorn -k gevent -w N`` (see ``tests/servers.py``)::
 
     ISR_STORE=file:///tmp/isr ISR_SECRET=... ISR_COUNTER_DIR=/tmp/renders \\
         gunicorn -k gevent -w 2 tests.e2e_app:app
@@ -7,15 +8,35 @@ real-server tests (``tests/test_server.py``) under ``gunicorn -k gevent -w 2``::
 Configuration comes from the environment:
 
 ``ISR_STORE``
-    the store URL (``file:///...`` so both workers share it).
+    the store URL, shared by every worker and instance (``file:///...``,
+    ``redis://...?prefix=...``).
 ``ISR_SECRET``
     enables ``POST /_isr/revalidate``.
 ``ISR_COUNTER_DIR``
-    every render appends one line to ``<dir>/<page>.log`` (``slow-<name>``,
-    ``post-<slug>``, ``whoami``). Renders happen in several worker processes, so
-    they are counted in files (``O_APPEND`` under ``flock``), never in memory.
+    every render appends ``<pid> <unix time>`` to ``<dir>/<page>.log`` (``slow-<name>``,
+    ``post-<slug>``, ``whoami``, ``page-<name>``) when it *starts*, so a test can count
+    renders over all workers and instances and find the process that is rendering
+    right now (to kill it). Renders happen in several worker processes, so they are
+    counted in files (``O_APPEND`` under ``flock``), never in memory.
 ``ISR_SLOW_SECONDS`` / ``ISR_POST_SECONDS``
     how long ``/slow/<name>`` and ``/post/<slug>`` take to render.
+``ISR_LOCK_TIMEOUT``
+    the middleware's ``lock_timeout`` (small, so a killed renderer's lock expires soon).
+
+Routes:
+
+``GET /slow/<name>``
+    renders in ``ISR_SLOW_SECONDS`` and is fresh for one second.
+``GET /post/<slug>``
+    renders in ``ISR_POST_SECONDS``, tagged ``post-<slug>`` and ``posts``, cached until
+    revalidated.
+``GET /whoami``
+    shows the visitor's ``user`` cookie, yet opts in to caching.
+``GET /page/<name>?revalidate=<seconds|false>&delay=<seconds>``
+    renders in ``delay`` seconds, carries the tag ``page-<name>`` and is cached for
+    ``revalidate``.
+``GET /plain/<name>``
+    never opts in.
 
 Every response carries ``X-Worker-Pid``, the pid of the worker that *served* it
 (added outside the cache, so a cached page still says who answered).
@@ -44,10 +65,12 @@ COUNTER_DIR = os.environ["ISR_COUNTER_DIR"]
 SLOW_SECONDS = float(os.environ.get("ISR_SLOW_SECONDS", "2"))
 POST_SECONDS = float(os.environ.get("ISR_POST_SECONDS", "0.5"))
 _NAME = re.compile(r"[a-z0-9-]{1,64}")
+_REVALIDATE = re.compile(r"false|[0-9]{1,5}")
 
 
 def record_render(page: str) -> int:
-    """Append a line for one render of ``page``; return how many renders it has had."""
+    """Append ``<pid> <unix time>`` for one render of ``page`` (call it when the render
+    starts); return how many renders it has had."""
     fd = os.open(
         os.path.join(COUNTER_DIR, page + ".log"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644
     )
@@ -108,6 +131,28 @@ def whoami() -> tuple[str, dict[str, str]]:
     return f"hello {user} render {n}", {"Content-Type": "text/plain", "X-ISR-Revalidate": "60"}
 
 
+@app.get("/page/<name>")
+def page(name: str) -> tuple[str, dict[str, str]]:
+    name = _checked(name)
+    revalidate = request.args.get("revalidate", "false")
+    if not _REVALIDATE.fullmatch(revalidate):
+        abort(400)
+    delay = min(float(request.args.get("delay", "0")), 10.0)
+    n = record_render(f"page-{name}")
+    time.sleep(delay)  # gevent-patched: the worker keeps serving meanwhile
+    return f"{name} render {n} by {os.getpid()}", {
+        "Content-Type": "text/plain",
+        "X-ISR-Revalidate": revalidate,
+        "X-ISR-Tags": f"page-{name}",
+    }
+
+
+@app.get("/plain/<name>")
+def plain(name: str) -> tuple[str, dict[str, str]]:
+    """Does not opt in: always rendered by the application."""
+    return f"plain {_checked(name)} by {os.getpid()}", {"Content-Type": "text/plain"}
+
+
 def served_by(wsgi_app: WSGIApplication) -> WSGIApplication:
     """Add ``X-Worker-Pid`` (the serving process) to every response."""
 
@@ -121,5 +166,10 @@ def served_by(wsgi_app: WSGIApplication) -> WSGIApplication:
 
 
 app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]
-    ISRMiddleware(app.wsgi_app, store=os.environ["ISR_STORE"], secret=os.environ["ISR_SECRET"])
+    ISRMiddleware(
+        app.wsgi_app,
+        store=os.environ["ISR_STORE"],
+        secret=os.environ["ISR_SECRET"],
+        lock_timeout=float(os.environ.get("ISR_LOCK_TIMEOUT", "60")),  # the default
+    )
 )
