@@ -93,7 +93,7 @@ def test_page_decorator_sets_the_headers_and_caches(tmp_path: Any) -> None:
     first = client.get("/posts/a")
     assert first.headers["X-ISR-Cache"] == "MISS"
     assert "X-ISR-Revalidate" not in first.headers
-    assert first.headers["Cache-Control"].startswith("public, s-maxage=60")
+    assert first.headers["Cache-Control"].startswith("public, s-maxage=59,")
     assert client.get("/posts/a").headers["X-ISR-Cache"] == "HIT"
     assert renders == {"a": 1}
     plain = client.get("/plain")

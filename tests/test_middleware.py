@@ -135,8 +135,9 @@ def test_fresh_stale_and_one_background_regeneration() -> None:
     hit = get(client, "/p")
     assert hit.headers["X-ISR-Cache"] == "HIT"
     assert hit.headers["Age"] == "30"
-    assert hit.headers["Cache-Control"].startswith("public, s-maxage=30,")
-    assert hit.headers["Cache-Status"] == "wsgi-isr; hit; ttl=30"
+    # freshness as at the end of the current second of age: never more than remains
+    assert hit.headers["Cache-Control"].startswith("public, s-maxage=29,")
+    assert hit.headers["Cache-Status"] == "wsgi-isr; hit; ttl=29"
     clock.advance(34)
     stale = get(client, "/p")
     assert stale.headers["X-ISR-Cache"] == "STALE"
@@ -458,3 +459,14 @@ def test_default_store_is_a_shared_file_store(
     mw = wsgi_isr.ISRMiddleware(CountingApp())
     assert isinstance(mw.store, wsgi_isr.FileStore)
     assert mw.store.path == str(tmp_path / "cache")
+
+
+def test_client_headers_never_promise_more_freshness_than_remains() -> None:
+    mw, client, clock, app = make()
+    client.get("/p")
+    for step in (0.0, 0.3, 0.6, 0.9, 1.2, 29.99, 30.5, 59.7):
+        clock.now = 1_000_000.0 + step
+        r = client.get("/p")
+        s_maxage = int(r.headers["Cache-Control"].split("s-maxage=")[1].split(",")[0])
+        assert s_maxage <= 60 - step, step
+        assert int(r.headers["Age"]) + s_maxage <= 60

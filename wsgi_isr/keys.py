@@ -83,8 +83,41 @@ def quote_path(path: str) -> str:
     return quote(raw, _PATH_SAFE)
 
 
+#: Recently computed keys: the same URLs come back again and again, and building a
+#: key (host check, path quoting, query parsing) costs more than the rest of a hit.
+_memo: dict[tuple[Any, ...], RequestKey | None] = {}
+_MEMO_SIZE = 4096
+
+
 def request_key(
     environ: WSGIEnvironment, *, query_params: Collection[str] | None = None
+) -> RequestKey | None:
+    get = environ.get
+    memo_key = (
+        get("wsgi.url_scheme"),
+        get("HTTP_HOST"),
+        get("SERVER_NAME"),
+        get("SERVER_PORT"),
+        get("SCRIPT_NAME"),
+        get("PATH_INFO"),
+        get("QUERY_STRING"),
+        query_params,
+    )
+    try:
+        return _memo[memo_key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value where a string belongs: compute, do not memo
+        return _request_key(environ, query_params)
+    rk = _request_key(environ, query_params)
+    if len(_memo) >= _MEMO_SIZE:
+        _memo.clear()
+    _memo[memo_key] = rk
+    return rk
+
+
+def _request_key(
+    environ: WSGIEnvironment, query_params: Collection[str] | None
 ) -> RequestKey | None:
     host = normalise_host(environ)
     if host is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import http_date, parse_date
 
@@ -60,7 +60,8 @@ def cache_status(label: str, entry: Entry, now: float, detail: str | None = None
     remaining = entry.remaining(now)
     parts = ["wsgi-isr; hit"]
     if label == STALE:
-        ttl = min(0, math.floor(remaining)) if not math.isinf(remaining) else 0
+        # how long ago it went stale, counted from the start of the second (see below)
+        ttl = min(0, math.floor(remaining) + 1) if not math.isinf(remaining) else 0
         parts.append(f"ttl={ttl}")
         parts.append("detail=stale-while-revalidate")
     else:
@@ -71,15 +72,38 @@ def cache_status(label: str, entry: Entry, now: float, detail: str | None = None
     return "; ".join(parts)
 
 
+#: Client headers change at most once a second per entry and label: reuse them.
+_memo: dict[tuple[Any, ...], tuple[tuple[str, str], ...]] = {}
+_MEMO_SIZE = 4096
+
+
 def entry_headers(
     entry: Entry, now: float, label: str, detail: str | None = None
 ) -> list[tuple[str, str]]:
+    """The full header list for serving ``entry`` at ``now`` as ``label``."""
+    age = max(0, int(now - entry.created))
+    memo_key = (entry.etag, entry.created, label, detail, age)
+    cached = _memo.get(memo_key)
+    if cached is None:
+        cached = tuple(_entry_headers(entry, age, label, detail))
+        if len(_memo) >= _MEMO_SIZE:
+            _memo.clear()
+        _memo[memo_key] = cached
+    return list(cached)
+
+
+def _entry_headers(
+    entry: Entry, age: int, label: str, detail: str | None = None
+) -> list[tuple[str, str]]:
+    # freshness as at the END of this second of age: reused for the whole second, the
+    # headers must never promise more than remains at its last instant
+    now = entry.created + age + 1
     headers = list(entry.headers)
     headers += (
         ("Content-Length", str(len(entry.body))),
         ("ETag", entry.etag),
         ("Last-Modified", entry.last_modified),
-        ("Age", str(max(0, int(now - entry.created)))),
+        ("Age", str(age)),
         ("Cache-Control", cdn_cache_control(entry, now, label == STALE)),
         ("X-ISR-Cache", label),
         ("Cache-Status", cache_status(label, entry, now, detail)),

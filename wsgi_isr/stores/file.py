@@ -21,8 +21,11 @@ import json
 import logging
 import math
 import os
+import pickle
+import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -34,6 +37,8 @@ from .base import Store, merge_tag_state, new_token
 
 log = logging.getLogger("wsgi_isr")
 
+#: In-process bound on decoded entries kept per store (their files' total size).
+DECODED_BYTES = 32 << 20
 #: Compact the tag log when it is larger than this and twice its live content.
 COMPACT_BYTES = 1 << 20
 
@@ -71,16 +76,58 @@ class FileStore(Store):
         self._log_pos = 0
         self._generation = b""
         self._refresh_mutex = threading.Lock()
+        # decoded records by key: (file version, cachelib expiry, record, size)
+        self._decoded: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._decoded_bytes = 0
 
     # -- records -------------------------------------------------------------------------
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        return self._record(key), self._refresh_tags()
+
+    def _record(self, key: str) -> Record | None:
+        """The record in the entry file, decoded once per version of the file: a hit
+        costs a ``stat`` while the file is unchanged."""
+        filename = self.cache._get_filename(key)
         try:
-            value = self.cache.get(key)
-        except Exception:  # a corrupted file can make unpickling raise anything
+            st = os.stat(filename)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {filename}: {exc}") from exc
+        version = (st.st_ino, st.st_mtime_ns, st.st_size)
+        known = self._decoded.get(key)
+        if known is None or known[0] != version:
+            known = (version, *self._load(filename, key))
+            self._remember(key, known, st.st_size)
+        expires: int = known[1]
+        record: Record | None = known[2]
+        if expires and expires < time.time():  # cachelib's own expiry, in wall-clock seconds
+            return None
+        return record
+
+    def _load(self, filename: str, key: str) -> tuple[int, Record | None]:
+        try:
+            with open(filename, "rb") as f:
+                data = f.read()
+            (expires,) = struct.unpack("I", data[:4])
+            return expires, decode(pickle.loads(data[4:]))
+        except FileNotFoundError:
+            return 0, None
+        except Exception:  # truncated or corrupted: unpickling can raise anything
             log.warning("wsgi_isr: unreadable cache file for %r, treated as a miss", key)
-            value = None
-        return decode(value), self._refresh_tags()
+            return 0, None
+
+    def _remember(self, key: str, known: tuple[Any, ...], size: int) -> None:
+        with self._refresh_mutex:
+            old = self._decoded.pop(key, None)
+            if old is not None:
+                self._decoded_bytes -= old[3]
+            while self._decoded and self._decoded_bytes + size > DECODED_BYTES:
+                _, dropped = self._decoded.popitem(last=False)
+                self._decoded_bytes -= dropped[3]
+            self._decoded[key] = (*known, size)
+            self._decoded_bytes += size
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         timeout = 0 if ttl is None else max(1, math.ceil(ttl))

@@ -15,10 +15,20 @@ from typing import Any
 
 from cachelib import SimpleCache
 
-from ..entry import Record, TagState, decode, encode
+from ..entry import Entry, PassMarker, Record, TagState, VaryMarker, decode, encode
 from .base import Store, merge_tag_state, new_token
 
 FOREVER = 365 * 24 * 3600
+
+
+class _Identity:
+    """A cachelib serializer that stores objects as they are."""
+
+    def dumps(self, value: Any) -> Any:
+        return value
+
+    def loads(self, value: Any) -> Any:
+        return value
 
 
 class MemoryStore(Store):
@@ -35,21 +45,27 @@ class MemoryStore(Store):
         super().__init__(clock=clock)
         if max_entries <= 0:
             raise ValueError("max_entries must be positive")
-        self.cache = (
-            cache if cache is not None else SimpleCache(threshold=max_entries, default_timeout=0)
-        )
+        if cache is None:
+            cache = SimpleCache(threshold=max_entries, default_timeout=0)
+            # records are immutable: keep the objects themselves, no pickling per hit
+            cache.serializer = _Identity()
+        self.cache = cache
         self._tags: dict[str, TagState] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._mutex = threading.Lock()
         self.description = f"memory (max_entries={max_entries})"
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
-        return decode(self.cache.get(key)), self._tags
+        value = self.cache.get(key)
+        if isinstance(value, Entry | PassMarker | VaryMarker):
+            return value, self._tags
+        return decode(value), self._tags  # a user's SimpleCache holds encoded records
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         # SimpleCache prunes "never expires" (0) records first, so give them a long TTL
         timeout = FOREVER if ttl is None else max(1, math.ceil(ttl))
-        self.cache.set(key, encode(record), timeout=timeout)
+        identity = isinstance(self.cache.serializer, _Identity)
+        self.cache.set(key, record if identity else encode(record), timeout=timeout)
 
     def delete(self, key: str) -> None:
         self.cache.delete(key)
