@@ -51,3 +51,26 @@ def test_auto_runner_uses_threads_when_not_patched() -> None:
     assert isinstance(runner.runner, ThreadRunner)
     with pytest.raises(ValueError):
         AutoRunner(0)
+
+
+def test_thread_runner_stops_counting_a_hung_task_after_its_timeout() -> None:
+    runner = ThreadRunner(max_pending=1, timeout=0.2)
+    gate = threading.Event()
+    assert runner.submit(lambda: gate.wait(5))
+    assert not runner.submit(lambda: None)  # full while the first one may still finish
+    threading.Event().wait(0.3)
+    ran = threading.Event()
+    assert runner.submit(ran.set)  # the hung one no longer holds the slot
+    assert ran.wait(2)
+    gate.set()
+    assert runner.join(5)
+
+
+def test_gevent_runner_interrupts_a_task_blocked_past_its_timeout() -> None:
+    runner = GeventRunner(max_pending=1, timeout=0.1)
+    finished: list[bool] = []
+    assert runner.submit(lambda: (gevent.sleep(5), finished.append(True)))
+    assert runner.join(2)
+    assert finished == []
+    assert runner.submit(lambda: finished.append(True)) and runner.join(2)
+    assert finished == [True]

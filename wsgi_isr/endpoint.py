@@ -11,13 +11,13 @@ Errors are JSON ``{"error": "..."}`` with 400, 401, 404, 405, 413 or 503.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
 from .invalidation import check_mode, checked_tags, path_tag
+from .policy import same_secret
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -62,13 +62,12 @@ def _json(
 
 def _authorised(mw: ISRMiddleware, environ: WSGIEnvironment, body_secret: Any) -> bool:
     assert mw.secret is not None
-    expected = mw.secret.encode()
     auth = environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, given = auth.partition(" ")
     if scheme.lower() == "bearer" and given:
-        return hmac.compare_digest(given.strip().encode(), expected)
+        return same_secret(given.strip(), mw.secret)
     if isinstance(body_secret, str):
-        return hmac.compare_digest(body_secret.encode(), expected)
+        return same_secret(body_secret, mw.secret)
     return False
 
 
@@ -97,7 +96,7 @@ def _revalidate(mw: ISRMiddleware, environ: WSGIEnvironment) -> dict[str, Any]:
     raw = _read_body(mw, environ)
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         body = None
     if not isinstance(body, dict):
         # authenticate before revealing anything about the body's shape

@@ -32,7 +32,7 @@ class State(enum.Enum):
 TagState = tuple[float, float]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
 class Entry:
     """A cached response.
 

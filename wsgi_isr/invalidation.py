@@ -48,7 +48,7 @@ def check_mode(mode: object) -> Mode:
 def checked_tags(tags: Iterable[str]) -> list[str]:
     """The tags, deduplicated; ``ValueError`` if any is invalid."""
     tags = list(tags)
-    good = valid_tags(tags, source="revalidate_tag")
+    good = valid_tags(tags, source="revalidate_tag", limit=None)
     if len(good) != len(set(tags)):
         raise ValueError(INVALID_TAG)
     return good

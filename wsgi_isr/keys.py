@@ -138,12 +138,17 @@ def shorten(key: str) -> str:
 
 
 def variant_key(base: str, vary: Iterable[str], environ: WSGIEnvironment) -> str:
-    """The key of one variant of a page that varies on request headers."""
-    parts = [base]
-    for name in vary:
-        value = environ.get("HTTP_" + name.upper().replace("-", "_"), "")
-        parts.append(f"{name}={' '.join(value.split())}")
-    return shorten("\n".join(parts))
+    """The key of one variant of a page that varies on request headers.
+
+    The header values are hashed, never spelled out: a raw value could otherwise
+    imitate the shortened (hashed) form of another key.
+    """
+    values = "\n".join(
+        f"{name}={' '.join(environ.get('HTTP_' + name.upper().replace('-', '_'), '').split())}"
+        for name in vary
+    )
+    digest = hashlib.sha256(values.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{shorten(base)}#vary:{digest}"
 
 
 def _path_tag(prefix: str, path: str) -> str:

@@ -19,7 +19,6 @@ in the foreground, concurrent misses for the same key waiting for one render.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -46,7 +45,7 @@ from .keys import (
     request_key,
     variant_key,
 )
-from .policy import client_headers, decide
+from .policy import client_headers, cookie_names_and_values, decide, same_secret
 from .prebuild import PrebuildReport, prebuild
 from .regeneration import Regenerator, lock_name
 from .render import Captured, capture
@@ -58,10 +57,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("wsgi_isr")
-
-
-def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
 
 
 def _has_credentials(environ: WSGIEnvironment) -> bool:
@@ -159,7 +154,9 @@ class ISRMiddleware:
         self.regeneration_backoff = float(regeneration_backoff)
         self.pass_ttl = float(pass_ttl)
         self.max_request_bytes = int(max_request_bytes)
-        self.runner: Runner = runner if runner is not None else AutoRunner(max_pending)
+        self.runner: Runner = (
+            runner if runner is not None else AutoRunner(max_pending, self.lock_timeout)
+        )
         self.stats = Stats()
         self._last_store_error = 0.0
         self.regen = Regenerator(
@@ -251,19 +248,15 @@ class ISRMiddleware:
             return True
         if self.bypass_token is not None:
             given = environ.get("HTTP_X_ISR_BYPASS")
-            if given is not None and hmac.compare_digest(
-                given.encode(), self.bypass_token.encode()
-            ):
+            if given is not None and same_secret(given, self.bypass_token):
                 return True
         if (self.bypass_cookies or self.bypass_token is not None) and environ.get("HTTP_COOKIE"):
-            from werkzeug.http import parse_cookie
-
-            cookies = parse_cookie(environ)
+            cookies = cookie_names_and_values(environ["HTTP_COOKIE"])
             if self.bypass_cookies.intersection(cookies):
                 return True
             given = cookies.get("__isr_bypass")
             if self.bypass_token is not None and given is not None:
-                return _same(given, self.bypass_token)
+                return same_secret(given, self.bypass_token)
         return False
 
     def _bypass(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import hmac
 import logging
 import math
 import re
@@ -43,6 +44,26 @@ _render_tags: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
 )
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of a secret from a request (any string, even one with
+    lone surrogates from JSON or latin-1 characters from a header)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
+def cookie_names_and_values(header: str) -> dict[str, str]:
+    """A forgiving ``Cookie`` header parser: names and raw values, no decoding, so no
+    byte sequence a client sends can make it raise."""
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name and name not in cookies:
+            cookies[name] = value.strip().strip('"')
+    return cookies
+
+
 def tag(*tags: str) -> None:
     """Add tags to the response being rendered for the cache.
 
@@ -74,8 +95,11 @@ class Decision:
     vary: tuple[str, ...] = ()
 
 
-def valid_tags(raw: Iterable[str], *, source: str = "response") -> list[str]:
-    """Keep the valid tags, in order, without duplicates; log what is dropped."""
+def valid_tags(
+    raw: Iterable[str], *, source: str = "response", limit: int | None = MAX_TAGS
+) -> list[str]:
+    """Keep the valid tags, in order, without duplicates; log what is dropped.
+    At most ``limit`` are kept (``None``: no limit)."""
     out: list[str] = []
     seen: set[str] = set()
     for t in raw:
@@ -92,8 +116,8 @@ def valid_tags(raw: Iterable[str], *, source: str = "response") -> list[str]:
             continue
         if t in seen:
             continue
-        if len(out) >= MAX_TAGS:
-            log.warning("wsgi_isr: more than %d tags on one %s; the rest dropped", MAX_TAGS, source)
+        if limit is not None and len(out) >= limit:
+            log.warning("wsgi_isr: more than %d tags on one %s; the rest dropped", limit, source)
             break
         seen.add(t)
         out.append(t)
@@ -152,11 +176,10 @@ def decide(
         if s_maxage is None:
             return Decision(False, "invalid s-maxage", False)
         revalidate = s_maxage
-        if "stale-while-revalidate" not in cc:
-            expire = s_maxage  # a CDN would not serve it stale either
-        elif cc["stale-while-revalidate"]:
-            swr = parse_seconds(cc["stale-while-revalidate"] or "")
-            expire = None if swr is None else s_maxage + swr
+        swr_raw = cc.get("stale-while-revalidate")
+        swr = parse_seconds(swr_raw) if swr_raw else None
+        # without a valid stale-while-revalidate a CDN would not serve it stale either
+        expire = s_maxage if swr is None else s_maxage + swr
     else:
         return Decision(False, "not opted in", False)
     if revalidate == 0:

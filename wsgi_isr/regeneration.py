@@ -109,11 +109,24 @@ class Regenerator:
             )
             retry = self.settle(None, rk, key, decision.vary, captured, started, foreground=False)
             return retry
+        newer = self._newer_entry(key, started)
+        if newer is not None:  # a render that started later already landed: keep it
+            return newer, key
         entry = self.entry(rk, captured, decision, started)
         ttl = None if decision.expire is None else decision.expire + 60
         if self.put(key, entry, ttl):
             return entry, key
         return None, key
+
+    def _newer_entry(self, key: str, started: float) -> Entry | None:
+        lookup = getattr(self.store, "lookup_through", self.store.lookup)
+        try:
+            existing, _ = lookup(key)
+        except StoreError:
+            return None  # the write will tell
+        if isinstance(existing, Entry) and existing.created > started:
+            return existing
+        return None
 
     def decide(self, captured: Captured) -> Decision:
         return decide(
@@ -196,10 +209,20 @@ class Regenerator:
                 hold = self.failed(key)
                 return
             decision = self.decide(captured)
+            if not self._still_ours(lock, token):
+                # it ran past lock_timeout: another regeneration may have started since,
+                # and this older render must not replace what that one stores
+                log.warning("wsgi_isr: regeneration of %s outlived its lock; dropped", key)
+                self.stats.incr("regenerations_failed")
+                return
             if decision.store or not decision.opted_in:
-                self.settle(
+                entry, _ = self.settle(
                     None, rk, key, vary, captured, started, foreground=False, decision=decision
                 )
+                if decision.store and entry is None:
+                    log.warning("wsgi_isr: regeneration of %s could not be stored", key)
+                    hold = self.failed(key)
+                    return
                 self._failures.pop(key, None)
                 self.stats.incr("regenerations_ok")
             else:
@@ -211,6 +234,13 @@ class Regenerator:
                 hold = self.failed(key)
         finally:
             self.unlock(lock, token, hold)
+
+    def _still_ours(self, lock: str, token: str) -> bool:
+        try:
+            return self.store.extend(lock, token, self.lock_timeout)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return False
 
     def failed(self, key: str) -> float:
         """Count a failed regeneration and return how long to hold the lock (backoff)."""

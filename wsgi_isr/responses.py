@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,7 @@ def cache_status(label: str, entry: Entry, now: float, detail: str | None = None
 
 
 #: Client headers change at most once a second per entry and label: reuse them.
-_memo: dict[tuple[Any, ...], tuple[tuple[str, str], ...]] = {}
+_memo: dict[tuple[Any, ...], tuple[weakref.ref[Entry], tuple[tuple[str, str], ...]]] = {}
 _MEMO_SIZE = 4096
 
 
@@ -82,14 +83,17 @@ def entry_headers(
 ) -> list[tuple[str, str]]:
     """The full header list for serving ``entry`` at ``now`` as ``label``."""
     age = max(0, int(now - entry.created))
-    memo_key = (entry.etag, entry.created, label, detail, age)
+    # by identity: stores hand out the same immutable object while a page is unchanged;
+    # a weak reference tells a live entry from a dead one whose id was reused, without
+    # keeping bodies alive
+    memo_key = (id(entry), label, detail, age)
     cached = _memo.get(memo_key)
-    if cached is None:
-        cached = tuple(_entry_headers(entry, age, label, detail))
+    if cached is None or cached[0]() is not entry:
+        cached = (weakref.ref(entry), tuple(_entry_headers(entry, age, label, detail)))
         if len(_memo) >= _MEMO_SIZE:
             _memo.clear()
         _memo[memo_key] = cached
-    return list(cached)
+    return list(cached[1])
 
 
 def _entry_headers(

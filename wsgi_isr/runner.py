@@ -1,18 +1,18 @@
 """Where background regenerations run.
 
 Under gevent (``gunicorn -k gevent`` patches the process) a greenlet pool; in an
-unpatched process a bounded thread pool — a greenlet spawned in an unpatched
+unpatched process short-lived threads — a greenlet spawned in an unpatched
 sync worker would never run. Both are bounded: when full, ``submit`` returns
 False at once and the caller simply does not start the regeneration.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 log = logging.getLogger("wsgi_isr")
@@ -36,41 +36,53 @@ def _run_logged(task: Task) -> None:
 
 
 class ThreadRunner:
-    """A bounded pool of daemon-less worker threads."""
+    """One short-lived daemon thread per regeneration, at most ``max_pending`` at once.
 
-    def __init__(self, max_pending: int = 32, workers: int = 4) -> None:
+    A thread per task rather than a fixed pool, so renders that hang (a data source
+    without a timeout) cannot hold back other pages: a task stops counting towards
+    ``max_pending`` after ``timeout`` seconds, though its thread runs on (Python cannot
+    kill a thread) and whatever it renders that late is dropped by the regenerator.
+    """
+
+    def __init__(self, max_pending: int = 32, timeout: float = 60.0) -> None:
         self.max_pending = max_pending
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsgi_isr")
-        self._pending = 0
+        self.timeout = timeout
+        self._deadlines: dict[int, float] = {}
+        self._ids = itertools.count()
         self._cond = threading.Condition()
 
     def submit(self, task: Task) -> bool:
         with self._cond:
-            if self._pending >= self.max_pending:
+            now = time.monotonic()
+            counted = sum(1 for d in self._deadlines.values() if d > now)
+            if counted >= self.max_pending:
                 return False
-            self._pending += 1
+            task_id = next(self._ids)
+            self._deadlines[task_id] = now + self.timeout
         try:
-            self._executor.submit(self._run, task)
-        except RuntimeError:  # interpreter shutting down
-            self._done()
+            threading.Thread(
+                target=self._run, args=(task_id, task), name="wsgi_isr-regen", daemon=True
+            ).start()
+        except RuntimeError:  # interpreter shutting down, or no more threads
+            self._done(task_id)
             return False
         return True
 
-    def _run(self, task: Task) -> None:
+    def _run(self, task_id: int, task: Task) -> None:
         try:
             _run_logged(task)
         finally:
-            self._done()
+            self._done(task_id)
 
-    def _done(self) -> None:
+    def _done(self, task_id: int) -> None:
         with self._cond:
-            self._pending -= 1
+            self._deadlines.pop(task_id, None)
             self._cond.notify_all()
 
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._pending:
+            while self._deadlines:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -81,17 +93,28 @@ class ThreadRunner:
 class GeventRunner:
     """A bounded ``gevent.pool.Pool``."""
 
-    def __init__(self, max_pending: int = 32) -> None:
+    def __init__(self, max_pending: int = 32, timeout: float = 60.0) -> None:
         from gevent.pool import Pool
 
         self.max_pending = max_pending
+        self.timeout = timeout
         self._pool = Pool(max_pending)
 
     def submit(self, task: Task) -> bool:
         if self._pool.full():
             return False
-        self._pool.spawn(_run_logged, task)
+        self._pool.spawn(self._run, task)
         return True
+
+    def _run(self, task: Task) -> None:
+        import gevent
+
+        # a render blocked on I/O past the timeout is interrupted there, freeing its slot
+        try:
+            with gevent.Timeout(self.timeout):
+                _run_logged(task)
+        except gevent.Timeout:
+            log.warning("wsgi_isr: regeneration interrupted after %g s", self.timeout)
 
     def join(self, timeout: float | None = None) -> bool:
         self._pool.join(timeout=timeout)
@@ -110,10 +133,11 @@ class AutoRunner:
     """Chooses greenlets or threads at the first submit, after the server had its
     chance to monkey-patch (gunicorn's gevent worker patches after forking)."""
 
-    def __init__(self, max_pending: int = 32) -> None:
+    def __init__(self, max_pending: int = 32, timeout: float = 60.0) -> None:
         if max_pending <= 0:
             raise ValueError("max_pending must be positive")
         self.max_pending = max_pending
+        self.timeout = timeout
         self._runner: Runner | None = None
         self._lock = threading.Lock()
 
@@ -122,11 +146,8 @@ class AutoRunner:
         if self._runner is None:
             with self._lock:
                 if self._runner is None:
-                    self._runner = (
-                        GeventRunner(self.max_pending)
-                        if gevent_patched()
-                        else ThreadRunner(self.max_pending)
-                    )
+                    kind = GeventRunner if gevent_patched() else ThreadRunner
+                    self._runner = kind(self.max_pending, self.timeout)
         return self._runner
 
     def submit(self, task: Task) -> bool:

@@ -9,6 +9,7 @@ hands back. Errors from the backend are raised as :class:`~wsgi_isr.errors.Store
 from __future__ import annotations
 
 import abc
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -98,6 +99,19 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release resources (connections, file handles)."""
         return None
+
+
+#: The longest a backend keeps a record (a year). Records without an expiry of their own
+#: get it too, so eviction policies see a TTL on every record and never touch tag state.
+MAX_RECORD_TTL = 365 * 24 * 3600
+
+
+def record_ttl(ttl: float | None) -> int:
+    """Whole seconds a backend keeps a record: at least 1, at most :data:`MAX_RECORD_TTL`
+    (``None`` and absurd values such as ``X-ISR-Expire: 1e308`` included)."""
+    if ttl is None or not ttl < MAX_RECORD_TTL:
+        return MAX_RECORD_TTL
+    return max(1, math.ceil(ttl))
 
 
 def merge_tag_state(old: TagState | None, at: float, hard: bool) -> TagState:

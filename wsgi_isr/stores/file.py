@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import pickle
 import struct
@@ -33,7 +32,7 @@ from cachelib import FileSystemCache
 
 from ..entry import Record, TagState, decode, encode
 from ..errors import StoreError
-from .base import Store, merge_tag_state, new_token
+from .base import Store, merge_tag_state, new_token, record_ttl
 
 log = logging.getLogger("wsgi_isr")
 
@@ -130,9 +129,29 @@ class FileStore(Store):
             self._decoded_bytes += size
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
-        timeout = 0 if ttl is None else max(1, math.ceil(ttl))
-        if not self.cache.set(key, encode(record), timeout=timeout):
+        value = encode(record)
+        if self.cache.set(key, value, timeout=record_ttl(ttl)):
+            return
+        # the directory may have been removed (a "cache clear"), or the disk is full:
+        # recreate it and try once more, then clean up what the failed writes left
+        with contextlib.suppress(OSError):
+            os.makedirs(self.cache._path, exist_ok=True)
+        if not self.cache.set(key, value, timeout=record_ttl(ttl)):
+            self._remove_stale_temp_files()
             raise StoreError(f"could not write cache entry under {self.path!r}")
+
+    def _remove_stale_temp_files(self) -> None:
+        """cachelib leaves its temporary file behind when a write fails (a full disk):
+        remove those older than a minute, so failures do not fill the disk further."""
+        suffix = self.cache._fs_transaction_suffix
+        cutoff = time.time() - 60
+        try:
+            with os.scandir(self.cache._path) as entries:
+                for entry in entries:
+                    if entry.name.endswith(suffix) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+        except OSError:
+            pass
 
     def delete(self, key: str) -> None:
         self.cache.delete(key)
@@ -198,12 +217,28 @@ class FileStore(Store):
 
     @contextlib.contextmanager
     def _flocked(self, path: str) -> Iterator[int]:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield fd
-        finally:
-            os.close(fd)  # closing drops the flock, also when the process dies
+        """Hold ``flock`` on ``path`` (created if needed, with its directory).
+
+        Lock files may be unlinked by their holder (see :meth:`release`): after taking
+        the flock, check that the file is still the one at ``path``, else start over.
+        """
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the directory was removed ("cache clear")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(path).st_ino
+                except FileNotFoundError:
+                    current = None
+                if current == os.fstat(fd).st_ino:
+                    yield fd
+                    return
+            finally:
+                os.close(fd)  # closing drops the flock, also when the process dies
 
     def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
         tags = list(tags)
@@ -214,9 +249,13 @@ class FileStore(Store):
                 for tag in tags:
                     state = merge_tag_state(current.get(tag), at, hard)
                     lines.append(json.dumps([tag, state[0], state[1]]).encode() + b"\n")
-                with open(self._log_path, "ab") as f:
+                with open(self._log_path, "a+b") as f:
                     if f.tell() == 0:
                         f.write(_generation_line())
+                    else:
+                        f.seek(-1, os.SEEK_END)
+                        if f.read(1) != b"\n":  # a torn line (full disk, killed writer)
+                            lines.insert(0, b"\n")  # stays a malformed line of its own
                     f.write(b"".join(lines))
                 self._maybe_compact()
         except OSError as exc:
@@ -267,10 +306,13 @@ class FileStore(Store):
 
     def release(self, name: str, token: str) -> bool:
         try:
-            with self._flocked(self._lock_path(name)) as fd:
+            path = self._lock_path(name)
+            with self._flocked(path) as fd:
                 if self._read_lock(fd)[0] != token:
                     return False
-                os.ftruncate(fd, 0)
+                # removed, not truncated, so one file per URL ever seen does not pile up;
+                # safe because _flocked re-checks the file after taking the flock
+                os.unlink(path)
                 return True
         except OSError as exc:
             raise StoreError(f"cannot release lock in {self.path}: {exc}") from exc

@@ -7,7 +7,6 @@ For tests and single-process servers: nothing is shared between workers.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -16,9 +15,7 @@ from typing import Any
 from cachelib import SimpleCache
 
 from ..entry import Entry, PassMarker, Record, TagState, VaryMarker, decode, encode
-from .base import Store, merge_tag_state, new_token
-
-FOREVER = 365 * 24 * 3600
+from .base import Store, merge_tag_state, new_token, record_ttl
 
 
 class _Identity:
@@ -62,10 +59,9 @@ class MemoryStore(Store):
         return decode(value), self._tags  # a user's SimpleCache holds encoded records
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
-        # SimpleCache prunes "never expires" (0) records first, so give them a long TTL
-        timeout = FOREVER if ttl is None else max(1, math.ceil(ttl))
+        # never timeout 0: SimpleCache prunes "never expires" records first
         identity = isinstance(self.cache.serializer, _Identity)
-        self.cache.set(key, record if identity else encode(record), timeout=timeout)
+        self.cache.set(key, record if identity else encode(record), timeout=record_ttl(ttl))
 
     def delete(self, key: str) -> None:
         self.cache.delete(key)

@@ -23,12 +23,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..entry import Record, TagState, decode, encode
 from ..errors import StoreError
-from .base import Store, new_token
+from .base import Store, new_token, record_ttl
 
 CLOCK_CHECK_INTERVAL = 30.0
-#: Records without an expiry of their own still get a TTL, so a volatile-* eviction
-#: policy can reclaim them and never has to touch tag state.
-DEFAULT_RECORD_TTL = 365 * 24 * 3600
 
 _INVALIDATE = """
 local at = tonumber(ARGV[1])
@@ -218,10 +215,9 @@ class RedisStore(Store):
             return tags
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
-        ms = int((ttl if ttl is not None else DEFAULT_RECORD_TTL) * 1000)
         try:
             self.client.set(
-                self._record_key(key), self._serializer.dumps(encode(record)), px=max(ms, 1)
+                self._record_key(key), self._serializer.dumps(encode(record)), ex=record_ttl(ttl)
             )
         except self._errors as exc:
             raise StoreError(f"redis write failed: {exc}") from exc
