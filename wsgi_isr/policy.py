@@ -21,6 +21,7 @@ MAX_TAGS = 128
 #: Tags of the implicit path kind; user tags may not forge them.
 RESERVED_TAG_PREFIX = "_isr_"
 
+_STATUS_RE = re.compile(r"([0-9]{3})(?: |$)", re.ASCII)
 _TAG_RE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # printable ASCII, no space, no comma
 _HOP_BY_HOP = frozenset(
     (
@@ -191,7 +192,8 @@ def decide(
         else:
             expire = exp
 
-    code = int(status.split(None, 1)[0]) if status[:3].isdigit() else 0
+    match = _STATUS_RE.match(status)
+    code = int(match.group(1)) if match else 0
     if code < 200 or code >= 500 or code in _UNSTORABLE_STATUS:
         return Decision(False, f"status {code}", True)
     if header_values(headers, "set-cookie"):

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import struct
@@ -36,6 +37,8 @@ from .base import Store, merge_tag_state, new_token, record_ttl
 
 log = logging.getLogger("wsgi_isr")
 
+#: No lock lives longer than this; a lock file claiming more is corrupted.
+MAX_LOCK_SECONDS = 24 * 3600
 #: In-process bound on decoded entries kept per store (their files' total size).
 DECODED_BYTES = 32 << 20
 #: Compact the tag log when it is larger than this and twice its live content.
@@ -282,9 +285,13 @@ class FileStore(Store):
     def _read_lock(self, fd: int) -> tuple[str, float]:
         raw = os.pread(fd, 128, 0).decode("ascii", "replace").split()
         try:
-            return raw[0], float(raw[1])
+            token, until = raw[0], float(raw[1])
         except (IndexError, ValueError):
             return "", 0.0
+        # a corrupted expiry (inf, nan, 1e300) must not hold the key forever
+        if not math.isfinite(until) or until > self.clock() + MAX_LOCK_SECONDS:
+            return "", 0.0
+        return token, until
 
     def _write_lock(self, fd: int, token: str, until: float) -> None:
         data = f"{token} {until!r}\n".encode()
