@@ -325,7 +325,7 @@ class ISRMiddleware:
                 return self._respond(environ, start_response, record, now, R.HIT)
             if state is State.STALE:
                 self.stats.incr("stale")
-                self.regen.schedule(environ, rk, key, vary)
+                self.regen.schedule(environ, rk, key, vary, record.created)
                 return self._respond(environ, start_response, record, now, R.STALE)
         self.stats.incr("misses")
         if _has_credentials(environ):
@@ -372,7 +372,7 @@ class ISRMiddleware:
                 headers = [(k, v) for k, v in headers if k.lower() != "cache-control"]
                 headers.append(("Cache-Control", "private, no-cache"))
                 if decision.store:
-                    self.regen.schedule(environ, rk, key, vary)
+                    self.regen.schedule(environ, rk, key, vary, None)
             headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", detail)]
             return start_response(status, headers, exc_info)
 
@@ -386,23 +386,40 @@ class ISRMiddleware:
         key: str,
         vary: tuple[str, ...],
     ) -> Iterable[bytes]:
+        """Render in the foreground, one request per key at a time: the others wait for
+        the leader's render (bounded by ``coalesce_timeout``) and serve it."""
         lock = lock_name(key)
-        try:
-            token = self.store.acquire(lock, self.lock_timeout)
-        except StoreError as exc:
-            self._store_failed(exc)
-            return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
-        if token is None:
-            waited = self._wait_for_leader(environ, start_response, key, lock)
-            if not isinstance(waited, str):
-                return waited
-            token = waited or None
-        if token is None:  # the leader took too long: render for ourselves, store nothing
-            self.stats.incr("coalesce_timeouts")
-            captured = capture(self.app, render_environ(rk, environ, vary), self.max_entry_bytes)
-            return self._send_captured(
-                environ, start_response, captured, "wsgi-isr; fwd=uri-miss; detail=coalesce-timeout"
-            )
+        deadline = time.monotonic() + self.coalesce_timeout
+        delay = 0.005
+        waited = False
+        while True:
+            try:
+                token = self.store.acquire(lock, self.lock_timeout)
+                # taken or not, a render may have landed since our lookup: check first
+                landed = self._landed(key)
+            except StoreError as exc:
+                self._store_failed(exc)
+                return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
+            if landed is not None and token is not None:
+                self.regen.unlock(lock, token)
+            if isinstance(landed, PassMarker):
+                self.stats.incr("passes")
+                return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE)
+            if isinstance(landed, Entry):
+                self.stats.incr("coalesced")
+                now = self.store.now()
+                return self._respond(environ, start_response, landed, now, R.HIT, "coalesced")
+            if token is not None:
+                break
+            if waited and time.monotonic() >= deadline:
+                # the leader takes too long: render for ourselves, store nothing
+                self.stats.incr("coalesce_timeouts")
+                env = render_environ(rk, environ, vary)
+                captured = capture(self.app, env, self.max_entry_bytes)
+                return self._send_captured(environ, start_response, captured, R.CS_TIMEOUT)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            waited = True
         try:
             started = self.store.now()
             captured = capture(self.app, render_environ(rk, environ, vary), self.max_entry_bytes)
@@ -415,45 +432,16 @@ class ISRMiddleware:
             return self._respond(environ, start_response, entry, started, R.MISS)
         return self._send_captured(environ, start_response, captured, "wsgi-isr; fwd=uri-miss")
 
-    def _wait_for_leader(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        key: str,
-        lock: str,
-    ) -> Iterable[bytes] | str:
-        """Poll until the leader's render lands. Returns a response, a lock token if
-        this request became the leader, or ``""`` after the bound."""
-        deadline = time.monotonic() + self.coalesce_timeout
-        delay = 0.005
-        while True:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-            try:
-                record, tag_states = self.store.lookup(key)
-                if isinstance(record, PassMarker):
-                    self.stats.incr("passes")
-                    return self._pass(
-                        environ,
-                        start_response,
-                        R.BYPASS,
-                        R.CS_UNCACHEABLE,
-                    )
-                if isinstance(record, Entry):
-                    now = self.store.now()
-                    if record.state(now, tag_states) is not State.EXPIRED:
-                        self.stats.incr("coalesced")
-                        return self._respond(
-                            environ, start_response, record, now, R.HIT, "coalesced"
-                        )
-                token = self.store.acquire(lock, self.lock_timeout)
-                if token is not None:
-                    return token
-            except StoreError as exc:
-                self._store_failed(exc)
-                return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
-            if time.monotonic() >= deadline:
-                return ""
+    def _landed(self, key: str) -> Entry | PassMarker | None:
+        """A servable record stored under ``key`` (read past any local layer)."""
+        lookup = getattr(self.store, "lookup_through", self.store.lookup)
+        record, tag_states = lookup(key)
+        if isinstance(record, PassMarker):
+            return record
+        expired = isinstance(record, Entry) and (
+            record.state(self.store.now(), tag_states) is State.EXPIRED
+        )
+        return record if isinstance(record, Entry) and not expired else None
 
     def _send_captured(
         self,

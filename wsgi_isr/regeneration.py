@@ -9,6 +9,7 @@ next attempt is backed off.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -167,8 +168,15 @@ class Regenerator:
         )
 
     def schedule(
-        self, environ: WSGIEnvironment, rk: RequestKey, key: str, vary: tuple[str, ...]
+        self,
+        environ: WSGIEnvironment,
+        rk: RequestKey,
+        key: str,
+        vary: tuple[str, ...],
+        seen: float | None,
     ) -> None:
+        """Start a background regeneration of ``key`` unless one is running somewhere, or
+        a render newer than the one the visitor saw (created at ``seen``) has landed."""
         lock = lock_name(key)
         try:
             token = self.store.acquire(lock, self.lock_timeout)
@@ -177,6 +185,9 @@ class Regenerator:
             return
         if token is None:
             return  # someone, somewhere, is already on it (or backing off)
+        if self._newer_entry(key, -math.inf if seen is None else seen) is not None:
+            self.unlock(lock, token)  # a regeneration finished between our read and now
+            return
         env = render_environ(rk, environ, vary)
         if self.runner.submit(lambda: self.regenerate(rk, key, vary, env, lock, token)):
             self.stats.incr("regenerations_started")

@@ -29,6 +29,7 @@ _304_KEEP = frozenset(("content-location", "vary", "expires"))
 CS_BYPASS = "wsgi-isr; fwd=bypass"
 CS_STORE_ERROR = "wsgi-isr; fwd=bypass; detail=store-error"
 CS_UNCACHEABLE = "wsgi-isr; fwd=bypass; detail=uncacheable"
+CS_TIMEOUT = "wsgi-isr; fwd=uri-miss; detail=coalesce-timeout"
 
 
 def make_etag(body: bytes) -> str:

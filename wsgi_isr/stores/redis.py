@@ -82,6 +82,7 @@ class RedisStore(Store):
         prefix: str = "isr:",
         socket_timeout: float = 2.0,
         socket_connect_timeout: float = 1.0,
+        max_connections: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(clock=clock)
@@ -103,12 +104,18 @@ class RedisStore(Store):
             # rebuilt by hand: urlunsplit drops the "//" of "unix:///path"
             url = url.split("?", 1)[0] + ("?" + urlencode(query) if query else "")
             try:
-                client = _redis.Redis.from_url(
+                # a bounded pool that makes callers wait their turn: 500 greenlets on a
+                # stale page must not open 500 connections at once (connect timeouts would
+                # turn into fail-open renders: a stampede)
+                pool = _redis.BlockingConnectionPool.from_url(
                     url,
+                    max_connections=max_connections,
+                    timeout=socket_timeout,
                     socket_timeout=socket_timeout,
                     socket_connect_timeout=socket_connect_timeout,
                     health_check_interval=30,
                 )
+                client = _redis.Redis(connection_pool=pool)
             except ValueError as exc:
                 raise ValueError(f"bad redis URL {url!r}: {exc}") from exc
             safe = parts._replace(netloc=parts.hostname or "", query="")
