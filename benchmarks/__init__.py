@@ -1,0 +1,1 @@
+"""The side-by-side benchmark harness of wsgi_isr: see ``benchmarks/README.md``."""

@@ -1,0 +1,434 @@
+"""Turning a run's results into tables: the console summary and ``benchmarks/RESULTS.md``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MB = 1024 * 1024
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _ms(x: float) -> str:
+    return f"{x:.2f}"
+
+
+# -- targets ----------------------------------------------------------------------------------
+
+THROUGHPUT_TARGETS = {
+    "isr-memory": 0.85,
+    "isr-file": 0.75,
+    "isr-redis": 0.70,
+    "isr-redis-local": 0.85,
+}
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for every issue target this run measured; met is None
+    when it could not be judged."""
+    rows: list[tuple[str, str, bool | None]] = []
+    tp = results.get("throughput", {}).get("contenders", {})
+    for name, want in THROUGHPUT_TARGETS.items():
+        if name in tp:
+            got = tp[name]["ratio"]
+            by_cpu = tp[name].get("cpu_ratio")
+            cpu = f" (from server CPU per request: {by_cpu:.2f})" if by_cpu else ""
+            rows.append((f"{name} hit ≥ {want:.2f} × bare", f"{got:.2f} × bare{cpu}", got >= want))
+    if "flask-caching" in tp:
+        fc = tp["flask-caching"]["rps"]
+        for name in THROUGHPUT_TARGETS:
+            if name in tp:
+                got = tp[name]["rps"] / fc
+                rows.append((f"{name} hit ≥ 1.6 × Flask-Caching", f"{got:.2f} ×", got >= 1.6))
+    for st, r in results.get("stale", {}).items():
+        rows.append(
+            (
+                f"STALE p99 ≤ 1.5 × HIT p99 while a render takes 2 s ({st})",
+                f"{r['stale']['p99_ms']:.2f} / {r['hit']['p99_ms']:.2f} ms"
+                f" = {r['p99_ratio']:.2f} ×",
+                r["p99_ratio"] <= 1.5,
+            )
+        )
+    co = results.get("coalescing", {})
+    for name, r in co.get("stampede", {}).items():
+        rows.append(
+            (
+                f"{r['requests']} concurrent requests on a stale key → 1 regeneration ({name})",
+                f"{r['regenerations']} regeneration(s)",
+                r["regenerations"] == 1,
+            )
+        )
+    for name, r in co.get("first", {}).items():
+        per = r["renders_per_process"]
+        rows.append(
+            (
+                f"{r['requests']} concurrent first requests → ≤ 1 render per process ({name})",
+                f"{r['renders']} render(s), per process {per}",
+                bool(per) and max(per) <= 1,
+            )
+        )
+    for st, r in results.get("scaling", {}).get("stores", {}).items():
+        sizes = results["scaling"]["sizes"]
+        by_cpu = r.get("last_first_cpu")
+        rows.append(
+            (
+                f"hit throughput flat from {sizes[0]:,} to {sizes[-1]:,} pages,"
+                f" last/first ≥ 0.9 ({st})",
+                f"{r['last_first']:.2f}"
+                + (f" (from server CPU per request: {by_cpu:.2f})" if by_cpu else ""),
+                r["last_first"] >= 0.9,
+            )
+        )
+        rv = r["revalidate"]
+        ratio = rv["all"] / rv["few"]
+        rows.append(
+            (
+                f"revalidate_tag: tag on {sizes[-1]:,} pages ≤ 2 × tag on 10 pages ({st})",
+                f"{rv['all']:.3f} / {rv['few']:.3f} ms = {ratio:.2f} ×",
+                ratio <= 2,
+            )
+        )
+    mem = results.get("memory")
+    if mem:
+        allowed = mem["bound_bytes"] + 32 * MB
+        rows.append(
+            (
+                f"memory store RSS after {mem['urls']:,} URLs within its bound "
+                f"({mem['max_entries']:,} entries) + interpreter overhead (32 MB allowed)",
+                f"+{mem['growth'] / MB:.1f} MB vs bound {mem['bound_bytes'] / MB:.1f} MB",
+                mem["growth"] <= allowed,
+            )
+        )
+    return rows
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The whole report as Markdown (also what the console shows)."""
+    out = ["# wsgi_isr benchmark results", ""]
+    out.append(
+        "Produced by [`benchmarks/run.py`](run.py) (what each section measures: "
+        "[README](README.md)); the seed's scenarios come from "
+        "[`seed_scenarios.py`](seed_scenarios.py).\n"
+    )
+    out.append(f"Command: `{meta['command']}`  ")
+    out.append(
+        f"Load: {meta['load']}; {meta['settings']}  \n"
+        f"Servers: every Python contender under `gunicorn -k gevent -w 2` on its own loopback "
+        f"port; nginx with `worker_processes 2`. Rounds alternate between contenders (order "
+        f"rotated each round); figures are medians over rounds, ratios are medians of the "
+        f"per-round ratios.  \nRun took {meta['elapsed']:.0f} s; load average "
+        f"{meta['load_before']} before, {meta['load_after']} after."
+    )
+    out += ["", "Machine:", ""]
+    out.append(_table(["", ""], [[k, v] for k, v in meta["machine"].items()]))
+    rows = targets(results)
+    if rows:
+        out += ["", "## Targets (issue 5)", ""]
+        verdict = {True: "met", False: "**missed**", None: "n/a"}
+        out.append(_table(["target", "measured", ""], [[t, m, verdict[ok]] for t, m, ok in rows]))
+    for name, section in results.items():
+        out += ["", *_SECTION_RENDERERS[name](section)]
+    return "\n".join(out) + "\n"
+
+
+def _throughput(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Hit throughput, side by side",
+        "",
+        "`server CPU` is the user + system CPU of the contender's processes (gunicorn master "
+        "and workers, nginx, and redis-server for the Redis stores) per request served; "
+        "`× bare by CPU` is bare's CPU per request over the contender's (median of the "
+        "per-round ratios): the throughput ratio a CPU-bound server reaches, much less moved "
+        "by other load on the machine than req/s. `errors` are socket errors (wrk's 2 s "
+        "timeout included) and non-2xx/3xx answers.",
+        "",
+    ]
+    rows = []
+    for name, c in r["contenders"].items():
+        rows.append(
+            [
+                name,
+                c["what"],
+                _n(c["rps"]),
+                f"{_n(c['rps_min'])}–{_n(c['rps_max'])}",
+                _ms(c["p50_ms"]),
+                _ms(c["p99_ms"]),
+                f"{c['ratio']:.2f}",
+                _n(c["cpu_us"]) if c.get("cpu_us") else "",
+                f"{c['cpu_ratio']:.2f}" if c.get("cpu_ratio") else "",
+                str(c["errors"]),
+                ", ".join(f"{k}×{v}" for k, v in c["check"].items()),
+            ]
+        )
+    lines.append(
+        _table(
+            [
+                "contender",
+                "what",
+                "req/s",
+                "range",
+                "p50 ms",
+                "p99 ms",
+                "× bare",
+                "server CPU µs/req",
+                "× bare by CPU",
+                "errors",
+                "check (10 fetches)",
+            ],
+            rows,
+        )
+    )
+    for name, why in r["skipped"].items():
+        lines.append(f"\n- skipped {name}: {why}")
+    return lines
+
+
+def _stale(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## STALE against HIT latency while a render takes 2 s",
+        "",
+        "`/slow` is fresh for 1 s and takes 2 s to render, so it is always stale with one "
+        "regeneration in flight; `/page` is a plain hit on the same server. The server is "
+        "loaded by the load generator (half `/page`, half `/slow`) while 4 probe connections "
+        "alternate `/page` and `/slow` and time every request, so both see the same load; "
+        "percentiles are over every probe sample of every round.",
+        "",
+    ]
+    rows = []
+    for st, x in r.items():
+        hit, stl = x["hit"], x["stale"]
+        rows.append(
+            [
+                st,
+                _n(x["load"]["rps"]),
+                f"{_ms(hit['p50_ms'])} / {_ms(hit['p99_ms'])}",
+                f"{_ms(stl['p50_ms'])} / {_ms(stl['p99_ms'])}",
+                f"{x['p99_ratio']:.2f}",
+                f"{hit['samples']:,} / {stl['samples']:,}",
+                _fmt_tally(x["tally"]),
+            ]
+        )
+    lines.append(
+        _table(
+            [
+                "store",
+                "load req/s",
+                "HIT p50 / p99 ms",
+                "STALE p50 / p99 ms",
+                "STALE/HIT p99",
+                "samples",
+                "probe replies",
+            ],
+            rows,
+        )
+    )
+    return lines
+
+
+def _coalescing(r: dict[str, Any]) -> list[str]:
+    lines = ["## Coalescing", ""]
+    rows = [
+        [
+            name,
+            str(x["requests"]),
+            str(x["renders"]),
+            str(x["renders_per_process"]),
+            f"{x['max_seconds']:.2f}",
+            _fmt_tally(x["replies"]),
+        ]
+        for name, x in r["first"].items()
+    ]
+    lines.append("Concurrent first requests on a page never rendered (render takes 0.5 s):\n")
+    lines.append(
+        _table(["store", "requests", "renders", "per process", "slowest s", "replies"], rows)
+    )
+    rows = [
+        [
+            name,
+            str(x["requests"]),
+            str(x["regenerations"]),
+            f"{x['p99_seconds'] * 1e3:.1f}",
+            _fmt_tally(x["replies"]),
+        ]
+        for name, x in r["stampede"].items()
+    ]
+    lines.append(
+        "\nConcurrent requests right after a soft `revalidate_tag` of a cached page "
+        "(through `POST /_isr/revalidate`):\n"
+    )
+    lines.append(_table(["store", "requests", "regenerations", "p99 ms", "replies"], rows))
+    for name, why in r["skipped"].items():
+        lines.append(f"\n- skipped {name}: {why}")
+    return lines
+
+
+def _fmt_tally(t: dict[str, int]) -> str:
+    return ", ".join(f"{k}×{v}" for k, v in sorted(t.items()))
+
+
+def _scaling(r: dict[str, Any]) -> list[str]:
+    sizes = r["sizes"]
+    lines = [
+        "## Scaling with the number of cached pages",
+        "",
+        f"Random pages out of N pre-filled ones (through `Store.put`; "
+        f"{r['prefill_seconds']:.0f} s for all stores).",
+        "",
+    ]
+    rows = []
+    for st, x in r["stores"].items():
+        cells = []
+        for n in sizes:
+            size = x["sizes"][str(n)]
+            cpu = f", {_n(size['cpu_us'])} µs CPU" if size.get("cpu_us") else ""
+            cells.append(f"{_n(size['rps'])} (p99 {_ms(size['p99_ms'])} ms{cpu})")
+        by_cpu = x.get("last_first_cpu")
+        rows.append([st, *cells, f"{x['last_first']:.2f}", f"{by_cpu:.2f}" if by_cpu else ""])
+    lines.append(
+        _table(
+            [
+                "store",
+                *[f"{n:,} pages: req/s" for n in sizes],
+                "last/first",
+                "last/first by CPU",
+            ],
+            rows,
+        )
+    )
+    lines += ["", "`revalidate_tag` (median ms; then the first lookup by another process):", ""]
+    rows = []
+    for st, x in r["stores"].items():
+        rv = x["revalidate"]
+        rows.append(
+            [
+                st,
+                f"{rv['few']:.3f}",
+                f"{rv['all']:.3f}",
+                f"{rv['all'] / rv['few']:.2f}",
+                f"{rv['few_lookup']:.3f}",
+                f"{rv['all_lookup']:.3f}",
+            ]
+        )
+    lines.append(
+        _table(
+            [
+                "store",
+                "tag on 10 pages",
+                f"tag on {sizes[-1]:,} pages",
+                "ratio",
+                "next lookup (10)",
+                f"next lookup ({sizes[-1]:,})",
+            ],
+            rows,
+        )
+    )
+    return lines
+
+
+def _memory(r: dict[str, Any]) -> list[str]:
+    return [
+        "## Memory store bound",
+        "",
+        _table(
+            ["", ""],
+            [
+                ["distinct URLs served", _n(r["urls"])],
+                ["max_entries", _n(r["max_entries"])],
+                ["entries held at the end", _n(r["entries_held"])],
+                ["one entry (2 KB page, key, bookkeeping)", f"{r['entry_bytes']:,.0f} B"],
+                ["bound: max_entries × entry", f"{r['bound_bytes'] / MB:.1f} MB"],
+                ["unbounded would hold", f"{r['unbounded_bytes'] / MB:.1f} MB"],
+                ["RSS before (interpreter, Flask, wsgi_isr)", f"{r['baseline_rss'] / MB:.1f} MB"],
+                ["RSS after", f"{r['rss'] / MB:.1f} MB"],
+                ["RSS growth", f"{r['growth'] / MB:.1f} MB"],
+                [
+                    "RSS growth after N URLs",
+                    ", ".join(
+                        f"{int(n):,}: {b / MB:.1f} MB" for n, b in r.get("growth_curve", {}).items()
+                    ),
+                ],
+                ["time (in-process misses)", f"{r['seconds']:.1f} s"],
+                *[
+                    [f"one write into a full store of {int(n):,} entries", f"{ms:.3f} ms"]
+                    for n, ms in r.get("full_put_ms", {}).items()
+                ],
+            ],
+        ),
+    ]
+
+
+def _profile(r: dict[str, Any]) -> list[str]:
+    pages = r.get("pages", 0)
+    lines = [
+        "## Cost of one hit, in process (no server, no network)",
+        "",
+        f"One call of the WSGI app, on one page again and again, and on random pages out of "
+        f"{pages:,} cached ones (per-key memos stop helping once the pages outnumber them).",
+        "",
+    ]
+    rows = [[name, f"{c['one']:.1f}", f"{c['many']:.1f}"] for name, c in r["cost_us"].items()]
+    lines.append(_table(["app", "µs per call, one page", f"µs per call, {pages:,} pages"], rows))
+    for name, prof in r["profiles"].items():
+        lines += ["", f"cProfile of {name} hits, top functions by own time:", ""]
+        lines.append(
+            _table(
+                ["function", "calls", "own %", "cumulative %"],
+                [
+                    [
+                        f"`{p['function']}`",
+                        _n(p["calls"]),
+                        f"{p['tottime_pct']:.1f}",
+                        f"{p['cumtime_pct']:.1f}",
+                    ]
+                    for p in prof
+                ],
+            )
+        )
+    if r.get("pyinstrument"):
+        lines += [
+            "",
+            "<details><summary>pyinstrument, isr-memory hits</summary>",
+            "",
+            "```",
+            r["pyinstrument"].strip(),
+            "```",
+            "</details>",
+        ]
+    return lines
+
+
+def _seed(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Seed scenarios",
+        "",
+        "Full rebuild against ISR on the example blog, from "
+        "[`benchmarks/seed_scenarios.py`](seed_scenarios.py): "
+        f"`python {' '.join(r['command'])}`",
+        "",
+        "```",
+    ]
+    lines.append((r.get("output") or r.get("error", "")).rstrip())
+    lines.append("```")
+    return lines
+
+
+_SECTION_RENDERERS = {
+    "throughput": _throughput,
+    "stale": _stale,
+    "coalescing": _coalescing,
+    "scaling": _scaling,
+    "memory": _memory,
+    "profile": _profile,
+    "seed": _seed,
+}

@@ -1,0 +1,427 @@
+"""The measurements of a benchmark run, one function per section of ``run.py``.
+
+Each section starts the servers it needs, measures, stops them, and returns a
+JSON-able dict that ``report.py`` turns into tables.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from benchmarks import probes
+from benchmarks.harness import (
+    BY_NAME,
+    CONTENDERS,
+    SECRET,
+    Contender,
+    Run,
+    local_ttl_supported,
+)
+from benchmarks.load import (
+    LoadResult,
+    Numbered,
+    Paths,
+    burst,
+    fetch,
+    latency_probe,
+    median,
+    percentile,
+)
+from benchmarks.servers import HOST, REPO, Server, Servers
+
+
+def _line(label: str, r: LoadResult) -> str:
+    err = f"  errors {r.errors}" if r.errors else ""
+    cpu = f"  cpu {r.cpu_us:6.0f} µs/req" if r.cpu_us else ""
+    return (
+        f"{label:<20} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms"
+        f"{cpu}{err}"
+    )
+
+
+def _tally(replies: list[Any]) -> dict[str, int]:
+    return dict(collections.Counter(f"{r.status} {r.cache or '-'}" for r in replies))
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One thing to measure: where, which paths, and the processes whose CPU it costs."""
+
+    port: int
+    paths: Paths
+    processes: tuple[Server, ...]
+
+
+def _alternate(
+    run: Run, jobs: dict[str, Job], rounds: int, title: str
+) -> dict[str, list[LoadResult]]:
+    """Measure every job once per round, the order rotated each round; all results kept,
+    with the server-side CPU per request."""
+    results: dict[str, list[LoadResult]] = {name: [] for name in jobs}
+    for r in range(rounds):
+        for name in _rotated(list(jobs), r):
+            job = jobs[name]
+            cpu = sum(p.cpu_seconds() for p in job.processes)
+            res = run.load(job.port, job.paths)
+            cpu = sum(p.cpu_seconds() for p in job.processes) - cpu
+            if res.requests and cpu > 0:
+                res = dataclasses.replace(res, cpu_us=cpu / res.requests * 1e6)
+            results[name].append(res)
+            run.say(f"  {title} round {r + 1}/{rounds}  " + _line(name, res))
+    return results
+
+
+def _summary(results: list[LoadResult]) -> dict[str, Any]:
+    cpu = [r.cpu_us for r in results if r.cpu_us]
+    return {
+        "rps": median([r.rps for r in results]),
+        "cpu_us": median(cpu) if cpu else None,
+        "p50_ms": median([r.p50_ms for r in results]),
+        "p99_ms": median([r.p99_ms for r in results]),
+        "rps_min": min(r.rps for r in results),
+        "rps_max": max(r.rps for r in results),
+        "errors": sum(r.errors for r in results),
+        "rounds": [dataclasses.asdict(r) for r in results],
+    }
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def throughput(run: Run) -> dict[str, Any]:
+    """Hit throughput of every contender on ``/page``, rounds alternated, medians."""
+    s = run.settings
+    names = [c.name for c in CONTENDERS if s.only is None or c.name in s.only]
+    if "bare" not in names:
+        names.insert(0, "bare")  # every ratio is to the bare app
+    skipped = {}
+    with Servers(run.workdir) as servers:
+        live: dict[str, Server] = {}
+        for name in names:
+            c = BY_NAME[name]
+            reason = run.unavailable(c)
+            if reason:
+                skipped[name] = reason
+                run.say(f"  skipping {name}: {reason}")
+                continue
+            live[name] = run.start(servers, c, "tp")
+        servers.wait_ready()
+        checks = {}
+        for name, server in live.items():
+            run.load(server.port, ["/page"], s.warm)  # every worker renders and caches
+            checks[name] = _tally([fetch(HOST, server.port, "/page") for _ in range(10)])
+            run.say(f"  warmed {name}: {checks[name]}")
+        jobs = {
+            name: Job(srv.port, ["/page"], (srv, *_backing(run, BY_NAME[name])))
+            for name, srv in live.items()
+        }
+        results = _alternate(run, jobs, s.rounds, "throughput")
+    out: dict[str, Any] = {"skipped": skipped, "contenders": {}}
+    bare = results["bare"]
+    for name, res in results.items():
+        summary = _summary(res)
+        summary["ratio"] = median([r.rps / b.rps for r, b in zip(res, bare, strict=True)])
+        pairs = [(r.cpu_us, b.cpu_us) for r, b in zip(res, bare, strict=True)]
+        cpu_ratios = [b / c for c, b in pairs if c and b]
+        # the throughput a CPU-bound server would reach against bare, from CPU per request
+        summary["cpu_ratio"] = median(cpu_ratios) if cpu_ratios else None
+        summary["check"] = checks[name]
+        summary["what"] = BY_NAME[name].what
+        out["contenders"][name] = summary
+    return out
+
+
+def _backing(run: Run, c: Contender) -> tuple[Server, ...]:
+    """Processes besides the contender's own that each request costs CPU in."""
+    return (run.redis(),) if c.store == "redis" else ()
+
+
+def stale(run: Run) -> dict[str, Any]:
+    """STALE against HIT latency on one server while a render takes 2 s (``/slow`` is fresh
+    for 1 s, so it is always stale with a regeneration in flight), per shared store."""
+    s = run.settings
+    stores = ["file"] + (["redis"] if shutil.which("redis-server") else [])
+    out: dict[str, Any] = {}
+    with Servers(run.workdir) as servers:
+        live = {
+            st: run.start(servers, Contender(f"stale-{st}", "", "isr", st), f"stale-{st}")
+            for st in stores
+        }
+        servers.wait_ready()
+        with ThreadPoolExecutor(len(live)) as pool:  # the first /slow render takes 2 s each
+            list(pool.map(lambda srv: fetch(HOST, srv.port, "/slow"), live.values()))
+        time.sleep(1.2)
+        for srv in live.values():
+            run.load(srv.port, ["/page", "/slow"], s.warm)
+        samples: dict[str, dict[str, list[float]]] = {st: {"HIT": [], "STALE": []} for st in live}
+        tallies: dict[str, collections.Counter[str]] = {st: collections.Counter() for st in live}
+        background: dict[str, list[LoadResult]] = {st: [] for st in live}
+        for r in range(s.aux_rounds):
+            for st in _rotated(list(live), r):
+                port = live[st].port
+                # the load (wrk, half /page, half /slow) and, inside it, the interleaved probe
+                with ThreadPoolExecutor(1) as pool:
+                    probe = pool.submit(
+                        latency_probe, HOST, port, ["/page", "/slow"], max(0.5, s.duration - 1)
+                    )
+                    load = run.load(port, ["/page", "/slow"])
+                    got = probe.result()
+                background[st].append(load)
+                for path, kind in (("/page", "HIT"), ("/slow", "STALE")):
+                    samples[st][kind] += got.latencies[path]
+                    tallies[st].update({f"{path} {k}": v for k, v in got.tally[path].items()})
+                hit, stl = _pcts(got.latencies["/page"]), _pcts(got.latencies["/slow"])
+                run.say(
+                    f"  stale round {r + 1}/{s.aux_rounds}  {st:<6} under "
+                    f"{load.rps:,.0f} req/s: HIT p50 {hit[0]:.2f} p99 {hit[1]:.2f} ms, "
+                    f"STALE p50 {stl[0]:.2f} p99 {stl[1]:.2f} ms"
+                )
+        for st in live:
+            hit, stl = _pcts(samples[st]["HIT"]), _pcts(samples[st]["STALE"])
+            out[st] = {
+                "hit": {"p50_ms": hit[0], "p99_ms": hit[1], "samples": len(samples[st]["HIT"])},
+                "stale": {
+                    "p50_ms": stl[0],
+                    "p99_ms": stl[1],
+                    "samples": len(samples[st]["STALE"]),
+                },
+                "p99_ratio": stl[1] / hit[1],
+                "load": _summary(background[st]),
+                "tally": dict(tallies[st]),
+            }
+    return out
+
+
+def _rotated(items: list[str], r: int) -> list[str]:
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def _pcts(latencies: list[float]) -> tuple[float, float]:
+    """(p50, p99) in ms."""
+    ordered = sorted(latencies)
+    if not ordered:
+        return (float("nan"), float("nan"))
+    return (percentile(ordered, 50) * 1e3, percentile(ordered, 99) * 1e3)
+
+
+def _renders(counter_dir: str, name: str) -> collections.Counter[str]:
+    try:
+        with open(os.path.join(counter_dir, name + ".log")) as f:
+            return collections.Counter(line.strip() for line in f if line.strip())
+    except FileNotFoundError:
+        return collections.Counter()
+
+
+def _settled(counter_dir: str, name: str, quiet: float) -> collections.Counter[str]:
+    """The render counts once they stopped changing for ``quiet`` seconds."""
+    last = _renders(counter_dir, name)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = _renders(counter_dir, name)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def coalescing(run: Run) -> dict[str, Any]:
+    """200 concurrent first requests (renders per process) and 500 concurrent requests on a
+    key made stale by a soft ``revalidate_tag`` (regenerations), per store."""
+    s = run.settings
+    counter_dir = os.path.join(run.workdir, "renders")
+    os.makedirs(counter_dir, exist_ok=True)
+    kinds = [BY_NAME[n] for n in ("isr-memory", "isr-file", "isr-redis", "isr-redis-local")]
+    out: dict[str, Any] = {"first": {}, "stampede": {}, "skipped": {}}
+    counted = 0.5
+    with Servers(run.workdir) as servers:
+        live = {}
+        for c in kinds:
+            reason = run.unavailable(c)
+            if reason:
+                out["skipped"][c.name] = reason
+                continue
+            live[c.name] = run.start(
+                servers, c, "co", BENCH_COUNTER_DIR=counter_dir, BENCH_COUNTED_SECONDS=str(counted)
+            )
+        servers.wait_ready()
+        for name, srv in live.items():
+            page = f"first-{name}"
+            replies = burst(HOST, srv.port, f"/counted/{page}", s.first)
+            renders = _settled(counter_dir, page, counted + 0.5)
+            out["first"][name] = {
+                "requests": s.first,
+                "replies": _tally(replies),
+                "renders": sum(renders.values()),
+                "renders_per_process": sorted(renders.values(), reverse=True),
+                "max_seconds": max(r.elapsed for r in replies),
+            }
+            run.say(f"  first requests {name}: {out['first'][name]}")
+        for name, srv in live.items():
+            if name == "isr-memory":
+                out["skipped"][name + " (stampede)"] = (
+                    "per-process store: an invalidation reaches only the worker that took it"
+                )
+                continue
+            page = f"stale-{name}"
+            path = f"/counted/{page}"
+            warm = [fetch(HOST, srv.port, path).cache for _ in range(3)]
+            post = fetch(
+                HOST,
+                srv.port,
+                "/_isr/revalidate",
+                method="POST",
+                body=json.dumps({"tag": f"c-{page}"}).encode(),
+                headers={"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"},
+            )
+            replies = burst(HOST, srv.port, path, s.stampede)
+            renders = _settled(counter_dir, page, counted + 0.5)
+            after = fetch(HOST, srv.port, path).cache
+            out["stampede"][name] = {
+                "requests": s.stampede,
+                "warm": warm,
+                "revalidate_status": post.status,
+                "replies": _tally(replies),
+                "regenerations": sum(renders.values()) - 1,
+                "p99_seconds": sorted(r.elapsed for r in replies)[int(0.99 * (len(replies) - 1))],
+                "after": after,
+            }
+            run.say(f"  stampede {name}: {out['stampede'][name]}")
+    return out
+
+
+def scaling(run: Run) -> dict[str, Any]:
+    """Hit throughput on random pages out of 100 / 10,000 / 100,000 cached ones (file, redis),
+    then the cost of ``revalidate_tag`` for a tag on 10 pages against one on every page."""
+    s = run.settings
+    stores = ["file"] + (["redis"] if shutil.which("redis-server") else [])
+    out: dict[str, Any] = {"sizes": list(s.sizes), "stores": {}}
+    with Servers(run.workdir) as servers:
+        live: dict[tuple[str, int], tuple[Server, str]] = {}
+        for st in stores:
+            for size in s.sizes:
+                tag = f"scale-{st}-{size}"
+                url = run.store_url(st, tag)
+                srv = servers.gunicorn(tag, {"BENCH_APP": "isr", "BENCH_STORE": url})
+                live[(st, size)] = (srv, url)
+        servers.wait_ready()
+        began = time.perf_counter()
+        _prefill_all({k: (url, f"{HOST}:{srv.port}") for k, (srv, url) in live.items()})
+        out["prefill_seconds"] = time.perf_counter() - began
+        run.say(
+            f"  pre-filled {sum(s.sizes) * len(stores):,} pages in {out['prefill_seconds']:.0f} s"
+        )
+        jobs: dict[str, Job] = {}
+        for (st, size), (srv, _) in live.items():
+            paths = Numbered("/p/", size)
+            run.load(srv.port, paths, s.warm)
+            check = _tally([fetch(HOST, srv.port, paths[i]) for i in (0, size // 2, size - 1)])
+            run.say(f"  warmed {st} {size:,}: {check}")
+            backing = (run.redis(),) if st == "redis" else ()
+            jobs[f"{st} {size}"] = Job(srv.port, paths, (srv, *backing))
+        results = _alternate(run, jobs, s.aux_rounds, "scaling")
+        for st in stores:
+            per = {size: _summary(results[f"{st} {size}"]) for size in s.sizes}
+            largest_srv, largest_url = live[(st, s.sizes[-1])]
+            timing = probes.revalidate_timing(largest_url, f"{HOST}:{largest_srv.port}", reps=15)
+            run.say(f"  revalidate_tag {st}: {timing}")
+            first, last = per[s.sizes[0]], per[s.sizes[-1]]
+            out["stores"][st] = {
+                "sizes": {str(k): v for k, v in per.items()},
+                "last_first": last["rps"] / first["rps"],
+                "last_first_cpu": (
+                    first["cpu_us"] / last["cpu_us"] if first["cpu_us"] and last["cpu_us"] else None
+                ),
+                "revalidate": timing,
+            }
+    return out
+
+
+def _prefill_all(targets: dict[tuple[str, int], tuple[str, str]]) -> None:
+    """Fill every store through ``Store.put`` in child processes, two chunks per store."""
+    jobs = []
+    for (_, size), (url, host) in targets.items():
+        chunks = 2 if size >= 1000 else 1
+        bounds = [size * i // chunks for i in range(chunks + 1)]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            jobs.append(
+                [sys.executable, "-m", "benchmarks.probes", "prefill", url, host, str(a), str(b)]
+            )
+    run_one = functools.partial(subprocess.run, cwd=REPO, check=True, capture_output=True)
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        list(pool.map(run_one, jobs))
+
+
+def memory(run: Run) -> dict[str, Any]:
+    """RSS of one process after N distinct URLs through a bounded memory store."""
+    s = run.settings
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.probes",
+            "memory",
+            str(s.memory_urls),
+            str(s.memory_max_entries),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(proc.stdout))
+
+
+def profile(run: Run) -> dict[str, Any]:
+    """In-process cost of one hit per store, and where a hit's time goes."""
+    s = run.settings
+    redis_base = run.redis().redis_url("") if shutil.which("redis-server") else None
+    pages = probes.many_pages(s.profile_pages)
+    apps = probes.hit_apps(run.workdir, redis_base, local_ttl_supported(), pages)
+    n = max(500, s.profile_hits // 4)
+    costs = {}
+    for name, app in apps.items():
+        one, many = probes.hit_cost_us(app, n), probes.hit_cost_us(app, n, pages)
+        costs[name] = {"one": one, "many": many}
+        run.say(f"  {name:<32} {one:8.1f} µs per call, {many:8.1f} over {len(pages):,} pages")
+    profiles = {}
+    for name in ("isr-memory", "isr-file", "isr-redis", "isr-redis-local"):
+        if name in apps:
+            rows = probes.profile_hits(apps[name], s.profile_hits)
+            profiles[name] = [dataclasses.asdict(r) for r in rows]
+            rows = probes.profile_hits(apps[name], s.profile_hits, pages)
+            profiles[f"{name}, {len(pages):,} pages"] = [dataclasses.asdict(r) for r in rows]
+    tree = probes.pyinstrument_text(apps["isr-memory"], 2.0 if s.profile_hits >= 10_000 else 0.5)
+    return {"pages": len(pages), "cost_us": costs, "profiles": profiles, "pyinstrument": tree}
+
+
+def seed(run: Run) -> dict[str, Any]:
+    """The seed's scenarios (``benchmarks/seed_scenarios.py``), output kept as is."""
+    cmd = [sys.executable, "benchmarks/seed_scenarios.py", *run.settings.seed_args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"command": cmd[1:], "error": proc.stderr[-2000:]}
+    return {"command": cmd[1:], "output": proc.stdout}
+
+
+SECTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "throughput": throughput,
+    "stale": stale,
+    "coalescing": coalescing,
+    "scaling": scaling,
+    "memory": memory,
+    "profile": profile,
+    "seed": seed,
+}
