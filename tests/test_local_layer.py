@@ -18,6 +18,22 @@ from wsgi_isr.stores import LocalLayer
 pytestmark = pytest.mark.redis
 
 
+@pytest.fixture(autouse=True)
+def _close_stores(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Close every RedisStore a test made (connections, pub/sub listener)."""
+    created: list[RedisStore] = []
+    original = RedisStore.__init__
+
+    def init(self: RedisStore, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(RedisStore, "__init__", init)
+    yield
+    for store in created:
+        store.close()
+
+
 class CountingRedis(RedisStore):
     """A RedisStore that counts its record lookups (round trips on the hit path)."""
 

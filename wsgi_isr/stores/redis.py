@@ -290,6 +290,7 @@ class RedisStore(Store):
         if self._subscriber is not None:
             self._subscriber.stop()
         self.client.close()
+        self.client.connection_pool.disconnect()  # a pool we built is ours to close
 
 
 class _Subscriber:
@@ -309,8 +310,10 @@ class _Subscriber:
     def alive(self) -> bool:
         return self.pid == os.getpid() and self._thread.is_alive()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 2.0) -> None:
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(wait)
 
     def _run(self) -> None:
         while not self._stop.is_set():
