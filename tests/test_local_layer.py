@@ -101,11 +101,20 @@ def test_a_lost_message_costs_at_most_the_layer_ttl(redis_url: str) -> None:
     mw.join(5)
 
 
-def test_a_copy_made_stale_by_another_process_does_not_regenerate_twice(redis_url: str) -> None:
+@pytest.mark.parametrize("given", ["local_ttl", "layer"], ids=["local-ttl", "layer-as-store"])
+def test_a_copy_made_stale_by_another_process_does_not_regenerate_twice(
+    redis_url: str, given: str
+) -> None:
     clock = FakeClock()
     app = CountingApp()
-    a = ISRMiddleware(app, store=RedisStore(redis_url, clock=clock), local_ttl=60)
-    b = ISRMiddleware(app, store=RedisStore(redis_url, clock=clock), local_ttl=60)
+
+    def middleware() -> ISRMiddleware:
+        backend = RedisStore(redis_url, clock=clock)
+        if given == "layer":  # a LocalLayer passed as the store is trusted no more
+            return ISRMiddleware(app, store=LocalLayer(backend, ttl=60))
+        return ISRMiddleware(app, store=backend, local_ttl=60)
+
+    a, b = middleware(), middleware()
     ca, cb = Client(a, use_cookies=False), Client(b, use_cookies=False)
     ca.get("/p")
     assert cb.get("/p").headers["X-ISR-Cache"] == "HIT"  # b now holds a local copy

@@ -291,9 +291,7 @@ class ISRMiddleware:
     ) -> tuple[Record | None, Mapping[str, TagState], str, tuple[str, ...]]:
         """The record for this request (following a Vary marker to the variant),
         the tag states, and the key and vary names it was found under."""
-        lookup = self.store.lookup
-        if through and isinstance(self.store, LocalLayer):
-            lookup = self.store.lookup_through
+        lookup = self.store.lookup_through if through else self.store.lookup
         record, tag_states = lookup(rk.key)
         key, vary = rk.key, cast(tuple[str, ...], ())
         if isinstance(record, VaryMarker):
@@ -309,7 +307,7 @@ class ISRMiddleware:
             record, tag_states, key, vary = self._find(environ, rk)
             now = self.store.now()
             state = record.state(now, tag_states) if isinstance(record, Entry) else None
-            if state is not State.FRESH and self.local_ttl is not None:
+            if state is not State.FRESH and isinstance(self.store, LocalLayer):
                 # only a FRESH local copy is trusted: anything else may be out of date
                 record, tag_states, key, vary = self._find(environ, rk, through=True)
                 state = record.state(now, tag_states) if isinstance(record, Entry) else None
@@ -434,8 +432,7 @@ class ISRMiddleware:
 
     def _landed(self, key: str) -> Entry | PassMarker | None:
         """A servable record stored under ``key`` (read past any local layer)."""
-        lookup = getattr(self.store, "lookup_through", self.store.lookup)
-        record, tag_states = lookup(key)
+        record, tag_states = self.store.lookup_through(key)
         if isinstance(record, PassMarker):
             return record
         expired = isinstance(record, Entry) and (

@@ -120,9 +120,8 @@ class Regenerator:
         return None, key
 
     def _newer_entry(self, key: str, started: float) -> Entry | None:
-        lookup = getattr(self.store, "lookup_through", self.store.lookup)
         try:
-            existing, _ = lookup(key)
+            existing, _ = self.store.lookup_through(key)
         except StoreError:
             return None  # the write will tell
         if isinstance(existing, Entry) and existing.created > started:

@@ -42,6 +42,11 @@ class Store(abc.ABC):
         mutated by the caller.
         """
 
+    def lookup_through(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        """Like :meth:`lookup`, but past any in-process copy: what the shared backend
+        holds right now. The same as :meth:`lookup` for stores without such copies."""
+        return self.lookup(key)
+
     @abc.abstractmethod
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         """Store ``record`` under ``key``, replacing any previous one atomically.
@@ -79,10 +84,10 @@ class Store(abc.ABC):
     def extend(self, name: str, token: str, ttl: float) -> bool:
         """Keep the lock for ``ttl`` more seconds from now if ``token`` owns it."""
 
+    @abc.abstractmethod
     def known_tag_states(self) -> Mapping[str, TagState]:
-        """The tag states as this process last saw them, with as little I/O as the
+        """Every tag state as this process last saw it, with as little I/O as the
         backend allows (a local layer in front uses it on its hits)."""
-        return self.tag_states(())
 
     def subscribe(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` whenever any process sharing the store invalidates tags.
