@@ -33,10 +33,8 @@ class Captured:
         return b"".join(self.chunks)
 
     def close(self) -> None:
-        close = getattr(self.closer, "close", None)
-        self.closer = None
-        if close is not None:
-            close()
+        closer, self.closer = self.closer, None
+        _close(closer)
 
     def stream(self) -> Iterable[bytes]:
         """The whole body, buffered part first; closes the app's iterable at the end."""
@@ -46,6 +44,13 @@ class Captured:
                 yield from self.rest
         finally:
             self.close()
+
+
+def _close(iterable: Any) -> None:
+    """Call the ``close()`` a WSGI response iterable may have (PEP 3333)."""
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()
 
 
 def capture(app: WSGIApplication, environ: WSGIEnvironment, limit: int) -> Captured:
@@ -78,13 +83,9 @@ def capture(app: WSGIApplication, environ: WSGIEnvironment, limit: int) -> Captu
                             started[0], started[1], chunks, size, tags, True, iterator, result
                         )
         except BaseException:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            _close(result)
             raise
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+        _close(result)
         if not started:
             raise RuntimeError("the application returned without calling start_response")
         return Captured(started[0], started[1], chunks, size, tags)

@@ -23,8 +23,8 @@ HIT, STALE, MISS, BYPASS = "HIT", "STALE", "MISS", "BYPASS"
 #: What "forever" is announced as to CDNs (one year, like Next.js).
 FOREVER = 31_536_000
 STATUS_304 = "304 Not Modified"
-#: Headers a 304 repeats (RFC 9110 15.4.5).
-_304_KEEP = frozenset(("content-location", "vary", "expires"))
+#: Representation headers a 304 leaves out (it has no content; RFC 9110 15.4.5).
+_304_DROP = frozenset(("content-length", "content-type", "content-encoding", "content-language"))
 
 CS_BYPASS = "wsgi-isr; fwd=bypass"
 CS_STORE_ERROR = "wsgi-isr; fwd=bypass; detail=store-error"
@@ -141,5 +141,4 @@ def not_modified(entry: Entry, environ: WSGIEnvironment) -> bool:
 
 
 def headers_304(full: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    drop = {"content-length", "content-type", "content-encoding", "content-language"}
-    return [(k, v) for k, v in full if k.lower() not in drop or k.lower() in _304_KEEP]
+    return [(k, v) for k, v in full if k.lower() not in _304_DROP]
