@@ -271,3 +271,103 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def require_binary(name: str, *fallbacks: str) -> str:
+    """The path of the server binary ``name`` (on ``PATH``, else the first executable
+    of ``fallbacks``). Skips the test when it is missing, except on CI (``CI=true``)
+    where that is a failure."""
+    import shutil
+
+    found = shutil.which(name) or next((p for p in fallbacks if os.access(p, os.X_OK)), None)
+    if found is None:
+        msg = f"{name} binary not found"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    return found
+
+
+_NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log info;
+{user}
+events {{ worker_connections 256; }}
+http {{
+    log_format edge '$server_port "$request" $status edge=$upstream_cache_status';
+    access_log {root}/access.log edge;
+    client_body_temp_path {root}/tmp/body;
+    proxy_temp_path {root}/tmp/proxy;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    proxy_cache_path {root}/cache levels=1:2 keys_zone=edge:1m max_size=16m inactive=10m
+                     use_temp_path=off;
+{servers}
+}}
+"""
+_NGINX_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream};
+            proxy_set_header Host $http_host;
+            proxy_cache edge;
+            # a common micro-cache: answers without freshness headers are kept too;
+            # Cache-Control private / no-store / no-cache and Set-Cookie still forbid it
+            proxy_cache_valid 200 {valid};
+            add_header X-Edge $upstream_cache_status always;
+        }}
+    }}
+"""
+
+
+@contextlib.contextmanager
+def start_nginx_cache(
+    upstreams: list[int], root: Path, *, valid: str = "30s", ready_timeout: float = 10.0
+) -> Iterator[list[int]]:
+    """A real nginx ``proxy_cache`` in front of each upstream port (one free loopback
+    port each, yielded in order), with its config, cache, logs and pid under ``root``
+    (``-p root``, ``daemon off``: it is our child, stopped by PID on exit). Every answer
+    carries ``X-Edge: $upstream_cache_status`` (``HIT`` means nginx served its stored
+    copy without asking the upstream). Skipped without nginx, failed under CI."""
+    binary = require_binary("nginx", "/usr/sbin/nginx")
+    for sub in ("tmp", "cache"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    ports = [free_port() for _ in upstreams]
+    servers = "".join(
+        _NGINX_SERVER.format(port=port, upstream=up, valid=valid)
+        for port, up in zip(ports, upstreams, strict=True)
+    )
+    # as root, nginx's workers would run as "nobody" and could not write the cache here
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = root / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(root=root, user=user, servers=servers))
+    argv = [binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")]
+    checked = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30)
+    if checked.returncode != 0:
+        pytest.fail(f"nginx rejected its config:\n{checked.stderr}", pytrace=False)
+    log_file = open(root / "nginx.out", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+    try:
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                return True
+            for port in ports:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                except OSError:
+                    return False
+            return True
+
+        if not wait_for(listening, ready_timeout) or proc.poll() is not None:
+            error_log = (root / "error.log").read_text(errors="replace")
+            pytest.fail(f"nginx did not come up on {ports}:\n{error_log}", pytrace=False)
+        yield ports
+    finally:
+        stop_process(proc)
+        log_file.close()

@@ -346,6 +346,9 @@ def test_set_cookie_is_never_stored_or_replayed(store: Any, clock: Any) -> None:
 
 
 def test_set_cookie_from_a_regeneration_is_refused_and_never_replayed(clock: Any) -> None:
+    """A page that starts minting cookies can no longer be shared: its old copy is
+    dropped (DESIGN 5: a healthy answer is the truth), every visitor gets a live
+    render of their own, and no minted cookie is ever stored or replayed."""
     app = CountingApp()
     mw, client, _, _ = make(app, clock=clock)
     client.get("/p")
@@ -353,9 +356,12 @@ def test_set_cookie_from_a_regeneration_is_refused_and_never_replayed(clock: Any
     app.pages["/p"] = [("X-ISR-Revalidate", "60"), ("Set-Cookie", "sid=minted-in-regeneration")]
     client.get("/p")
     assert mw.join(5)
-    for _ in range(3):
+    for i in range(3):
         r = client.get("/p")
-        assert "Set-Cookie" not in r.headers and b"render 1" in r.data
+        assert r.headers["X-ISR-Cache"] == "BYPASS" and b"render 1" not in r.data
+        assert r.headers.getlist("Set-Cookie") == ["sid=minted-in-regeneration"]
+        assert app.count("/p") == 3 + i  # rendered for this visitor, not replayed
+        clock.advance(2)  # past the short hit-for-pass marker
     assert b"minted" not in stored_bytes(mw.store)
 
 

@@ -615,8 +615,8 @@ def expected(body: Any) -> str:
             path.encode("utf-8")
         except UnicodeEncodeError:
             return "bad"
-        if not path.startswith("/") or len(path) > 2048:
-            return "bad"
+        if not path.startswith("/") or len(path) > 2048 or "?" in path or "#" in path:
+            return "bad"  # a path carries no query (DESIGN 4: all its variants are meant)
     if paths and body.get("type", "page") not in ("page", "layout"):
         return "bad"
     return verdict

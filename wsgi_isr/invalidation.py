@@ -34,7 +34,6 @@ INVALID_TAG = (
 current_middleware: contextvars.ContextVar[ISRMiddleware | None] = contextvars.ContextVar(
     "wsgi_isr.current", default=None
 )
-last_created: list[ISRMiddleware] = []
 #: Every middleware alive in this process (graceful shutdown joins them all).
 instances: weakref.WeakSet[ISRMiddleware] = weakref.WeakSet()
 
@@ -48,6 +47,12 @@ def check_mode(mode: object) -> Mode:
 def checked_tags(tags: Iterable[str]) -> list[str]:
     """The tags, deduplicated; ``ValueError`` if any is invalid."""
     tags = list(tags)
+    for t in tags:
+        if not isinstance(t, str):
+            raise ValueError(
+                f"tags are strings, got {type(t).__name__} {t!r}; "
+                "pass several as separate arguments: revalidate_tag(*tags)"
+            )
     good = valid_tags(tags, source="revalidate_tag", limit=None)
     if len(good) != len(set(tags)):
         raise ValueError(INVALID_TAG)
@@ -58,6 +63,11 @@ def path_tag(path: object, type: object = "page") -> str:
     """The implicit tag that invalidates ``path`` as a page or as a layout."""
     if not isinstance(path, str) or not path.startswith("/") or len(path) > MAX_PATH:
         raise ValueError(f"path must start with '/' (at most {MAX_PATH} characters), got {path!r}")
+    if "?" in path or "#" in path:
+        raise ValueError(
+            f"a path carries no query or fragment, got {path!r}: "
+            "revalidate_path invalidates every query variant of the path"
+        )
     if type == "page":
         return page_tag(path)
     if type == "layout":
@@ -66,13 +76,22 @@ def path_tag(path: object, type: object = "page") -> str:
 
 
 def current() -> ISRMiddleware:
-    """The middleware handling the current request, else the last one created."""
+    """The middleware handling the current request or render, else the only one in
+    the process. With none, or several and no request to tell them apart (two sites
+    in one process), a ``RuntimeError``: call the methods of the right instance."""
     mw = current_middleware.get()
-    if mw is None:
-        if not last_created:
-            raise RuntimeError("no ISRMiddleware has been created in this process")
-        mw = last_created[0]
-    return mw
+    if mw is not None:
+        return mw
+    alive = list(instances)
+    if len(alive) == 1:
+        return alive[0]
+    if not alive:
+        raise RuntimeError("no ISRMiddleware has been created in this process")
+    raise RuntimeError(
+        f"{len(alive)} ISRMiddleware instances exist in this process and none is handling "
+        "the current request: call mw.revalidate_tag() / mw.revalidate_path() on the right "
+        "one (Flask: isr.revalidate_tag())"
+    )
 
 
 def revalidate_tag(*tags: str, mode: Mode = "soft") -> float:

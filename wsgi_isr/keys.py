@@ -1,6 +1,9 @@
 """Cache keys, the implicit path tags, and the clean environ a cached render sees.
 
-A key is ``scheme://host/path?normalised-query``: parameters sorted by name
+A key is ``scheme://host/path?normalised-query`` (``scheme://host/mount|/path?...``
+for an application mounted under a ``SCRIPT_NAME``: the split is part of what a
+render sees, so it is part of the key; ``|`` never stands unquoted in a quoted
+path, so the two forms cannot meet). Query parameters are sorted by name
 (values of a repeated name keep their order), re-encoded one canonical way, and
 optionally reduced to an allow-list. Keys longer than :data:`MAX_KEY` are
 shortened with a SHA-256 of the whole, so an attacker cannot grow them.
@@ -125,9 +128,12 @@ def _request_key(
     scheme = "https" if environ.get("wsgi.url_scheme") == "https" else "http"
     script_name = environ.get("SCRIPT_NAME", "")
     path_info = environ.get("PATH_INFO", "") or "/"
+    if script_name and not script_name.startswith("/"):
+        return None
     path = quote_path(script_name + path_info)
     query = normalise_query(environ.get("QUERY_STRING", ""), query_params)
-    key = f"{scheme}://{host}{path}?{query}"
+    where = f"{quote_path(script_name)}|{quote_path(path_info)}" if script_name else path
+    key = f"{scheme}://{host}{where}?{query}"
     return RequestKey(shorten(key), scheme, host, script_name, path_info, query, path)
 
 
@@ -186,20 +192,31 @@ def path_tags(quoted_path: str) -> tuple[str, ...]:
     return tuple(tags)
 
 
+def split_host(host: str, scheme: str) -> tuple[str, str]:
+    """``"example.com:8080"`` -> ``("example.com", "8080")``; the scheme's default port
+    when the (normalised) host has none."""
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and not name.endswith(":") and "]" not in port:
+        return name, port
+    return host, "443" if scheme == "https" else "80"
+
+
 def render_environ(
     rk: RequestKey, source: WSGIEnvironment, vary: Iterable[str] = ()
 ) -> dict[str, Any]:
     """A clean GET environ for rendering ``rk``: no cookies, no credentials, no
     forwarding headers, no body, nothing left behind by other middleware — only
     what the key holds plus the request headers the page is keyed on."""
+    server_name, port = split_host(rk.host, rk.scheme)
     env: dict[str, Any] = {
         "REQUEST_METHOD": "GET",
         "SCRIPT_NAME": rk.script_name,
         "PATH_INFO": rk.path_info,
         "QUERY_STRING": rk.query,
-        "SERVER_NAME": source.get("SERVER_NAME", "localhost"),
-        "SERVER_PORT": source.get("SERVER_PORT", "443" if rk.scheme == "https" else "80"),
-        "SERVER_PROTOCOL": source.get("SERVER_PROTOCOL", "HTTP/1.1"),
+        # from the key, never from the first requester (HTTP/1.0, another port...)
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": port,
+        "SERVER_PROTOCOL": "HTTP/1.1",
         "HTTP_HOST": rk.host,
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": rk.scheme,

@@ -36,19 +36,22 @@ from .invalidation import (
     checked_tags,
     current_middleware,
     instances,
-    last_created,
     path_tag,
 )
 from .keys import (
     RequestKey,
-    render_environ,
     request_key,
     variant_key,
 )
-from .policy import client_headers, cookie_names_and_values, decide, same_secret
+from .misses import coalesced_miss, personal_miss
+from .policy import (
+    client_headers,
+    cookie_names_and_values,
+    private_headers,
+    same_secret,
+)
 from .prebuild import PrebuildReport, prebuild
-from .regeneration import Regenerator, lock_name
-from .render import Captured, capture
+from .regeneration import Regenerator
 from .runner import AutoRunner, Runner
 from .stats import Stats
 from .stores import LocalLayer, Store, open_store
@@ -61,6 +64,15 @@ log = logging.getLogger("wsgi_isr")
 
 def _has_credentials(environ: WSGIEnvironment) -> bool:
     return bool(environ.get("HTTP_COOKIE") or environ.get("HTTP_AUTHORIZATION"))
+
+
+def _without_internal(start_response: StartResponse) -> StartResponse:
+    """``start_response`` for answers passed through untouched: still no ``X-ISR-*``."""
+
+    def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return start_response(status, client_headers(headers), exc_info)
+
+    return cast("StartResponse", sr)
 
 
 class ISRMiddleware:
@@ -135,6 +147,8 @@ class ISRMiddleware:
                 log.warning("wsgi_isr: the revalidation secret is shorter than 32 characters")
         if isinstance(trusted_hosts, str) or isinstance(bypass_cookies, str):
             raise ValueError("trusted_hosts and bypass_cookies take a list of names")
+        if bypass_token is not None and (not isinstance(bypass_token, str) or not bypass_token):
+            raise ValueError("bypass_token must be a non-empty string (or None to disable)")
         self.app = app
         if local_ttl is not None and (not isinstance(local_ttl, int | float) or local_ttl <= 0):
             raise ValueError(f"local_ttl must be a positive number or None, got {local_ttl!r}")
@@ -170,7 +184,6 @@ class ISRMiddleware:
             backoff=self.regeneration_backoff,
             on_store_error=self._store_failed,
         )
-        last_created[:] = [self]
         instances.add(self)
 
     # -- invalidation ----------------------------------------------------------------------
@@ -207,15 +220,24 @@ class ISRMiddleware:
         scheme: str = "http",
         concurrency: int = 4,
         progress: Callable[[str, str], None] | None = None,
+        script_name: str = "",
     ) -> PrebuildReport:
-        """Render ``paths`` into the store now, as ``scheme://host`` will request them.
+        """Render ``paths`` into the store now, as ``scheme://host`` will request them
+        (``script_name``: where the application is mounted, e.g. ``"/blog"``; the
+        paths are then the application's own, below it).
 
         Returns a :class:`~wsgi_isr.prebuild.PrebuildReport` of built / skipped (the
         page did not opt in) / failed paths; ``progress(path, outcome)`` is called
         after each one.
         """
         return prebuild(
-            self, paths, host=host, scheme=scheme, concurrency=concurrency, progress=progress
+            self,
+            paths,
+            host=host,
+            scheme=scheme,
+            concurrency=concurrency,
+            progress=progress,
+            script_name=script_name,
         )
 
     def join(self, timeout: float | None = None) -> bool:
@@ -225,43 +247,51 @@ class ISRMiddleware:
     # -- request path ----------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path_info = environ.get("PATH_INFO", "")
-        if self.secret is not None and (
-            path_info == self.endpoint or path_info.startswith(self.endpoint + "/")
-        ):
-            from .endpoint import handle
-
-            return handle(self, environ, start_response)
-        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
-            return self.app(environ, start_response)
-        rk = request_key(environ, query_params=self.query_params)
-        if rk is None or self._bypassed(environ, rk):
-            return self._bypass(environ, start_response)
+        # every request, cached or not, is this middleware's: a webhook view's
+        # module-level wsgi_isr.revalidate_tag() acts on it, not on another site's
         token = current_middleware.set(self)
         try:
+            path_info = environ.get("PATH_INFO", "")
+            if self.secret is not None and (
+                path_info == self.endpoint or path_info.startswith(self.endpoint + "/")
+            ):
+                from .endpoint import handle
+
+                return handle(self, environ, start_response)
+            if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+                return self.app(environ, _without_internal(start_response))
+            rk = request_key(environ, query_params=self.query_params)
+            if rk is None:
+                return self._bypass(environ, start_response, preview=False)
+            bypass = self._bypassed(environ, rk)
+            if bypass is not None:
+                return self._bypass(environ, start_response, preview=bypass == "token")
             return self._serve(environ, start_response, rk)
         finally:
             current_middleware.reset(token)
 
-    def _bypassed(self, environ: WSGIEnvironment, rk: RequestKey) -> bool:
+    def _bypassed(self, environ: WSGIEnvironment, rk: RequestKey) -> str | None:
+        """Why this request skips the cache (``"host"``, ``"token"``, ``"cookie"``), if it does."""
         if self.trusted_hosts is not None and not host_is_trusted(rk.host, self.trusted_hosts):
-            return True
+            return "host"
         if self.bypass_token is not None:
             given = environ.get("HTTP_X_ISR_BYPASS")
             if given is not None and same_secret(given, self.bypass_token):
-                return True
+                return "token"
         if (self.bypass_cookies or self.bypass_token is not None) and environ.get("HTTP_COOKIE"):
             cookies = cookie_names_and_values(environ["HTTP_COOKIE"])
             if self.bypass_cookies.intersection(cookies):
-                return True
+                return "cookie"
             given = cookies.get("__isr_bypass")
             if self.bypass_token is not None and given is not None:
-                return same_secret(given, self.bypass_token)
-        return False
+                return "token" if same_secret(given, self.bypass_token) else None
+        return None
 
-    def _bypass(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    def _bypass(
+        self, environ: WSGIEnvironment, start_response: StartResponse, *, preview: bool
+    ) -> Iterable[bytes]:
         self.stats.incr("bypasses")
-        return self._pass(environ, start_response, R.BYPASS, R.CS_BYPASS)
+        return self._pass(environ, start_response, R.BYPASS, R.CS_BYPASS, preview=preview)
 
     def _pass(
         self,
@@ -269,11 +299,18 @@ class ISRMiddleware:
         start_response: StartResponse,
         label: str,
         status_value: str,
+        *,
+        preview: bool = False,
     ) -> Iterable[bytes]:
-        """Call the app with the visitor's own environ; nothing is stored."""
+        """Call the app with the visitor's own environ; nothing is stored. An answer
+        rendered with the visitor's cookies or credentials, or a preview, leaves
+        ``private``: no cache in front may keep it for others."""
+        personal = preview or _has_credentials(environ)
 
         def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers = client_headers(headers)
+            if personal:
+                headers = private_headers(headers)
             headers += [("X-ISR-Cache", label), ("Cache-Status", status_value)]
             return start_response(status, headers, exc_info)
 
@@ -327,8 +364,9 @@ class ISRMiddleware:
                 return self._respond(environ, start_response, record, now, R.STALE)
         self.stats.incr("misses")
         if _has_credentials(environ):
-            return self._personal_miss(environ, start_response, rk, key, vary)
-        return self._miss(environ, start_response, rk, key, vary)
+            seen = record.created if isinstance(record, Entry) else None
+            return personal_miss(self, environ, start_response, rk, key, vary, seen)
+        return coalesced_miss(self, environ, start_response, rk, key, vary)
 
     def _respond(
         self,
@@ -347,113 +385,6 @@ class ISRMiddleware:
         if environ.get("REQUEST_METHOD") == "HEAD":
             return []
         return [entry.body]
-
-    # -- misses ----------------------------------------------------------------------------
-
-    def _personal_miss(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        rk: RequestKey,
-        key: str,
-        vary: tuple[str, ...],
-    ) -> Iterable[bytes]:
-        """A visitor with cookies or credentials gets the app's answer for them; it is
-        never stored. If the page opts in, a clean render fills the cache in the background."""
-
-        def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            decision = decide(status, headers, 0, max_entry_bytes=self.max_entry_bytes)
-            headers = client_headers(headers)
-            detail = "wsgi-isr; fwd=uri-miss; detail=credentials"
-            if decision.opted_in:
-                # rendered with this visitor's cookies: nobody else may cache it
-                headers = [(k, v) for k, v in headers if k.lower() != "cache-control"]
-                headers.append(("Cache-Control", "private, no-cache"))
-                if decision.store:
-                    self.regen.schedule(environ, rk, key, vary, None)
-            headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", detail)]
-            return start_response(status, headers, exc_info)
-
-        return self.app(environ, sr)
-
-    def _miss(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        rk: RequestKey,
-        key: str,
-        vary: tuple[str, ...],
-    ) -> Iterable[bytes]:
-        """Render in the foreground, one request per key at a time: the others wait for
-        the leader's render (bounded by ``coalesce_timeout``) and serve it."""
-        lock = lock_name(key)
-        deadline = time.monotonic() + self.coalesce_timeout
-        delay = 0.005
-        waited = False
-        while True:
-            try:
-                token = self.store.acquire(lock, self.lock_timeout)
-                # taken or not, a render may have landed since our lookup: check first
-                landed = self._landed(key)
-            except StoreError as exc:
-                self._store_failed(exc)
-                return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
-            if landed is not None and token is not None:
-                self.regen.unlock(lock, token)
-            if isinstance(landed, PassMarker):
-                self.stats.incr("passes")
-                return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE)
-            if isinstance(landed, Entry):
-                self.stats.incr("coalesced")
-                now = self.store.now()
-                return self._respond(environ, start_response, landed, now, R.HIT, "coalesced")
-            if token is not None:
-                break
-            if waited and time.monotonic() >= deadline:
-                # the leader takes too long: render for ourselves, store nothing
-                self.stats.incr("coalesce_timeouts")
-                env = render_environ(rk, environ, vary)
-                captured = capture(self.app, env, self.max_entry_bytes)
-                return self._send_captured(environ, start_response, captured, R.CS_TIMEOUT)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-            waited = True
-        try:
-            started = self.store.now()
-            captured = capture(self.app, render_environ(rk, environ, vary), self.max_entry_bytes)
-            entry, key = self.regen.settle(
-                environ, rk, key, vary, captured, started, foreground=True
-            )
-        finally:
-            self.regen.unlock(lock, token)
-        if entry is not None:
-            return self._respond(environ, start_response, entry, started, R.MISS)
-        return self._send_captured(environ, start_response, captured, "wsgi-isr; fwd=uri-miss")
-
-    def _landed(self, key: str) -> Entry | PassMarker | None:
-        """A servable record stored under ``key`` (read past any local layer)."""
-        record, tag_states = self.store.lookup_through(key)
-        if isinstance(record, PassMarker):
-            return record
-        expired = isinstance(record, Entry) and (
-            record.state(self.store.now(), tag_states) is State.EXPIRED
-        )
-        return record if isinstance(record, Entry) and not expired else None
-
-    def _send_captured(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        captured: Captured,
-        status_value: str,
-    ) -> Iterable[bytes]:
-        headers = client_headers(captured.headers)
-        headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", status_value)]
-        start_response(captured.status, headers)
-        if environ.get("REQUEST_METHOD") == "HEAD":
-            captured.close()
-            return []
-        return captured.stream()
 
 
 __all__ = ["ISRMiddleware"]

@@ -85,7 +85,13 @@ def tag(*tags: str) -> None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
-    """What to do with a response. ``store`` is False when ``reason`` says why."""
+    """What to do with a response. ``store`` is False when ``reason`` says why.
+
+    ``failed`` means the application failed (a 5xx, or no valid status): judged by
+    what it did, not by its headers, since a framework's error page carries no
+    opt-in headers. A failure never replaces a stored page. Any other answer is
+    healthy, and the truth: if it cannot be stored, the stored copy is dropped.
+    """
 
     store: bool
     reason: str
@@ -94,6 +100,13 @@ class Decision:
     expire: float | None = None
     tags: tuple[str, ...] = ()
     vary: tuple[str, ...] = ()
+    failed: bool = False
+
+
+def status_code(status: str) -> int:
+    """The numeric code of a WSGI status line (0 if it has none)."""
+    match = _STATUS_RE.match(status)
+    return int(match.group(1)) if match else 0
 
 
 def valid_tags(
@@ -160,6 +173,9 @@ def decide(
     max_entry_bytes: int,
 ) -> Decision:
     """Decide whether a response is stored, for how long, and with which tags."""
+    code = status_code(status)
+    if code < 200 or code >= 500:
+        return Decision(False, f"status {code}", False, failed=True)
     cc = parse_cache_control(", ".join(header_values(headers, "cache-control")))
     revalidate: float | None
     expire: float | None = None
@@ -192,9 +208,7 @@ def decide(
         else:
             expire = exp
 
-    match = _STATUS_RE.match(status)
-    code = int(match.group(1)) if match else 0
-    if code < 200 or code >= 500 or code in _UNSTORABLE_STATUS:
+    if code in _UNSTORABLE_STATUS:
         return Decision(False, f"status {code}", True)
     if header_values(headers, "set-cookie"):
         return Decision(False, "Set-Cookie", True)
@@ -223,18 +237,77 @@ def client_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if not k.lower().startswith("x-isr-")]
 
 
+#: ``Cache-Control`` directives the middleware owns on the answers it serves: what
+#: shared caches may do is its business; everything else (``max-age``,
+#: ``must-revalidate``, ``no-transform``, ``immutable``...) is the browser's, and the
+#: application's to set.
+SHARED_DIRECTIVES = frozenset(("public", "private", "s-maxage", "proxy-revalidate"))
+#: Headers that tell a CDN or proxy in front how long to keep an answer, over
+#: ``Cache-Control`` (Fastly/Varnish, RFC 9213, Cloudflare, nginx).
+_DOWNSTREAM_TTL_HEADERS = frozenset(
+    ("surrogate-control", "cdn-cache-control", "cloudflare-cdn-cache-control", "x-accel-expires")
+)
+_REFUSED_DIRECTIVES = frozenset(("no-cache", "no-store", "stale-while-revalidate"))
+
+
+def browser_directives(headers: Iterable[tuple[str, str]]) -> str:
+    """The application's ``Cache-Control`` directives that are not the shared
+    caches' (kept on stored pages, merged into the header each hit sends)."""
+    parts = []
+    for k, v in headers:
+        if k.lower() == "cache-control":
+            for part in v.split(","):
+                part = part.strip()
+                name = part.partition("=")[0].strip().lower()
+                if part and name not in SHARED_DIRECTIVES and name not in _REFUSED_DIRECTIVES:
+                    parts.append(part)
+    return ", ".join(parts)
+
+
+def private_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Mark an answer rendered for one visitor (their cookies or credentials, a
+    preview) so that no shared cache in front stores it: ``Cache-Control: private``
+    (plus ``no-cache`` unless the app said how long browsers may keep it), and no
+    CDN-specific TTL header that would override it."""
+    out: list[tuple[str, str]] = []
+    kept: list[str] = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk == "cache-control":
+            for part in v.split(","):
+                part = part.strip()
+                if part and part.partition("=")[0].strip().lower() not in SHARED_DIRECTIVES:
+                    kept.append(part)
+        elif lk not in _DOWNSTREAM_TTL_HEADERS:
+            out.append((k, v))
+    names = {p.partition("=")[0].strip().lower() for p in kept}
+    if not names & {"max-age", "no-cache", "no-store"}:
+        kept.insert(0, "no-cache")
+    out.append(("Cache-Control", ", ".join(["private", *kept])))
+    return out
+
+
 def stored_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """What a stored entry keeps: no internal, hop-by-hop, length or freshness headers
-    (those are computed per response)."""
-    drop = _HOP_BY_HOP | {
-        "content-length",
-        "cache-control",
-        "age",
-        "date",
-        "expires",
-        "etag",
-        "last-modified",
-    }
-    return tuple(
-        (k, v) for k, v in headers if not k.lower().startswith("x-isr-") and k.lower() not in drop
+    (those are computed per response), except the browser's ``Cache-Control``
+    directives, kept as one ``Cache-Control`` header that each hit merges into its own."""
+    drop = (
+        _HOP_BY_HOP
+        | _DOWNSTREAM_TTL_HEADERS
+        | {
+            "content-length",
+            "cache-control",
+            "age",
+            "date",
+            "expires",
+            "etag",
+            "last-modified",
+        }
     )
+    kept = [
+        (k, v) for k, v in headers if not k.lower().startswith("x-isr-") and k.lower() not in drop
+    ]
+    browser = browser_directives(headers)
+    if browser:
+        kept.append(("Cache-Control", browser))
+    return tuple(kept)

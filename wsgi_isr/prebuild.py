@@ -44,34 +44,37 @@ class PrebuildReport:
         )
 
 
-def prebuild_one(mw: ISRMiddleware, path: str, host: str, scheme: str) -> tuple[str, str]:
-    """Render and store one path. Returns ``("built" | "skipped" | "failed", reason)``."""
+def prebuild_one(
+    mw: ISRMiddleware, path: str, host: str, scheme: str, script_name: str = ""
+) -> tuple[str, str]:
+    """Render and store one path (the application's own, below ``script_name``).
+    Returns ``("built" | "skipped" | "failed", reason)``."""
     if not path.startswith("/"):
         return "failed", "path must start with '/'"
     from werkzeug.test import EnvironBuilder  # pulls in ssl: not at import time
 
-    environ = EnvironBuilder(path=path, base_url=f"{scheme}://{host}").get_environ()
+    environ = EnvironBuilder(path=path, base_url=f"{scheme}://{host}{script_name}").get_environ()
     rk = request_key(environ, query_params=mw.query_params)
     if rk is None:
         return "failed", f"invalid host {host!r}"
+    env = render_environ(rk, environ)
     started = mw.store.now()
     try:
-        captured = capture(mw.app, render_environ(rk, environ), mw.max_entry_bytes)
+        captured = capture(mw.app, env, mw.max_entry_bytes)
     except Exception as exc:  # report, do not abort the whole build
         return "failed", f"{type(exc).__name__}: {exc}"
-    if captured.overflow:
-        captured.close()
-    if captured.status[:1] == "5":
-        return "failed", f"status {captured.status}"
+    captured.drain()
     decision = mw.regen.decide(captured)
+    if decision.failed:
+        return "failed", decision.reason
     if not decision.opted_in:
         return "skipped", decision.reason
     if not decision.store:
         return "failed", decision.reason
-    entry, _ = mw.regen.settle(
-        environ, rk, rk.key, (), captured, started, foreground=False, decision=decision
+    settled = mw.regen.settle(
+        rk, rk.key, (), captured, started, env, foreground=False, decision=decision
     )
-    return ("built", "") if entry is not None else ("failed", "the store refused the write")
+    return ("built", "") if settled.entry is not None else ("failed", "the store refused the write")
 
 
 def prebuild(
@@ -82,17 +85,23 @@ def prebuild(
     scheme: str = "http",
     concurrency: int = 4,
     progress: Callable[[str, str], None] | None = None,
+    script_name: str = "",
 ) -> PrebuildReport:
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     if scheme not in ("http", "https"):
         raise ValueError("scheme must be 'http' or 'https'")
+    script_name = script_name.rstrip("/")
+    if script_name and not script_name.startswith("/"):
+        raise ValueError(f"script_name must start with '/', got {script_name!r}")
     report = PrebuildReport()
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wsgi_isr-build") as pool:
         todo = list(dict.fromkeys(paths))
         for path, (outcome, reason) in zip(
-            todo, pool.map(lambda p: prebuild_one(mw, p, host, scheme), todo), strict=True
+            todo,
+            pool.map(lambda p: prebuild_one(mw, p, host, scheme, script_name), todo),
+            strict=True,
         ):
             if outcome == "built":
                 report.built.append(path)

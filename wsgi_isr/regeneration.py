@@ -2,12 +2,24 @@
 
 The :class:`Regenerator` decides nothing about freshness; it turns a captured
 render into a stored entry (or a marker, or nothing), and runs regenerations
-under the per-key render lock, holding the lock longer after a failure so the
-next attempt is backed off.
+under the per-key render lock (a short lease, renewed while the render runs).
+
+What a render did decides what happens to the stored page (DESIGN 5):
+
+- a **failure** (an exception, a 5xx, a timeout) never replaces it: a background
+  regeneration keeps the stale copy and backs the key off; a first fill leaves a
+  marker of a second, so the next visitors are not queued behind a failing backend;
+- a **healthy** answer is the truth: stored if it may be, else the old copy is
+  dropped for a hit-for-pass marker and visitors get the live page.
+
+The back-off is a lock of its own (``backoff:<key>``) that only background
+regenerations look at: a visitor who must have a fresh page is never held by it.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import logging
 import math
 import time
@@ -18,6 +30,7 @@ from . import responses as R
 from .entry import Entry, PassMarker, Record, VaryMarker
 from .errors import StoreError
 from .keys import RequestKey, path_tags, render_environ, variant_key
+from .lease import LEASE, LeaseKeeper
 from .policy import Decision, decide, stored_headers
 from .render import Captured, capture
 from .runner import Runner
@@ -29,14 +42,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsgi_isr")
 
-#: A refused opted-in answer (5xx, Set-Cookie, too large) is remembered only
-#: briefly, so concurrent misses do not queue behind it and it is retried soon.
+#: A refused opted-in answer (Set-Cookie, too large) or a failed first fill is
+#: remembered only briefly, so concurrent misses do not queue behind it and it is
+#: retried soon.
 REFUSED_PASS_TTL = 1.0
 MAX_BACKOFF = 300.0
+#: At most this many keys' failure counts are kept per process.
+MAX_FAILURE_KEYS = 10_000
 
 
 def lock_name(key: str) -> str:
     return "render:" + key
+
+
+def backoff_name(key: str) -> str:
+    return "backoff:" + key
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settled:
+    """What became of a render: the stored entry (``None`` if nothing was stored),
+    the key it was written under, and the decision."""
+
+    entry: Entry | None
+    key: str
+    decision: Decision
 
 
 class Regenerator:
@@ -59,65 +89,70 @@ class Regenerator:
         self.stats = stats
         self.max_entry_bytes = max_entry_bytes
         self.lock_timeout = lock_timeout
+        self.lease = min(LEASE, lock_timeout)
         self.pass_ttl = pass_ttl
         self.backoff = backoff
         self._store_failed = on_store_error
         self._failures: dict[str, int] = {}
+        self.leases = LeaseKeeper(
+            store, lease=self.lease, limit=lock_timeout, on_error=on_store_error
+        )
 
-    def unlock(self, lock: str, token: str, hold: float | None = None) -> None:
+    def lock(self, key: str) -> str | None:
+        """Take the render lock of ``key`` for one lease (``StoreError`` propagates)."""
+        return self.store.acquire(lock_name(key), self.lease)
+
+    def unlock(self, lock: str, token: str) -> None:
         try:
-            if hold is None:
-                self.store.release(lock, token)
-            else:
-                self.store.extend(lock, token, hold)
-        except StoreError as exc:  # the lock's TTL frees it anyway
+            self.store.release(lock, token)
+        except StoreError as exc:  # the lease runs out anyway
             self._store_failed(exc)
+
+    def render(self, lock: str, token: str, env: dict[str, Any]) -> tuple[Captured, float]:
+        """Render under the lock, renewing its lease meanwhile; returns the capture and
+        the store-clock time the render started (exceptions propagate)."""
+        with self.leases.hold(lock, token):
+            started = self.store.now()
+            return capture(self.app, env, self.max_entry_bytes), started
 
     def settle(
         self,
-        environ: WSGIEnvironment | None,
         rk: RequestKey,
         key: str,
         vary: tuple[str, ...],
         captured: Captured,
         started: float,
+        env: WSGIEnvironment,
         *,
         foreground: bool,
         decision: Decision | None = None,
-    ) -> tuple[Entry | None, str]:
-        """Store what a render produced, if it may be stored. Returns the entry
-        (``None`` if nothing was stored) and the key it landed under."""
+    ) -> Settled:
+        """Store what a render of ``env`` produced, if it may be stored."""
         if decision is None:
             decision = self.decide(captured)
-        if not decision.store:
-            if not captured.overflow and not decision.opted_in:
-                self.put(key, PassMarker(decision.reason), self.pass_ttl)
-            elif foreground:
+        if decision.failed:
+            if foreground:  # a first fill failed: nothing good is lost by a short marker
                 self.put(key, PassMarker(decision.reason), REFUSED_PASS_TTL)
+            log.warning("wsgi_isr: render of %s failed: %s", key, decision.reason)
+            return Settled(None, key, decision)
+        if not decision.store:
+            # a healthy answer is the truth: whatever was stored goes
+            pass_ttl = REFUSED_PASS_TTL if decision.opted_in else self.pass_ttl
+            self.put(key, PassMarker(decision.reason), pass_ttl)
             log.info("wsgi_isr: not storing %s: %s", key, decision.reason)
-            return None, key
+            return Settled(None, key, decision)
         if decision.vary != vary:
-            # the page varies on request headers it was not keyed on yet: remember that,
-            # and store this render only if it saw all of them (a foreground render with
-            # the visitor's request at hand renders again, once)
+            # the page varies on request headers it was not keyed on yet: remember that;
+            # this render saw exactly the values in ``env``, so it is that variant
             self.put(rk.key, VaryMarker(decision.vary) if decision.vary else None, None)
-            if environ is None:
-                return None, key
-            key = variant_key(rk.key, decision.vary, environ) if decision.vary else rk.key
-            captured.close()
-            captured = capture(
-                self.app, render_environ(rk, environ, decision.vary), self.max_entry_bytes
-            )
-            retry = self.settle(None, rk, key, decision.vary, captured, started, foreground=False)
-            return retry
+            key = variant_key(rk.key, decision.vary, env) if decision.vary else rk.key
         newer = self._newer_entry(key, started)
         if newer is not None:  # a render that started later already landed: keep it
-            return newer, key
+            return Settled(newer, key, decision)
         entry = self.entry(rk, captured, decision, started)
         ttl = None if decision.expire is None else decision.expire + 60
-        if self.put(key, entry, ttl):
-            return entry, key
-        return None, key
+        stored = self.put(key, entry, ttl)
+        return Settled(entry if stored else None, key, decision)
 
     def _newer_entry(self, key: str, started: float) -> Entry | None:
         try:
@@ -174,25 +209,38 @@ class Regenerator:
         vary: tuple[str, ...],
         seen: float | None,
     ) -> None:
-        """Start a background regeneration of ``key`` unless one is running somewhere, or
-        a render newer than the one the visitor saw (created at ``seen``) has landed."""
+        """Start a background regeneration of ``key`` unless one is running somewhere,
+        the key is backing off after a failure, or a render newer than the one the
+        visitor saw (created at ``seen``; ``None``: none) has landed."""
         lock = lock_name(key)
         try:
-            token = self.store.acquire(lock, self.lock_timeout)
+            token = self.lock(key)
+            if token is None:
+                return  # someone, somewhere, is already on it
+            if self._backing_off(key) or self._newer_entry(
+                key, -math.inf if seen is None else seen
+            ):
+                self.unlock(lock, token)
+                return
         except StoreError as exc:
             self._store_failed(exc)
             return
-        if token is None:
-            return  # someone, somewhere, is already on it (or backing off)
-        if self._newer_entry(key, -math.inf if seen is None else seen) is not None:
-            self.unlock(lock, token)  # a regeneration finished between our read and now
-            return
         env = render_environ(rk, environ, vary)
-        if self.runner.submit(lambda: self.regenerate(rk, key, vary, env, lock, token)):
+        # the render runs elsewhere but in this request's context (the current middleware)
+        ctx = contextvars.copy_context()
+        task = lambda: ctx.run(self.regenerate, rk, key, vary, env, lock, token)  # noqa: E731
+        if self.runner.submit(task):
             self.stats.incr("regenerations_started")
         else:
             self.stats.incr("regenerations_skipped")
             self.unlock(lock, token)
+
+    def _backing_off(self, key: str) -> bool:
+        probe = self.store.acquire(backoff_name(key), self.lease)
+        if probe is None:
+            return True
+        self.store.release(backoff_name(key), probe)
+        return False
 
     def regenerate(
         self,
@@ -203,60 +251,63 @@ class Regenerator:
         lock: str,
         token: str,
     ) -> None:
-        hold: float | None = None
+        ok = False
         try:
-            started = self.store.now()
             timer = time.monotonic()
             try:
-                captured = capture(self.app, env, self.max_entry_bytes)
-                self.stats.observe_regeneration(time.monotonic() - timer)
-                if captured.overflow:
-                    for _ in captured.rest or ():
-                        pass
-                    captured.close()
+                captured, started = self.render(lock, token, env)
             except Exception:
                 log.exception("wsgi_isr: regeneration of %s raised; keeping the stale page", key)
-                hold = self.failed(key)
                 return
+            self.stats.observe_regeneration(time.monotonic() - timer)
+            captured.drain()
             decision = self.decide(captured)
+            if decision.failed:
+                log.warning(
+                    "wsgi_isr: regeneration of %s failed (%s); keeping the stale page",
+                    key,
+                    decision.reason,
+                )
+                return
             if not self._still_ours(lock, token):
                 # it ran past lock_timeout: another regeneration may have started since,
                 # and this older render must not replace what that one stores
                 log.warning("wsgi_isr: regeneration of %s outlived its lock; dropped", key)
-                self.stats.incr("regenerations_failed")
                 return
-            if decision.store or not decision.opted_in:
-                entry, _ = self.settle(
-                    None, rk, key, vary, captured, started, foreground=False, decision=decision
-                )
-                if decision.store and entry is None:
-                    log.warning("wsgi_isr: regeneration of %s could not be stored", key)
-                    hold = self.failed(key)
-                    return
+            settled = self.settle(
+                rk, key, vary, captured, started, env, foreground=False, decision=decision
+            )
+            if decision.store and settled.entry is None:
+                log.warning("wsgi_isr: regeneration of %s could not be stored", key)
+                return
+            ok = True
+        finally:
+            # interrupted (a gevent timeout), raised or failed: back off; never the
+            # visitor's business, who keeps getting the stale copy
+            if ok:
                 self._failures.pop(key, None)
                 self.stats.incr("regenerations_ok")
             else:
-                log.warning(
-                    "wsgi_isr: regeneration of %s refused (%s); keeping the stale page",
-                    key,
-                    decision.reason,
-                )
-                hold = self.failed(key)
-        finally:
-            self.unlock(lock, token, hold)
+                self.back_off(key)
+            self.unlock(lock, token)
 
     def _still_ours(self, lock: str, token: str) -> bool:
         try:
-            return self.store.extend(lock, token, self.lock_timeout)
+            return self.store.extend(lock, token, self.lease)
         except StoreError as exc:
             self._store_failed(exc)
             return False
 
-    def failed(self, key: str) -> float:
-        """Count a failed regeneration and return how long to hold the lock (backoff)."""
+    def back_off(self, key: str) -> None:
+        """Count a failed regeneration and hold further background attempts of ``key``
+        off, everywhere the store is shared, for a doubling interval."""
         self.stats.incr("regenerations_failed")
         n = self._failures.get(key, 0) + 1
-        if len(self._failures) > 10_000:
+        if len(self._failures) >= MAX_FAILURE_KEYS:
             self._failures.clear()
         self._failures[key] = n
-        return float(min(self.backoff * 2.0 ** (n - 1), MAX_BACKOFF))
+        hold = float(min(self.backoff * 2.0 ** (n - 1), MAX_BACKOFF))
+        try:
+            self.store.acquire(backoff_name(key), hold)
+        except StoreError as exc:
+            self._store_failed(exc)

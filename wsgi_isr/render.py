@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .policy import _render_tags
@@ -36,14 +36,36 @@ class Captured:
         closer, self.closer = self.closer, None
         _close(closer)
 
-    def stream(self) -> Iterable[bytes]:
-        """The whole body, buffered part first; closes the app's iterable at the end."""
-        try:
-            yield from self.chunks
-            if self.rest is not None:
-                yield from self.rest
-        finally:
-            self.close()
+    def drain(self) -> None:
+        """Read and drop what was left unread past the limit, and close (a background
+        render has nobody to stream it to)."""
+        for _ in self.rest or ():
+            pass
+        self.rest = None
+        self.close()
+
+    def stream(self) -> Body:
+        """The whole body as a WSGI iterable, buffered part first; its ``close()``
+        closes the app's iterable, even if the server never started reading it."""
+        return Body(self)
+
+
+class Body:
+    """A captured response handed to the server (PEP 3333: ``close()`` is always
+    called by the server, iterated or not, and closes the application's iterable)."""
+
+    __slots__ = ("_captured",)
+
+    def __init__(self, captured: Captured) -> None:
+        self._captured = captured
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._captured.chunks
+        if self._captured.rest is not None:
+            yield from self._captured.rest
+
+    def close(self) -> None:
+        self._captured.close()
 
 
 def _close(iterable: Any) -> None:

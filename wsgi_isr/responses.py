@@ -26,9 +26,13 @@ STATUS_304 = "304 Not Modified"
 #: Representation headers a 304 leaves out (it has no content; RFC 9110 15.4.5).
 _304_DROP = frozenset(("content-length", "content-type", "content-encoding", "content-language"))
 
+#: Statuses that never carry a body, hence no ``Content-Length`` (RFC 9110 8.6).
+_NO_BODY_STATUS = frozenset(("204", "304"))
+
 CS_BYPASS = "wsgi-isr; fwd=bypass"
 CS_STORE_ERROR = "wsgi-isr; fwd=bypass; detail=store-error"
 CS_UNCACHEABLE = "wsgi-isr; fwd=bypass; detail=uncacheable"
+CS_CREDENTIALS = "wsgi-isr; fwd=uri-miss; detail=credentials"
 CS_TIMEOUT = "wsgi-isr; fwd=uri-miss; detail=coalesce-timeout"
 
 
@@ -42,16 +46,17 @@ def last_modified(ts: float) -> str:
 
 def cdn_cache_control(entry: Entry, now: float, stale: bool) -> str:
     """``public, s-maxage=<remaining>, stale-while-revalidate=<window>``: never more
-    freshness than the entry has left."""
+    freshness than the entry has left, and never past its ``X-ISR-Expire``."""
     age = max(0.0, now - entry.created)
     remaining = entry.remaining(now)
-    s_maxage = 0 if stale else (FOREVER if math.isinf(remaining) else max(0, int(remaining)))
+    if entry.expire is not None:
+        remaining = min(remaining, entry.expire - age)
+    s_maxage = 0 if stale else max(0, int(min(remaining, FOREVER)))
     if entry.expire is None:
-        window = FOREVER
-    else:
-        fresh_until = age if stale else max(age, entry.revalidate or 0.0)
-        window = max(0, int(entry.expire - fresh_until))
-    if entry.expire is not None and window == 0:
+        return f"public, s-maxage={s_maxage}, stale-while-revalidate={FOREVER}"
+    # a CDN may serve it stale from the end of s-maxage up to the expire age
+    window = max(0, int(entry.expire - (age + s_maxage)))
+    if window == 0:
         return f"public, s-maxage={s_maxage}"
     return f"public, s-maxage={s_maxage}, stale-while-revalidate={window}"
 
@@ -103,13 +108,20 @@ def _entry_headers(
     # freshness as at the END of this second of age: reused for the whole second, the
     # headers must never promise more than remains at its last instant
     now = entry.created + age + 1
-    headers = list(entry.headers)
+    cache_control = cdn_cache_control(entry, now, label == STALE)
+    headers = []
+    for k, v in entry.headers:
+        if k == "Cache-Control":  # the app's browser directives (policy.stored_headers)
+            cache_control = f"{cache_control}, {v}"
+        else:
+            headers.append((k, v))
+    if entry.status[:3] not in _NO_BODY_STATUS:
+        headers.append(("Content-Length", str(len(entry.body))))
     headers += (
-        ("Content-Length", str(len(entry.body))),
         ("ETag", entry.etag),
         ("Last-Modified", entry.last_modified),
         ("Age", str(age)),
-        ("Cache-Control", cdn_cache_control(entry, now, label == STALE)),
+        ("Cache-Control", cache_control),
         ("X-ISR-Cache", label),
         ("Cache-Status", cache_status(label, entry, now, detail)),
     )

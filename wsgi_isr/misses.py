@@ -1,0 +1,177 @@
+"""Misses: the coalesced foreground render, and the visitor with credentials.
+
+Concurrent misses for one key are coalesced: the first takes the key's render
+lock (a short lease, renewed while it renders) and renders; the others wait,
+checking whether the render landed, and serve it. If the leader dies or hangs as
+a whole, its lease runs out within seconds and a waiter takes the lock and
+renders (and stores) in its place. The wait is bounded by ``coalesce_timeout``:
+past it a waiter renders for itself without storing.
+
+A page that turns out to vary on request headers (``Vary: Accept-Encoding``
+from a compression middleware) leaves a marker under its base key; waiters
+follow it to their own variant's key and coalesce there, so N concurrent first
+visitors cause one render per variant, not one each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import responses as R
+from .entry import Entry, PassMarker, State
+from .errors import StoreError
+from .keys import RequestKey, render_environ, variant_key
+from .policy import client_headers, decide, private_headers
+from .regeneration import REFUSED_PASS_TTL, Settled, lock_name
+from .render import Captured, capture
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .middleware import ISRMiddleware
+
+#: First and longest pause between two looks of a waiting miss.
+FIRST_POLL, MAX_POLL = 0.005, 0.1
+
+
+def personal_miss(
+    mw: ISRMiddleware,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    rk: RequestKey,
+    key: str,
+    vary: tuple[str, ...],
+    seen: float | None,
+) -> Iterable[bytes]:
+    """A visitor with cookies or credentials gets the app's answer for them, marked
+    ``private`` and never stored. If the page may be stored, a clean render fills
+    the cache in the background (``seen``: the creation time of an expired entry
+    the key still holds, so that it does not count as a newer render)."""
+
+    def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        decision = decide(status, headers, 0, max_entry_bytes=mw.max_entry_bytes)
+        if decision.store:
+            mw.regen.schedule(environ, rk, key, vary, seen)
+        headers = private_headers(client_headers(headers))
+        headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", R.CS_CREDENTIALS)]
+        return start_response(status, headers, exc_info)
+
+    return mw.app(environ, sr)
+
+
+def coalesced_miss(
+    mw: ISRMiddleware,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    rk: RequestKey,
+    key: str,
+    vary: tuple[str, ...],
+) -> Iterable[bytes]:
+    """Render in the foreground, one request per key at a time (see the module)."""
+    store, regen = mw.store, mw.regen
+    deadline = time.monotonic() + mw.coalesce_timeout
+    delay = FIRST_POLL
+    leads = 0
+    while True:
+        lock = lock_name(key)
+        try:
+            token = regen.lock(key)
+            # taken or not, a render may have landed since our lookup: look first
+            landed, lkey, lvary = _landed(mw, environ, rk)
+        except StoreError as exc:
+            mw._store_failed(exc)
+            return mw._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
+        if (landed is not None or lkey != key) and token is not None:
+            regen.unlock(lock, token)
+            token = None
+        if isinstance(landed, PassMarker):
+            mw.stats.incr("passes")
+            return mw._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE)
+        if isinstance(landed, Entry):
+            mw.stats.incr("coalesced")
+            return mw._respond(environ, start_response, landed, store.now(), R.HIT, "coalesced")
+        if lkey != key:  # the page varies: coalesce on this visitor's variant instead
+            key, vary = lkey, lvary
+            continue
+        if token is not None:
+            leads += 1
+            served = _lead(mw, environ, start_response, rk, key, vary, token, leads > 2)
+            if served is not None:
+                return served
+            # stored under another variant than this visitor's: look again
+            continue
+        if time.monotonic() >= deadline:
+            # the leader takes too long: render for ourselves, store nothing
+            mw.stats.incr("coalesce_timeouts")
+            captured = capture(mw.app, render_environ(rk, environ, vary), mw.max_entry_bytes)
+            return send_captured(environ, start_response, captured, R.CS_TIMEOUT)
+        time.sleep(delay)
+        delay = min(delay * 2, MAX_POLL)
+
+
+def _lead(
+    mw: ISRMiddleware,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    rk: RequestKey,
+    key: str,
+    vary: tuple[str, ...],
+    token: str,
+    last: bool,
+) -> Iterable[bytes] | None:
+    """Render ``key`` holding its lock, and store it. ``None`` when the render was
+    stored under another variant than the visitor's (the caller looks again),
+    unless this is the ``last`` try (a page whose ``Vary`` keeps changing)."""
+    regen, lock = mw.regen, lock_name(key)
+    env = render_environ(rk, environ, vary)
+    try:
+        try:
+            captured, started = regen.render(lock, token, env)
+        except Exception:
+            # a first fill that raises leaves a marker of a second, not pass_ttl
+            regen.put(key, PassMarker("the application raised"), REFUSED_PASS_TTL)
+            raise
+        settled = regen.settle(rk, key, vary, captured, started, env, foreground=True)
+    finally:
+        regen.unlock(lock, token)
+    if settled.entry is None or (last and settled.key != _visitor_key(rk, settled, environ)):
+        return send_captured(environ, start_response, captured, "wsgi-isr; fwd=uri-miss")
+    if settled.key != _visitor_key(rk, settled, environ):
+        captured.close()
+        return None
+    return mw._respond(environ, start_response, settled.entry, started, R.MISS)
+
+
+def _visitor_key(rk: RequestKey, settled: Settled, environ: WSGIEnvironment) -> str:
+    vary = settled.decision.vary
+    return variant_key(rk.key, vary, environ) if vary else rk.key
+
+
+def _landed(
+    mw: ISRMiddleware, environ: WSGIEnvironment, rk: RequestKey
+) -> tuple[Entry | PassMarker | None, str, tuple[str, ...]]:
+    """A servable record for this visitor (read past any local layer), and the key
+    and vary names it lives under, following a Vary marker to the visitor's variant."""
+    record, tag_states, key, vary = mw._find(environ, rk, through=True)
+    if isinstance(record, Entry) and record.state(mw.store.now(), tag_states) is State.EXPIRED:
+        return None, key, vary
+    if isinstance(record, Entry | PassMarker):
+        return record, key, vary
+    return None, key, vary
+
+
+def send_captured(
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    captured: Captured,
+    status_value: str,
+) -> Iterable[bytes]:
+    headers = client_headers(captured.headers)
+    headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", status_value)]
+    start_response(captured.status, headers)
+    if environ.get("REQUEST_METHOD") == "HEAD":
+        captured.close()
+        return []
+    return captured.stream()
