@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--host", default="localhost")
     build.add_argument("--scheme", default="http", choices=["http", "https"])
     build.add_argument("--concurrency", type=int, default=4)
+    build.add_argument(
+        "--script-name", default="", help="where the app is mounted, e.g. /blog (paths below it)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -44,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     mw = find_middleware(obj)
     with sys.stdin if args.paths_file == "-" else open(args.paths_file) as f:
         paths = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    report = mw.prebuild(paths, host=args.host, scheme=args.scheme, concurrency=args.concurrency)
+    report = mw.prebuild(
+        paths,
+        host=args.host,
+        scheme=args.scheme,
+        concurrency=args.concurrency,
+        script_name=args.script_name,
+    )
     for path, reason in report.failed:
         print(f"FAILED {path}: {reason}", file=sys.stderr)
     print(report.summary())

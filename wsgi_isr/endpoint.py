@@ -72,15 +72,24 @@ def _authorised(mw: ISRMiddleware, environ: WSGIEnvironment, body_secret: Any) -
 
 
 def _read_body(mw: ISRMiddleware, environ: WSGIEnvironment) -> bytes:
+    limit = mw.max_request_bytes
+    raw_length = environ.get("CONTENT_LENGTH")
+    if not raw_length and environ.get("wsgi.input_terminated"):
+        # a chunked body (gunicorn, werkzeug): the server ends the stream; read one
+        # byte past the limit to tell a body that is too large
+        data: bytes = environ["wsgi.input"].read(limit + 1)
+        if len(data) > limit:
+            raise _Reject(413, f"body larger than {limit} bytes")
+        return data
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        length = int(raw_length or 0)
     except ValueError:
         raise _Reject(400, "invalid Content-Length") from None
     if length < 0:
         raise _Reject(400, "invalid Content-Length")
-    if length > mw.max_request_bytes:
-        raise _Reject(413, f"body larger than {mw.max_request_bytes} bytes")
-    data: bytes = environ["wsgi.input"].read(length) if length else b""
+    if length > limit:
+        raise _Reject(413, f"body larger than {limit} bytes")
+    data = environ["wsgi.input"].read(length) if length else b""
     return data
 
 

@@ -216,13 +216,24 @@ cli = AppGroup("isr", help="Incremental Static Regeneration: build, revalidate, 
 @click.option("--concurrency", default=4, show_default=True, help="Pages rendered at once.")
 @click.option("--host", default=None, help="Host the pages are served as (default: SERVER_NAME).")
 @click.option("--scheme", default=None, type=click.Choice(["http", "https"]))
-def build_command(concurrency: int, host: str | None, scheme: str | None) -> None:
+@click.option(
+    "--script-name",
+    default=None,
+    help="Where the app is mounted, e.g. /blog (default: APPLICATION_ROOT).",
+)
+def build_command(
+    concurrency: int, host: str | None, scheme: str | None, script_name: str | None
+) -> None:
     """Pre-render the static_params of every @isr.page route into the store."""
     ext, mw = _state()
     host = host or current_app.config.get("SERVER_NAME") or "localhost"
     scheme = scheme or current_app.config.get("PREFERRED_URL_SCHEME") or "http"
+    if script_name is None:
+        script_name = current_app.config.get("APPLICATION_ROOT") or ""
+    script_name = script_name.rstrip("/")
     paths = ext.static_paths()
-    click.echo(f"Pre-rendering {len(paths)} pages as {scheme}://{host} into {mw.store.description}")
+    where = f"{scheme}://{host}{script_name}"
+    click.echo(f"Pre-rendering {len(paths)} pages as {where} into {mw.store.description}")
     with click.progressbar(length=len(paths), label="building", file=sys.stderr) as bar:
         report = mw.prebuild(
             paths,
@@ -230,6 +241,7 @@ def build_command(concurrency: int, host: str | None, scheme: str | None) -> Non
             scheme=scheme,
             concurrency=concurrency,
             progress=lambda path, outcome: bar.update(1),
+            script_name=script_name,
         )
     for path, reason in report.failed:
         click.echo(f"FAILED {path}: {reason}", err=True)

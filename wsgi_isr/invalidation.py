@@ -12,6 +12,7 @@ started. The cost is one write per tag, whatever the number of cached pages.
 from __future__ import annotations
 
 import contextvars
+import gc
 import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
@@ -83,6 +84,9 @@ def current() -> ISRMiddleware:
     if mw is not None:
         return mw
     alive = list(instances)
+    if len(alive) > 1:  # some may be garbage that only a collection frees (cycles)
+        gc.collect()
+        alive = list(instances)
     if len(alive) == 1:
         return alive[0]
     if not alive:

@@ -12,9 +12,10 @@ regenerator drops its late result.
     with keeper.hold("render:" + key, token):
         render()
 
-The keeper's thread starts at the first ``hold`` in each process (after a fork,
-and after gevent patched ``threading``, so under ``gunicorn -k gevent`` it is a
-greenlet), and holds no lock across I/O.
+The keeper's thread runs only while leases are held: it starts at a ``hold``
+when none is running in this process (so after a fork, and after gevent patched
+``threading`` — under ``gunicorn -k gevent`` it is a greenlet), ends when the
+last lease is given back, and holds no lock across I/O.
 """
 
 from __future__ import annotations
@@ -49,42 +50,50 @@ class LeaseKeeper:
         self.limit = limit
         self._on_error = on_error
         # name -> (token, monotonic deadline for renewals); replaced, never mutated,
-        # so the keeper iterates a snapshot without a lock
+        # so the keeper iterates a snapshot
         self._held: dict[str, tuple[str, float]] = {}
-        self._pid = 0
-        self._wake: threading.Event | None = None
+        self._pid = 0  # the process whose keeper thread runs, 0 for none
+        self._mutex: threading.Lock | None = None
 
     @contextlib.contextmanager
     def hold(self, name: str, token: str) -> Iterator[None]:
         """Renew the lease on ``name`` while the block runs (up to ``limit`` seconds)."""
-        self._ensure_running()
-        self._held = {**self._held, name: (token, time.monotonic() + self.limit)}
+        mutex = self._start()
+        with mutex:
+            self._held = {**self._held, name: (token, time.monotonic() + self.limit)}
         try:
             yield
         finally:
-            held = dict(self._held)
-            if held.get(name, ("",))[0] == token:
-                del held[name]
-            self._held = held
+            with mutex:
+                held = dict(self._held)
+                if held.get(name, ("",))[0] == token:
+                    del held[name]
+                self._held = held
 
-    def _ensure_running(self) -> None:
-        if self._pid == os.getpid():
-            return
-        # first use in this process (or a forked child): a thread of its own, created
-        # now so that it is whatever threading is after gevent patched it
-        self._pid = os.getpid()
-        self._held = {}
-        self._wake = threading.Event()
-        thread = threading.Thread(
-            target=self._run, args=(self._wake,), name="wsgi_isr-leases", daemon=True
-        )
-        thread.start()
+    def _start(self) -> threading.Lock:
+        """The mutex of this process' keeper, starting the keeper thread if needed."""
+        pid = os.getpid()
+        if self._mutex is None or self._pid not in (0, pid):
+            # first use in this process, or a forked child: objects of its own, made
+            # now, after gevent had its chance to patch threading
+            self._mutex, self._held, self._pid = threading.Lock(), {}, 0
+        with self._mutex:
+            if self._pid == pid:
+                return self._mutex
+            self._pid = pid
+        threading.Thread(target=self._run, name="wsgi_isr-leases", daemon=True).start()
+        return self._mutex
 
-    def _run(self, wake: threading.Event) -> None:
+    def _run(self) -> None:
         interval = self.lease / 3.0
-        while not wake.wait(interval):
-            if self._pid != os.getpid():
-                return
+        mutex = self._mutex
+        assert mutex is not None
+        while True:
+            time.sleep(interval)
+            with mutex:
+                if not self._held:  # the last lease was given back: stop until the next
+                    self._pid = 0
+                    return
             self.renew_once()
 
     def renew_once(self) -> None:
@@ -97,8 +106,3 @@ class LeaseKeeper:
                 self.store.extend(name, token, self.lease)
             except StoreError as exc:
                 self._on_error(exc)
-
-    def stop(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-        self._pid = 0
