@@ -707,11 +707,22 @@ def test_endpoint_refuses_large_bodies_without_reading_them(length: int) -> None
     assert status.startswith("413") and b"error" in body
 
 
-def test_endpoint_does_not_read_a_body_without_content_length() -> None:
+def test_endpoint_does_not_read_a_body_it_cannot_bound_or_need() -> None:
+    """Without ``Content-Length`` the body is read only when the server ends the stream
+    (``wsgi.input_terminated``: a chunked body), and never for a wrong Bearer secret."""
     mw = ISRMiddleware(CountingApp(), store=MemoryStore(), secret=SECRET)
-    env: dict[str, Any] = {"wsgi.input": Untouchable(), "wsgi.input_terminated": True}
+    unterminated: dict[str, Any] = {"wsgi.input": Untouchable()}
     status, headers, body = call(
-        mw, path="/_isr/revalidate", REQUEST_METHOD="POST", CONTENT_LENGTH="", **env
+        mw, path="/_isr/revalidate", REQUEST_METHOD="POST", CONTENT_LENGTH="", **unterminated
+    )
+    assert status.startswith("401")
+    chunked: dict[str, Any] = {"wsgi.input": Untouchable(), "wsgi.input_terminated": True}
+    status, headers, body = call(
+        mw,
+        path="/_isr/revalidate",
+        REQUEST_METHOD="POST",
+        HTTP_AUTHORIZATION="Bearer wrong",
+        **chunked,
     )
     assert status.startswith("401")
 

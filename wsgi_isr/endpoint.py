@@ -60,35 +60,47 @@ def _json(
     return [body]
 
 
+def _bearer(environ: WSGIEnvironment) -> str | None:
+    scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
 def _authorised(mw: ISRMiddleware, environ: WSGIEnvironment, body_secret: Any) -> bool:
     assert mw.secret is not None
-    auth = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, given = auth.partition(" ")
-    if scheme.lower() == "bearer" and given:
-        return same_secret(given.strip(), mw.secret)
+    given = _bearer(environ)
+    if given is not None:
+        return same_secret(given, mw.secret)
     if isinstance(body_secret, str):
         return same_secret(body_secret, mw.secret)
     return False
 
 
-def _read_body(mw: ISRMiddleware, environ: WSGIEnvironment) -> bytes:
-    limit = mw.max_request_bytes
+def _declared_length(mw: ISRMiddleware, environ: WSGIEnvironment) -> int | None:
+    """The body's ``Content-Length`` (``None`` for a chunked body the server ends, 0 for
+    no body); a declared length over the limit is a 413 before anything is read."""
     raw_length = environ.get("CONTENT_LENGTH")
-    if not raw_length and environ.get("wsgi.input_terminated"):
-        # a chunked body (gunicorn, werkzeug): the server ends the stream; read one
-        # byte past the limit to tell a body that is too large
-        data: bytes = environ["wsgi.input"].read(limit + 1)
-        if len(data) > limit:
-            raise _Reject(413, f"body larger than {limit} bytes")
-        return data
+    if not raw_length:
+        return None if environ.get("wsgi.input_terminated") else 0
     try:
-        length = int(raw_length or 0)
+        length = int(raw_length)
     except ValueError:
         raise _Reject(400, "invalid Content-Length") from None
     if length < 0:
         raise _Reject(400, "invalid Content-Length")
-    if length > limit:
-        raise _Reject(413, f"body larger than {limit} bytes")
+    if length > mw.max_request_bytes:
+        raise _Reject(413, f"body larger than {mw.max_request_bytes} bytes")
+    return length
+
+
+def _read_body(mw: ISRMiddleware, environ: WSGIEnvironment, length: int | None) -> bytes:
+    limit = mw.max_request_bytes
+    if length is None:
+        # chunked (gunicorn, werkzeug): read one byte past the limit to tell a body
+        # that is too large
+        data: bytes = environ["wsgi.input"].read(limit + 1)
+        if len(data) > limit:
+            raise _Reject(413, f"body larger than {limit} bytes")
+        return data
     data = environ["wsgi.input"].read(length) if length else b""
     return data
 
@@ -102,17 +114,22 @@ def _strings(value: Any, field: str) -> list[str]:
 
 
 def _revalidate(mw: ISRMiddleware, environ: WSGIEnvironment) -> dict[str, Any]:
-    raw = _read_body(mw, environ)
+    assert mw.secret is not None
+    length = _declared_length(mw, environ)
+    bearer = _bearer(environ)
+    if bearer is not None and not same_secret(bearer, mw.secret):
+        raise _Reject(401, "missing or wrong secret")  # no need to read the body
+    raw = _read_body(mw, environ, length)
     try:
         body = json.loads(raw) if raw.strip() else {}
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         body = None
     if not isinstance(body, dict):
         # authenticate before revealing anything about the body's shape
-        if not _authorised(mw, environ, None):
+        if bearer is None:
             raise _Reject(401, "missing or wrong secret")
         raise _Reject(400, "body must be a JSON object")
-    if not _authorised(mw, environ, body.get("secret")):
+    if bearer is None and not _authorised(mw, environ, body.get("secret")):
         raise _Reject(401, "missing or wrong secret")
     tags: list[str] = []
     for field in ("tag", "tags"):
