@@ -172,6 +172,21 @@ def test_cli_build_prebuilds_pages_served_as_hits(tmp_path: Any) -> None:
     assert server_renders == {}
 
 
+def test_cli_build_for_an_app_mounted_under_a_prefix(tmp_path: Any) -> None:
+    """gunicorn's SCRIPT_NAME (or a DispatcherMiddleware) mounts the app at /blog:
+    the build stores the pages under the keys mounted visitors look up."""
+    app, _, renders = make_app(tmp_path, APPLICATION_ROOT="/blog")
+    result = app.test_cli_runner().invoke(args=["isr", "build"])
+    assert result.exit_code == 0, result.output
+    assert "as http://localhost/blog" in result.output
+    server, _, server_renders = make_app(tmp_path)
+    r = Client(server).get("/posts/a", environ_overrides={"SCRIPT_NAME": "/blog"})
+    assert r.headers["X-ISR-Cache"] == "HIT" and r.data == b"post a render 1"
+    assert Client(server).get("/posts/a").headers["X-ISR-Cache"] == "MISS"  # unmounted
+    assert server_renders == {"a": 1}
+    assert renders["a"] == 1
+
+
 def test_cli_build_fails_when_a_page_fails(tmp_path: Any) -> None:
     app, isr, renders = make_app(tmp_path, ISR_STORE="memory://")
 

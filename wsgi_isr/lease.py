@@ -56,11 +56,13 @@ class LeaseKeeper:
         self._mutex: threading.Lock | None = None
 
     @contextlib.contextmanager
-    def hold(self, name: str, token: str) -> Iterator[None]:
-        """Renew the lease on ``name`` while the block runs (up to ``limit`` seconds)."""
+    def hold(self, name: str, token: str, limit: float | None = None) -> Iterator[None]:
+        """Renew the lease on ``name`` while the block runs, for at most ``limit``
+        seconds (default: the keeper's)."""
         mutex = self._start()
+        until = time.monotonic() + (self.limit if limit is None else limit)
         with mutex:
-            self._held = {**self._held, name: (token, time.monotonic() + self.limit)}
+            self._held = {**self._held, name: (token, until)}
         try:
             yield
         finally:

@@ -4,8 +4,9 @@ Concurrent misses for one key are coalesced: the first takes the key's render
 lock (a short lease, renewed while it renders) and renders; the others wait,
 checking whether the render landed, and serve it. If the leader dies or hangs as
 a whole, its lease runs out within seconds and a waiter takes the lock and
-renders (and stores) in its place. The wait is bounded by ``coalesce_timeout``:
-past it a waiter renders for itself without storing.
+renders (and stores) in its place; a leader whose render hangs keeps its lease
+for ``coalesce_timeout`` at most, then the same happens. Each wait is bounded by
+``coalesce_timeout``: past it a waiter renders for itself without storing.
 
 A page that turns out to vary on request headers (``Vary: Accept-Encoding``
 from a compression middleware) leaves a marker under its base key; waiters
@@ -128,7 +129,9 @@ def _lead(
     env = render_environ(rk, environ, vary)
     try:
         try:
-            captured, started = regen.render(lock, token, env)
+            # renewed while waiters wait: past coalesce_timeout a hung leader's lease
+            # lapses, and a waiter that came later takes over and stores its render
+            captured, started = regen.render(lock, token, env, mw.coalesce_timeout)
         except Exception:
             # a first fill that raises leaves a marker of a second, not pass_ttl
             regen.put(key, PassMarker("the application raised"), REFUSED_PASS_TTL)

@@ -108,10 +108,13 @@ class Regenerator:
         except StoreError as exc:  # the lease runs out anyway
             self._store_failed(exc)
 
-    def render(self, lock: str, token: str, env: dict[str, Any]) -> tuple[Captured, float]:
-        """Render under the lock, renewing its lease meanwhile; returns the capture and
-        the store-clock time the render started (exceptions propagate)."""
-        with self.leases.hold(lock, token):
+    def render(
+        self, lock: str, token: str, env: dict[str, Any], limit: float | None = None
+    ) -> tuple[Captured, float]:
+        """Render under the lock, renewing its lease meanwhile (for at most ``limit``
+        seconds, default ``lock_timeout``); returns the capture and the store-clock time
+        the render started (exceptions propagate)."""
+        with self.leases.hold(lock, token, limit):
             started = self.store.now()
             return capture(self.app, env, self.max_entry_bytes), started
 
