@@ -43,7 +43,7 @@ from .keys import (
     request_key,
     variant_key,
 )
-from .misses import coalesced_miss, personal_miss
+from .misses import Landings, coalesced_miss, personal_miss
 from .policy import (
     client_headers,
     cookie_names_and_values,
@@ -172,6 +172,7 @@ class ISRMiddleware:
             runner if runner is not None else AutoRunner(max_pending, self.lock_timeout)
         )
         self.stats = Stats()
+        self.landings = Landings()
         self._last_store_error = 0.0
         self.regen = Regenerator(
             app,

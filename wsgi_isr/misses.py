@@ -8,6 +8,9 @@ renders (and stores) in its place; a leader whose render hangs keeps its lease
 for ``coalesce_timeout`` at most, then the same happens. Each wait is bounded by
 ``coalesce_timeout``: past it a waiter renders for itself without storing.
 
+Waiters in the same process are woken the moment the leader's render lands
+(an event per key); across processes they look again at growing intervals.
+
 A page that turns out to vary on request headers (``Vary: Accept-Encoding``
 from a compression middleware) leaves a marker under its base key; waiters
 follow it to their own variant's key and coalesce there, so N concurrent first
@@ -16,6 +19,7 @@ visitors cause one render per variant, not one each.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +39,33 @@ if TYPE_CHECKING:
 
 #: First and longest pause between two looks of a waiting miss.
 FIRST_POLL, MAX_POLL = 0.005, 0.1
+#: Keys with waiters at most tracked per process (more: they fall back to polling).
+MAX_WAITED_KEYS = 10_000
+
+
+class Landings:
+    """Wakes the misses of this process that wait on a key when its leader lands.
+
+    Events are made when first waited on (so, in a gunicorn gevent worker, after
+    gevent patched ``threading``) and dropped when set.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+
+    def wait(self, key: str, timeout: float) -> None:
+        event = self._events.get(key)
+        if event is None:
+            if len(self._events) >= MAX_WAITED_KEYS:
+                time.sleep(timeout)
+                return
+            event = self._events.setdefault(key, threading.Event())
+        event.wait(timeout)
+
+    def notify(self, key: str) -> None:
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
 
 
 def personal_miss(
@@ -108,7 +139,7 @@ def coalesced_miss(
             mw.stats.incr("coalesce_timeouts")
             captured = capture(mw.app, render_environ(rk, environ, vary), mw.max_entry_bytes)
             return send_captured(environ, start_response, captured, R.CS_TIMEOUT)
-        time.sleep(delay)
+        mw.landings.wait(key, delay)
         delay = min(delay * 2, MAX_POLL)
 
 
@@ -139,6 +170,7 @@ def _lead(
         settled = regen.settle(rk, key, vary, captured, started, env, foreground=True)
     finally:
         regen.unlock(lock, token)
+        mw.landings.notify(key)  # stored, refused or failed: the waiters look now
     if settled.entry is None or (last and settled.key != _visitor_key(rk, settled, environ)):
         return send_captured(environ, start_response, captured, "wsgi-isr; fwd=uri-miss")
     if settled.key != _visitor_key(rk, settled, environ):
