@@ -268,3 +268,18 @@ def test_cache_control_s_maxage_opts_in(site: Any, clock: FakeClock) -> None:
     clock.advance(31)
     assert cache(client, "/cdn/")[0] == "STALE"  # stale-while-revalidate=60
     assert cache(client, "/plain/")[0] != "HIT" and cache(client, "/plain/")[0] != "HIT"
+
+
+def test_without_bypass_cookies_a_signed_in_visitor_gets_the_shared_copy(clock: FakeClock) -> None:
+    mw = install(WSGIHandler(), store="memory://", clock=clock, bypass_cookies=())
+    client = Client(mw, use_cookies=False)
+    cache(client, "/")
+    alice = Client(mw)
+    token = csrf_token(alice.get("/login/").get_data(as_text=True))
+    alice.post(
+        "/login/",
+        data={"csrfmiddlewaretoken": token, "username": "alice", "password": "wonderland-42"},
+    )
+    r = alice.get("/")  # why the README says to set BYPASS_COOKIES = ["sessionid"]
+    assert r.headers["X-ISR-Cache"] == "HIT" and "user=AnonymousUser" in r.get_data(as_text=True)
+    mw.join(10)
