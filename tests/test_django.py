@@ -121,6 +121,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("django-site")
     (tmp / "metrics").mkdir()
     env = {
+        # not the in-process tests' project (test_django_adapter sets it in os.environ)
+        "DJANGO_SETTINGS_MODULE": "mysite.settings",
         "DJANGO_SITE_DB": str(tmp / "site.db"),
         "DJANGO_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "ISR_STORE": f"file://{tmp / 'store'}",
