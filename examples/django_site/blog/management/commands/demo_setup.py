@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from blog.models import Article
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+
+from blog.models import Article
 
 ARTICLES = [
     ("hello-isr", "Hello, ISR", "Every page here is rendered once and served from the cache."),
