@@ -77,3 +77,16 @@ def make(app: Any = None, **options: Any) -> tuple[ISRMiddleware, Client, FakeCl
     options.setdefault("store", "memory://")
     mw = ISRMiddleware(app, clock=clock, **options)
     return mw, Client(mw, use_cookies=False), clock, app
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """A Prometheus exposition parsed by prometheus_client: ``'name{a="x"}' -> value``
+    (labels sorted; no braces without labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return values

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import CountingApp, make
+from helpers import CountingApp, make, metric_values
 
 SECRET = "a-long-enough-secret-for-the-tests-0123"
 
@@ -141,13 +141,25 @@ def test_metrics_in_prometheus_text_format() -> None:
     r = client.get("/_isr/metrics", headers={"Authorization": f"Bearer {SECRET}"})
     assert r.status_code == 200 and r.mimetype == "text/plain"
     text = r.get_data(as_text=True)
-    lines = dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
-    values = {k.split("{")[0] + "{" + k.split(",", 1)[-1]: v for k, v in lines.items()}
-    assert values['wsgi_isr_requests_total{state="hit"}'] == "1"
-    assert values['wsgi_isr_requests_total{state="miss"}'] == "1"
-    assert values['wsgi_isr_requests_total{state="stale"}'] == "1"
-    assert values['wsgi_isr_regenerations_total{result="ok"}'] == "1"
-    assert values['wsgi_isr_regeneration_duration_seconds_bucket{le="+Inf"}'] == "1"
+    values = metric_values(text)
+    assert values['wsgi_isr_requests_total{state="hit"}'] == 1
+    assert values['wsgi_isr_requests_total{state="miss"}'] == 1
+    assert values['wsgi_isr_requests_total{state="stale"}'] == 1
+    assert values['wsgi_isr_regenerations_total{result="ok"}'] == 1
+    assert values['wsgi_isr_regeneration_duration_seconds_bucket{le="+Inf"}'] == 1
     assert "# TYPE wsgi_isr_regeneration_duration_seconds histogram" in text
+
+
+def test_metrics_without_a_multiprocess_dir_count_one_middleware() -> None:
+    first, client_a, _, _ = make(secret=SECRET)
+    second, client_b, _, _ = make(secret=SECRET)
+    client_a.get("/p")
+    client_a.get("/p")
+    client_b.get("/p")
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    a = metric_values(client_a.get("/_isr/metrics", headers=auth).get_data(as_text=True))
+    b = metric_values(client_b.get("/_isr/metrics", headers=auth).get_data(as_text=True))
+    assert a['wsgi_isr_requests_total{state="miss"}'] == 1
+    assert a['wsgi_isr_requests_total{state="hit"}'] == 1
+    assert b['wsgi_isr_requests_total{state="miss"}'] == 1
+    assert b['wsgi_isr_requests_total{state="hit"}'] == 0

@@ -129,3 +129,33 @@ def test_build_prebuilds_the_top_posts(blog: Any) -> None:
     top = slugs(app, 11)
     assert client.get(f"/posts/{top[0]}").headers["X-ISR-Cache"] == "HIT"
     assert client.get(f"/posts/{top[10]}").headers["X-ISR-Cache"] == "MISS"  # long tail
+
+
+def test_pages_carry_their_render_time_and_the_home_page_explains_isr(blog: Any) -> None:
+    app, client, clock = blog
+    home = client.get("/").get_data(as_text=True)
+    assert "Try ISR" in home and 'href="/edit/' in home and "STALE" in home
+    assert re.search(r'id="rendered" data-ago="[0-9.]+"', home)  # the script's "12 s ago"
+    assert '<link rel="stylesheet" href="/static/style.css">' in home
+    css = client.get("/static/style.css")
+    assert css.status_code == 200 and css.mimetype == "text/css"
+
+
+def test_the_saved_post_visibly_comes_back_regenerated(blog: Any) -> None:
+    app, client, clock = blog
+    slug = slugs(app, 1)[0]
+    old = rendered_at(client.get(f"/posts/{slug}"))
+    clock.advance(1)
+    form = {"title": "Watch me", "body": "new", "password": "letmein"}
+    saved_url = client.post(f"/edit/{slug}", data=form).headers["Location"]
+    assert saved_url.startswith(f"/edit/{slug}/saved?at=")
+    saved = client.get(saved_url)
+    assert saved.headers.get("X-ISR-Cache") != "HIT"  # the watching page itself is live
+    assert f'data-url="/posts/{slug}"' in saved.get_data(as_text=True)
+    # what the page's script sees: the old copy first (STALE), then a newer render
+    first = client.get(f"/posts/{slug}")
+    assert first.headers["X-ISR-Cache"] == "STALE" and rendered_at(first) == old
+    app.wsgi_app.join(10)
+    again = client.get(f"/posts/{slug}")
+    assert again.headers["X-ISR-Cache"] == "HIT" and "Watch me" in again.get_data(as_text=True)
+    assert float(rendered_at(again)) >= float(saved_url.rsplit("=", 1)[1])

@@ -1,60 +1,123 @@
-"""Process-local counters and the regeneration-time histogram, for ``/status`` and
-``/metrics`` (Prometheus text format)."""
+"""Counters and the regeneration-time histogram, for ``/status`` and ``/metrics``.
+
+``/metrics`` is produced by :mod:`prometheus_client`. By default every middleware has
+its own registry and a scrape shows the counts of the process that answered it. With
+``PROMETHEUS_MULTIPROC_DIR`` set (before the process starts, as
+:mod:`prometheus_client.multiprocess` requires), the metrics of every process are
+written to that directory and one scrape, through any worker, gives the deployment's
+totals; :func:`wsgi_isr.gunicorn.child_exit` marks a stopped worker dead::
+
+    # gunicorn.conf.py
+    from wsgi_isr.gunicorn import child_exit, on_starting, worker_exit  # noqa: F401
+
+Adding a counter is one line in :data:`METRICS`; then ``stats.count("name", **labels)``.
+"""
 
 from __future__ import annotations
 
-import bisect
 import os
 import threading
+from typing import Any
 
-COUNTERS = (
-    "hits",
-    "stale",
-    "misses",
-    "bypasses",
-    "passes",
-    "coalesced",
-    "coalesce_timeouts",
-    "regenerations_started",
-    "regenerations_ok",
-    "regenerations_failed",
-    "regenerations_skipped",
-    "invalidations",
-    "store_errors",
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess as _multiprocess
+
+#: Counter ``wsgi_isr_<name>_total`` -> (help, label names). Add a line to add a counter.
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "requests": ("GET/HEAD requests by cache state.", ("state",)),
+    "regenerations": ("Background regenerations by result.", ("result",)),
+    "coalesced_waits": ("Misses that waited for another request's render.", ()),
+    "coalesce_timeouts": ("Waits that gave up and rendered alone.", ()),
+    "invalidations": ("Tags and paths invalidated through this process.", ()),
+    "store_errors": ("Store operations that failed (served by the app).", ()),
+}
+#: The names ``/status`` reports (and :meth:`Stats.incr` takes) -> (metric, labels).
+COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
+    "hits": ("requests", {"state": "hit"}),
+    "stale": ("requests", {"state": "stale"}),
+    "misses": ("requests", {"state": "miss"}),
+    "bypasses": ("requests", {"state": "bypass"}),
+    "passes": ("requests", {"state": "pass"}),
+    "coalesced": ("coalesced_waits", {}),
+    "coalesce_timeouts": ("coalesce_timeouts", {}),
+    "regenerations_started": ("regenerations", {"result": "started"}),
+    "regenerations_ok": ("regenerations", {"result": "ok"}),
+    "regenerations_failed": ("regenerations", {"result": "failed"}),
+    "regenerations_skipped": ("regenerations", {"result": "skipped"}),
+    "invalidations": ("invalidations", {}),
+    "store_errors": ("store_errors", {}),
+}
 #: Upper bounds (seconds) of the regeneration duration histogram.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+HISTOGRAM = "wsgi_isr_regeneration_duration_seconds"
 
-_STATE_COUNTERS = {
-    "hit": "hits",
-    "stale": "stale",
-    "miss": "misses",
-    "bypass": "bypasses",
-    "pass": "passes",
-}
-_SIMPLE = (
-    ("coalesced_waits", "coalesced", "Misses that waited for another request's render."),
-    ("coalesce_timeouts", "coalesce_timeouts", "Waits that gave up and rendered alone."),
-    ("invalidations", "invalidations", "Tags and paths invalidated through this process."),
-    ("store_errors", "store_errors", "Store operations that failed (served by the app)."),
-)
+
+def multiprocess_dir() -> str | None:
+    """The directory shared by the processes of a deployment, when one is configured."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _Metrics:
+    """The prometheus_client objects: per middleware, or (multiprocess) per process."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.counters: dict[str, Counter] = {
+            name: Counter(f"wsgi_isr_{name}", help_text, labels, registry=registry)
+            for name, (help_text, labels) in METRICS.items()
+        }
+        self.histogram = Histogram(
+            HISTOGRAM, "Time to render a page in the background.", buckets=BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+
+
+_shared: _Metrics | None = None
+_shared_lock = threading.Lock()
+
+
+def _process_metrics() -> _Metrics:
+    # in multiprocess mode a value lives in a per-process file keyed by its name: two
+    # objects for one name in one process would overwrite each other's counts
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = _Metrics(registry=None)
+        return _shared
 
 
 class Stats:
+    """The counters of one middleware: ``/status`` reads :meth:`snapshot` (this
+    middleware, this process), ``/metrics`` :meth:`prometheus`."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(COUNTERS, 0)
-        self._buckets = [0] * (len(BUCKETS) + 1)
-        self._duration_sum = 0.0
+        self._multiprocess = multiprocess_dir() is not None
+        if self._multiprocess:
+            self._registry = CollectorRegistry()
+            _multiprocess.MultiProcessCollector(self._registry)  # type: ignore[no-untyped-call]
+            self._metrics = _process_metrics()
+        else:
+            self._registry = CollectorRegistry()
+            self._metrics = _Metrics(self._registry)
+        # resolved once: a label lookup per request would cost more than the count
+        self._children: dict[str, Any] = {}
+        for name, (metric, labels) in COUNTERS.items():
+            counter = self._metrics.counters[metric]
+            self._children[name] = counter.labels(**labels) if labels else counter
 
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._values[name] += n
+        self._children[name].inc(n)
+
+    def count(self, metric: str, n: float = 1, **labels: str) -> None:
+        """Add ``n`` to the counter ``wsgi_isr_<metric>_total`` with these labels."""
+        counter = self._metrics.counters[metric]
+        (counter.labels(**labels) if labels else counter).inc(n)
 
     def observe_regeneration(self, seconds: float) -> None:
-        with self._lock:
-            self._buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-            self._duration_sum += seconds
+        self._metrics.histogram.observe(seconds)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -64,41 +127,6 @@ class Stats:
         return self._values[name]
 
     def prometheus(self) -> str:
-        """The counters in the Prometheus text exposition format (version 0.0.4)."""
-        with self._lock:
-            values = dict(self._values)
-            buckets = list(self._buckets)
-            total = self._duration_sum
-        pid = f'pid="{os.getpid()}"'
-        out = [
-            "# HELP wsgi_isr_requests_total GET/HEAD requests by cache state.",
-            "# TYPE wsgi_isr_requests_total counter",
-        ]
-        for state, counter in _STATE_COUNTERS.items():
-            out.append(f'wsgi_isr_requests_total{{{pid},state="{state}"}} {values[counter]}')
-        out += [
-            "# HELP wsgi_isr_regenerations_total Background regenerations by result.",
-            "# TYPE wsgi_isr_regenerations_total counter",
-        ]
-        for result in ("started", "ok", "failed", "skipped"):
-            count = values[f"regenerations_{result}"]
-            out.append(f'wsgi_isr_regenerations_total{{{pid},result="{result}"}} {count}')
-        for name, counter, help_text in _SIMPLE:
-            out += [
-                f"# HELP wsgi_isr_{name}_total {help_text}",
-                f"# TYPE wsgi_isr_{name}_total counter",
-                f"wsgi_isr_{name}_total{{{pid}}} {values[counter]}",
-            ]
-        hist = "wsgi_isr_regeneration_duration_seconds"
-        out += [
-            f"# HELP {hist} Time to render a page in the background.",
-            f"# TYPE {hist} histogram",
-        ]
-        cumulative = 0
-        for bound, n in zip((*BUCKETS, None), buckets, strict=True):
-            cumulative += n
-            le = "+Inf" if bound is None else f"{bound:g}"
-            out.append(f'{hist}_bucket{{{pid},le="{le}"}} {cumulative}')
-        out.append(f"{hist}_sum{{{pid}}} {total}")
-        out.append(f"{hist}_count{{{pid}}} {cumulative}")
-        return "\n".join(out) + "\n"
+        """The metrics in the Prometheus text exposition format (version 0.0.4): this
+        middleware's, or with ``PROMETHEUS_MULTIPROC_DIR`` every process's, summed."""
+        return generate_latest(self._registry).decode()

@@ -73,6 +73,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         finally:
             conn.close()
 
+    @app.template_filter("utc")
+    def utc(seconds: float) -> str:
+        return time.strftime("%H:%M:%S UTC", time.gmtime(seconds))
+
     @app.get("/")
     @isr.page(revalidate=60, tags=["posts"])
     def index() -> Any:
@@ -125,8 +129,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 return render_template("edit.html", post=found, error="wrong password"), 403
             data.update_post(db(), slug, request.form["title"], request.form["body"])
             isr.revalidate_tag(f"post-{slug}")  # its page, listings and related widgets
-            return redirect(f"/posts/{slug}", code=303)
+            return redirect(f"/edit/{slug}/saved?at={time.time():.3f}", code=303)
         return render_template("edit.html", post=found, error=None)
+
+    @app.get("/edit/<slug>/saved")
+    def edit_saved(slug: str) -> Any:
+        """Not cached: shows the post coming back regenerated (the page's script asks)."""
+        found = data.get_post(db(), slug)
+        if found is None:
+            abort(404)
+        saved = request.args.get("at", type=float) or time.time()
+        return render_template("saved.html", post=found, saved=saved)
 
     @app.post("/api/cms-webhook")
     def cms_webhook() -> Any:

@@ -1,0 +1,18 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("articles/<slug:slug>/", views.article, name="article"),
+    path("docs/<int:n>/", views.doc, name="doc"),
+    path("listing/", views.Listing.as_view(), name="listing"),
+    path("notes/<slug:slug>/", views.note, name="note"),
+    path("contact/", views.contact, name="contact"),
+    path("account/", views.account, name="account"),
+    path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
+    path("cdn/", views.cdn, name="cdn"),
+    path("plain/", views.plain, name="plain"),
+    path("hook/", views.hook, name="hook"),
+]

@@ -1,0 +1,285 @@
+"""The Django adapter in process: settings, ``get_wsgi_application``, ``@isr_page`` on
+function and class-based views, signal-driven invalidation, the ``isr`` management
+command, and the Django behaviour that must keep working behind the cache (CSRF,
+sessions and login, ConditionalGetMiddleware, CommonMiddleware, ``cache_control``).
+
+The project is ``tests/django_project`` (real Django, SQLite in a temporary directory);
+requests go through werkzeug's test client into the real middleware and Django's own
+WSGI handler."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import FakeClock
+from werkzeug.test import Client
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.apps import apps  # noqa: E402
+from django.contrib.auth.models import User  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
+from django.core.management import CommandError, call_command  # noqa: E402
+from django.test import override_settings  # noqa: E402
+from django_project import views  # noqa: E402
+from django_project.models import Note  # noqa: E402
+
+import wsgi_isr.django  # noqa: E402
+from wsgi_isr import ISRMiddleware  # noqa: E402
+from wsgi_isr.django import install, static_paths  # noqa: E402
+
+SECRET = "s" * 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def database() -> None:
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    User.objects.filter(username="alice").delete()
+    User.objects.create_user("alice", password="wonderland-42")
+
+
+@pytest.fixture
+def site(clock: FakeClock) -> Iterator[tuple[ISRMiddleware, Client]]:
+    mw = install(WSGIHandler(), store="memory://", clock=clock)
+    yield mw, Client(mw, use_cookies=False)
+    mw.join(10)
+
+
+def cache(client: Client, path: str, **kwargs: Any) -> tuple[str | None, str]:
+    r = client.get(path, **kwargs)
+    return r.headers.get("X-ISR-Cache"), r.get_data(as_text=True)
+
+
+# -- settings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        pytest.param({"STORAGE": "memory://"}, "unknown key 'STORAGE'", id="unknown-key"),
+        pytest.param({"BYPASS_COOKIES": "sessionid"}, "list of cookie names", id="str-not-list"),
+        pytest.param({"LOCK_TIMEOUT": -1}, "LOCK_TIMEOUT", id="negative-timeout"),
+        pytest.param({"SECRET": 42}, "SECRET", id="secret-not-str"),
+        pytest.param(["STORE", "memory://"], "must be a dict", id="not-a-dict"),
+    ],
+)
+def test_a_wrong_setting_fails_at_start_up(setting: Any, message: str) -> None:
+    with override_settings(ISR=setting), pytest.raises(ImproperlyConfigured, match=message):
+        apps.get_app_config("wsgi_isr").ready()
+
+
+def test_a_value_the_core_refuses_is_improperly_configured_too() -> None:
+    for bad in ({"ENDPOINT": "isr"}, {"STORE": "ftp://nowhere"}):
+        with override_settings(ISR=bad), pytest.raises(ImproperlyConfigured, match="settings.ISR"):
+            wsgi_isr.django.get_wsgi_application()
+
+
+def test_settings_become_the_middleware_options() -> None:
+    isr = {"STORE": "memory://", "SECRET": SECRET, "BYPASS_COOKIES": ["sessionid", "x"]}
+    with override_settings(ISR={**isr, "MAX_PENDING": 3, "ENDPOINT": "/_cache"}):
+        mw = wsgi_isr.django.get_wsgi_application()
+    assert mw.bypass_cookies == {"sessionid", "x"} and mw.secret == SECRET
+    assert mw.endpoint == "/_cache" and mw.store.description.startswith("memory")
+    assert wsgi_isr.django.middleware() is mw  # what revalidate_tag and the commands use
+
+
+# -- @isr_page ---------------------------------------------------------------------------
+
+
+def test_function_view_lifecycle_and_tag_revalidation(site: Any, clock: FakeClock) -> None:
+    mw, client = site
+    first = client.get("/articles/a/")
+    assert first.headers["X-ISR-Cache"] == "MISS"
+    assert not any(k.startswith("X-ISR-") and k != "X-ISR-Cache" for k, _ in first.headers.items())
+    assert cache(client, "/articles/a/") == ("HIT", first.get_data(as_text=True))
+    clock.advance(1)
+    wsgi_isr.django.revalidate_tag("articles")
+    assert cache(client, "/articles/a/") == ("STALE", first.get_data(as_text=True))
+    mw.join(10)
+    state, body = cache(client, "/articles/a/")
+    assert state == "HIT" and body != first.get_data(as_text=True)
+    clock.advance(61)  # revalidate=60
+    assert cache(client, "/articles/a/")[0] == "STALE"
+
+
+def test_class_based_view_through_method_decorator(site: Any, clock: FakeClock) -> None:
+    mw, client = site
+    assert cache(client, "/listing/")[0] == "MISS"
+    assert cache(client, "/listing/")[0] == "HIT"
+    clock.advance(1)
+    assert client.post("/hook/").status_code == 200  # revalidate_path("/listing/") in a view
+    assert cache(client, "/listing/")[0] == "STALE"
+
+
+def test_dynamic_params_false_is_a_404_without_running_the_view(site: Any) -> None:
+    mw, client = site
+    views.calls.clear()
+    assert client.get("/docs/1/").status_code == 200
+    r = client.get("/docs/3/")
+    assert r.status_code == 404 and views.calls == ["doc 1"]
+
+
+def test_post_save_receiver_revalidates_the_models_pages(site: Any, clock: FakeClock) -> None:
+    mw, client = site
+    Note.objects.filter(slug="n1").delete()
+    note = Note.objects.create(slug="n1", text="one")
+    assert cache(client, "/notes/n1/")[0] == "MISS"
+    assert cache(client, "/notes/n1/")[0] == "HIT"
+    clock.advance(1)
+    note.text = "two"
+    note.save()  # outside any request: the receiver acts on the project's middleware
+    state, body = cache(client, "/notes/n1/")
+    assert state == "STALE" and "note one" in body
+    mw.join(10)
+    state, body = cache(client, "/notes/n1/")
+    assert state == "HIT" and "note two" in body
+
+
+# -- management commands -----------------------------------------------------------------
+
+
+def test_static_paths_cover_function_and_class_views() -> None:
+    assert set(static_paths()) == {
+        "/",
+        "/articles/a/",
+        "/articles/b/",
+        "/docs/1/",
+        "/docs/2/",
+        "/listing/",
+    }
+
+
+def test_build_pre_renders_every_static_page(site: Any) -> None:
+    mw, client = site
+    out, err = io.StringIO(), io.StringIO()
+    call_command("isr", "build", "--host", "example.com", stdout=out, stderr=err)
+    assert "6 pages as http://example.com" in out.getvalue()
+    assert "6 built, 0 skipped (did not opt in), 0 failed" in out.getvalue()
+    assert "6/6" in err.getvalue()  # the progress bar
+    views.calls.clear()
+    assert cache(client, "/articles/b/", headers={"Host": "example.com"})[0] == "HIT"
+    assert cache(client, "/listing/", headers={"Host": "example.com"})[0] == "HIT"
+    assert views.calls == []
+
+
+def test_build_exits_1_when_a_page_fails(site: Any) -> None:
+    with (
+        override_settings(ROOT_URLCONF="django_project.urls_failing"),
+        pytest.raises(CommandError) as failed,
+    ):
+        call_command("isr", "build", stdout=io.StringIO(), stderr=io.StringIO())
+    assert failed.value.returncode == 1
+
+
+def test_revalidate_and_status_commands(site: Any, clock: FakeClock) -> None:
+    mw, client = site
+    for path in ("/articles/a/", "/docs/1/", "/docs/2/"):
+        client.get(path)
+    clock.advance(1)
+    call_command("isr", "revalidate", "--tag", "article-a", stdout=io.StringIO())
+    assert cache(client, "/articles/a/")[0] == "STALE"
+    call_command("isr", "revalidate", "--path", "/docs", "--layout", "--hard", stdout=io.StringIO())
+    assert cache(client, "/docs/2/")[0] == "MISS"
+    with pytest.raises(CommandError, match="at least one"):
+        call_command("isr", "revalidate", stdout=io.StringIO())
+    out = io.StringIO()
+    call_command("isr", "status", stdout=out)
+    assert re.search(r"store: +memory", out.getvalue()) and "entries:" in out.getvalue()
+
+
+# -- Django behaviour behind the cache ---------------------------------------------------
+
+
+def csrf_token(html: str) -> str:
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert found is not None, html
+    return found.group(1)
+
+
+def test_csrf_form_gives_every_visitor_their_own_token(site: Any) -> None:
+    mw, client = site
+    first, second = client.get("/contact/"), client.get("/contact/")
+    for r in (first, second):
+        assert r.status_code == 200 and r.headers.get("X-ISR-Cache") != "HIT"
+        assert "csrftoken=" in r.headers["Set-Cookie"]
+    assert first.headers["Set-Cookie"] != second.headers["Set-Cookie"]
+    assert csrf_token(first.get_data(as_text=True)) != csrf_token(second.get_data(as_text=True))
+    # and the form works: the visitor's own cookie and token pass Django's check
+    visitor = Client(mw)
+    token = csrf_token(visitor.get("/contact/").get_data(as_text=True))
+    ok = visitor.post("/contact/", data={"csrfmiddlewaretoken": token, "name": "Ada"})
+    assert (ok.status_code, ok.get_data(as_text=True)) == (200, "thanks Ada")
+    forged = Client(mw).post("/contact/", data={"csrfmiddlewaretoken": token, "name": "Eve"})
+    assert forged.status_code == 403
+
+
+def test_logged_in_visitors_bypass_with_sessionid(site: Any) -> None:
+    mw, client = site
+    assert "user=AnonymousUser" in cache(client, "/")[1]
+    alice = Client(mw)
+    token = csrf_token(alice.get("/login/").get_data(as_text=True))
+    login = alice.post(
+        "/login/",
+        data={"csrfmiddlewaretoken": token, "username": "alice", "password": "wonderland-42"},
+    )
+    assert login.status_code == 302
+    r = alice.get("/")
+    assert r.headers["X-ISR-Cache"] == "BYPASS" and "user=alice" in r.get_data(as_text=True)
+    assert alice.get("/account/").get_data(as_text=True) == "account of alice"
+    state, body = cache(client, "/")
+    assert state == "HIT" and "user=AnonymousUser" in body  # alice's page was never stored
+    anonymous = client.get("/account/")
+    assert anonymous.status_code == 302 and anonymous.headers["Location"].startswith("/login/")
+
+
+def test_conditional_get_middleware(site: Any) -> None:
+    mw, client = site
+    first = client.get("/articles/b/", headers={"If-None-Match": "*"})
+    assert first.status_code in (200, 304)
+    full = client.get("/articles/b/")  # a conditional first request never stores a 304
+    assert full.status_code == 200 and full.get_data(as_text=True).startswith("article b")
+    etag = full.headers["ETag"]
+    again = client.get("/articles/b/", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.get_data() == b""
+
+
+def test_common_middleware_append_slash_redirects(site: Any) -> None:
+    mw, client = site
+    for _ in range(2):  # the redirect is never cached as a page
+        r = client.get("/listing")
+        assert r.status_code == 301 and r.headers["Location"] == "/listing/"
+    assert cache(client, "/listing/")[0] == "MISS"
+
+
+def test_cache_control_s_maxage_opts_in(site: Any, clock: FakeClock) -> None:
+    mw, client = site
+    assert cache(client, "/cdn/")[0] == "MISS"
+    assert cache(client, "/cdn/")[0] == "HIT"
+    clock.advance(31)
+    assert cache(client, "/cdn/")[0] == "STALE"  # stale-while-revalidate=60
+    assert cache(client, "/plain/")[0] != "HIT" and cache(client, "/plain/")[0] != "HIT"
+
+
+def test_without_bypass_cookies_a_signed_in_visitor_gets_the_shared_copy(clock: FakeClock) -> None:
+    mw = install(WSGIHandler(), store="memory://", clock=clock, bypass_cookies=())
+    client = Client(mw, use_cookies=False)
+    cache(client, "/")
+    alice = Client(mw)
+    token = csrf_token(alice.get("/login/").get_data(as_text=True))
+    alice.post(
+        "/login/",
+        data={"csrfmiddlewaretoken": token, "username": "alice", "password": "wonderland-42"},
+    )
+    r = alice.get("/")  # why the README says to set BYPASS_COOKIES = ["sessionid"]
+    assert r.headers["X-ISR-Cache"] == "HIT" and "user=AnonymousUser" in r.get_data(as_text=True)
+    mw.join(10)

@@ -1,0 +1,73 @@
+"""The middleware of a Django project: built from ``settings.ISR`` around Django's own
+WSGI handler, one per process, and the invalidation helpers bound to it.
+
+    # mysite/wsgi.py
+    import os
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    from wsgi_isr.django import get_wsgi_application
+    application = get_wsgi_application()
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from ..invalidation import Mode, PathType
+from ..middleware import ISRMiddleware
+from .conf import middleware_options
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+_bound: ISRMiddleware | None = None
+_lock = threading.RLock()
+
+
+def install(app: WSGIApplication, **options: Any) -> ISRMiddleware:
+    """Wrap ``app`` (a Django WSGI handler) in the middleware configured by
+    ``settings.ISR``; keyword ``options`` win over the settings. The result becomes the
+    middleware :func:`revalidate_tag` and the management commands act on."""
+    global _bound
+    kwargs = {**middleware_options(), **options}
+    try:
+        mw = ISRMiddleware(app, **kwargs)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"settings.ISR: {exc}") from exc
+    with _lock:
+        _bound = mw
+    return mw
+
+
+def get_wsgi_application(**options: Any) -> ISRMiddleware:
+    """Django's ``get_wsgi_application()`` behind the ISR middleware (``settings.ISR``
+    validated here, at start-up; keyword ``options`` such as ``runner=`` win)."""
+    from django.core.wsgi import get_wsgi_application as django_application
+
+    return install(django_application(), **options)
+
+
+def middleware() -> ISRMiddleware:
+    """The project's middleware in this process. Outside a server (``manage.py``, a
+    shell, a worker saving models) one is built from the settings on first use, on the
+    same store the servers use, so its invalidations reach them."""
+    mw = _bound
+    if mw is not None:
+        return mw
+    from django.core.handlers.wsgi import WSGIHandler
+
+    with _lock:
+        return _bound if _bound is not None else install(WSGIHandler())
+
+
+def revalidate_tag(*tags: str, mode: Mode = "soft") -> float:
+    """Invalidate tags (see :meth:`ISRMiddleware.revalidate_tag`): from a view, a
+    signal handler (``post_save``), a management command or a shell."""
+    return middleware().revalidate_tag(*tags, mode=mode)
+
+
+def revalidate_path(path: str, type: PathType = "page", *, mode: Mode = "soft") -> float:
+    """Invalidate a path (see :meth:`ISRMiddleware.revalidate_path`)."""
+    return middleware().revalidate_path(path, type, mode=mode)

@@ -1,0 +1,123 @@
+"""``python manage.py isr build | revalidate | status``.
+
+python manage.py isr build [--concurrency 4] [--host www.example.com] [--scheme https]
+python manage.py isr revalidate --tag articles --path /blog [--layout] [--hard]
+python manage.py isr status [--url http://127.0.0.1:8000]
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ....invalidation import Mode
+from ...application import middleware
+from ...pages import static_paths
+
+
+def default_host() -> str:
+    """The first concrete name in ``ALLOWED_HOSTS``, else ``localhost``."""
+    for host in getattr(settings, "ALLOWED_HOSTS", []):
+        if host and host != "*" and not host.startswith("."):
+            return str(host)
+    return "localhost"
+
+
+class ProgressBar:
+    """``building [#########.........]  45/100`` redrawn in place on a terminal
+    (``out``: the command's ``OutputWrapper``)."""
+
+    def __init__(self, total: int, out: Any, width: int = 30) -> None:
+        self.total, self.done, self.out, self.width = total, 0, out, width
+
+    def update(self, path: str, outcome: str) -> None:
+        self.done += 1
+        filled = self.width * self.done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        count = f"{self.done:>{len(str(self.total))}}/{self.total}"
+        end = "\n" if self.done == self.total else ""
+        self.out.write(f"\rbuilding [{bar}] {count}", ending=end)
+        self.out.flush()
+
+
+class Command(BaseCommand):  # type: ignore[misc]  # django ships no types
+    help = "Incremental Static Regeneration: build, revalidate, status."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True, metavar="build|revalidate|status")
+        build = sub.add_parser("build", help="Pre-render every static_params page into the store.")
+        build.add_argument("--concurrency", type=int, default=4, help="Pages rendered at once.")
+        build.add_argument("--host", default=None, help="Host visitors use (keys include it).")
+        build.add_argument("--scheme", default="http", choices=["http", "https"])
+        reval = sub.add_parser("revalidate", help="Invalidate tags and paths.")
+        reval.add_argument("--tag", dest="tags", action="append", default=[], help="Repeatable.")
+        reval.add_argument("--path", dest="paths", action="append", default=[], help="Repeatable.")
+        reval.add_argument("--layout", action="store_true", help="The paths and everything below.")
+        reval.add_argument("--hard", action="store_true", help="Expire instead of marking stale.")
+        status = sub.add_parser("status", help="The store, its entries, a server's counters.")
+        status.add_argument("--url", default=None, help="Base URL of a running server.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"]
+        if action == "build":
+            self.build(options["concurrency"], options["host"] or default_host(), options["scheme"])
+        elif action == "revalidate":
+            self.revalidate(options["tags"], options["paths"], options["layout"], options["hard"])
+        else:
+            self.status(options["url"])
+
+    def build(self, concurrency: int, host: str, scheme: str) -> None:
+        mw = middleware()
+        try:
+            paths = static_paths()
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"Pre-rendering {len(paths)} pages as {scheme}://{host} into {mw.store.description}"
+        )
+        bar = ProgressBar(len(paths), self.stderr)
+        report = mw.prebuild(
+            paths, host=host, scheme=scheme, concurrency=concurrency, progress=bar.update
+        )
+        for path, reason in report.failed:
+            self.stderr.write(f"FAILED {path}: {reason}")
+        for path, reason in report.skipped[:20]:
+            self.stderr.write(f"skipped {path}: {reason}")
+        self.stdout.write(report.summary())
+        if not report.ok:
+            raise CommandError(f"{len(report.failed)} pages failed", returncode=1)
+
+    def revalidate(self, tags: list[str], paths: list[str], layout: bool, hard: bool) -> None:
+        if not tags and not paths:
+            raise CommandError("give at least one --tag or --path")
+        mw = middleware()
+        mode: Mode = "hard" if hard else "soft"
+        try:
+            if tags:
+                mw.revalidate_tag(*tags, mode=mode)
+            for path in paths:
+                mw.revalidate_path(path, "layout" if layout else "page", mode=mode)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"revalidated ({mode}): tags={tags} paths={paths}")
+
+    def status(self, url: str | None) -> None:
+        mw = middleware()
+        count = mw.store.count()
+        self.stdout.write(f"store:   {mw.store.description}")
+        self.stdout.write(f"entries: {count if count is not None else 'unknown'}")
+        if url:
+            if mw.secret is None:
+                raise CommandError("ISR['SECRET'] is not set: the status endpoint is off")
+            req = urllib.request.Request(
+                url.rstrip("/") + mw.endpoint + "/status",
+                headers={"Authorization": f"Bearer {mw.secret}"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                data = json.load(resp)
+            for name, value in data["counters"].items():
+                self.stdout.write(f"{name + ':':24}{value}")
