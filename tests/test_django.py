@@ -224,9 +224,6 @@ def test_signed_in_visitors_bypass_the_cache(site: Site) -> None:
     assert theirs.cache == "HIT" and "signed in as" not in theirs.body
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs issue 9: a framework's 500 page replaces the good entry"
-)
 def test_a_failing_regeneration_keeps_the_page(site: Site) -> None:
     visitor = site.visitor()
     good = visitor.get("/articles/hello-isr/")
