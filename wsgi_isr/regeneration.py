@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import responses as R
+from .datacache import carry_middleware
 from .entry import Entry, PassMarker, Record, VaryMarker
 from .errors import StoreError
 from .keys import RequestKey, path_tags, render_environ, variant_key
@@ -188,7 +189,8 @@ class Regenerator:
             self.unlock(lock, token)  # a regeneration finished between our read and now
             return
         env = render_environ(rk, environ, vary)
-        if self.runner.submit(lambda: self.regenerate(rk, key, vary, env, lock, token)):
+        task = carry_middleware(lambda: self.regenerate(rk, key, vary, env, lock, token))
+        if self.runner.submit(task):
             self.stats.incr("regenerations_started")
         else:
             self.stats.incr("regenerations_skipped")
