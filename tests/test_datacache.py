@@ -566,3 +566,41 @@ def test_flask_isr_cached_uses_the_apps_middleware() -> None:
     assert menu() == ["home", "blog"] and source.n == {"menu": 1}
     isr.revalidate_tag("menu")
     assert client.get("/").headers["X-ISR-Cache"] == "STALE"
+
+
+def test_cli_and_endpoint_invalidate_data_and_pages_in_one_call() -> None:
+    app = Flask(__name__)
+    runner = ManualRunner()
+    isr = ISR(store="memory://", runner=runner, secret="s" * 32)
+    source = Calls()
+
+    @isr.cached(tags=["menu"])
+    def menu() -> int:
+        return source("menu")
+
+    @app.get("/")
+    @isr.page(revalidate=False)
+    def index() -> Any:
+        return {"menu": menu()}
+
+    isr.init_app(app)
+    client = app.test_client()
+    assert client.get("/").json == {"menu": 1}
+    cli = app.test_cli_runner()
+    assert cli.invoke(args=["isr", "revalidate", "--tag", "menu"]).exit_code == 0
+    assert menu() == 1 and len(runner.tasks) == 1, "soft: stale data, one refresh"
+    assert client.get("/").headers["X-ISR-Cache"] == "STALE"
+    runner.run()  # the data refresh and the page's regeneration
+    assert (menu(), client.get("/").json) == (2, {"menu": 2})
+    assert source.n == {"menu": 2}, "the regeneration read the refreshed value"
+
+    assert cli.invoke(args=["isr", "revalidate", "--tag", "menu", "--hard"]).exit_code == 0
+    assert menu() == 3 and runner.tasks == [], "hard: expired, called in the foreground"
+    reply = client.post(
+        "/_isr/revalidate",
+        json={"tag": "menu", "mode": "hard"},
+        headers={"Authorization": "Bearer " + "s" * 32},
+    )
+    assert reply.status_code == 200
+    page = client.get("/")
+    assert (page.headers["X-ISR-Cache"], page.json) == ("MISS", {"menu": 4})
