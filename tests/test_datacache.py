@@ -160,6 +160,8 @@ def test_states_on_every_store(store_url: str) -> None:
     assert runner.run() == 1
     assert get_post("a")["version"] == 4
     assert runner.tasks == [], "a failed refresh is backed off, not retried at once"
+    counters = mw.stats.snapshot()
+    assert counters["data_refreshes_failed"] == 1 and counters["data_stale"] >= 3
     source.fail = False
     # on a miss there is nothing to fall back on: the error reaches the caller
     source.fail = True

@@ -328,11 +328,14 @@ class CachedFunction(Generic[P, R]):
             mw._store_failed(exc)
             return self._call_uncached(args, kwargs)
         if entry is not None and state is State.FRESH:
+            mw.stats.incr("data_hits")
             return self._use(entry, now)
         if entry is not None and state is State.STALE and scope is None:
             # outside any render: serve the stale value, refresh once in the background
+            mw.stats.incr("data_stale")
             self._schedule(mw, key, entry, args, kwargs)
             return self._use(entry, now)
+        mw.stats.incr("data_misses")
         return self._foreground(mw, key, entry, args, kwargs)
 
     # -- what a call reports to its render ------------------------------------------------
@@ -475,6 +478,7 @@ class CachedFunction(Generic[P, R]):
             mw._store_failed(exc)
         except Exception:
             log.exception("wsgi_isr: refreshing %s raised; keeping the stale value", self.name)
+            mw.stats.incr("data_refreshes_failed")
             n = self._failures.get(key, 0) + 1
             if len(self._failures) > 10_000:
                 self._failures.clear()

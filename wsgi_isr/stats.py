@@ -21,6 +21,10 @@ COUNTERS = (
     "regenerations_skipped",
     "invalidations",
     "store_errors",
+    "data_hits",
+    "data_stale",
+    "data_misses",
+    "data_refreshes_failed",
 )
 #: Upper bounds (seconds) of the regeneration duration histogram.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -37,6 +41,18 @@ _SIMPLE = (
     ("coalesce_timeouts", "coalesce_timeouts", "Waits that gave up and rendered alone."),
     ("invalidations", "invalidations", "Tags and paths invalidated through this process."),
     ("store_errors", "store_errors", "Store operations that failed (served by the app)."),
+    ("data_hits", "data_hits", "Cached function calls answered from the store."),
+    (
+        "data_stale",
+        "data_stale",
+        "Cached function calls answered stale (refreshed in the background).",
+    ),
+    (
+        "data_misses",
+        "data_misses",
+        "Cached function calls that ran the function in the foreground.",
+    ),
+    ("data_refreshes_failed", "data_refreshes_failed", "Background data refreshes that raised."),
 )
 
 
