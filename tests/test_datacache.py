@@ -606,3 +606,21 @@ def test_cli_and_endpoint_invalidate_data_and_pages_in_one_call() -> None:
     assert reply.status_code == 200
     page = client.get("/")
     assert (page.headers["X-ISR-Cache"], page.json) == ("MISS", {"menu": 4})
+
+
+def test_prebuild_renders_with_its_own_middleware(no_instances: weakref.WeakSet[Any]) -> None:
+    """Two middlewares in one process (no request): ``mw.prebuild`` still tells
+    ``wsgi_isr.cached`` which store to use."""
+
+    @cached(tags=["t"])
+    def value() -> str:
+        return "v"
+
+    one, _, _ = middleware(app=page_app(**{"/": (value, [("X-ISR-Revalidate", "60")])}))
+    two, _, _ = middleware()
+    no_instances.add(one)
+    no_instances.add(two)
+    report = one.prebuild(["/"])
+    assert report.ok and report.built == ["/"], report.summary()
+    assert isinstance(one.store.lookup(value.key())[0], DataEntry)
+    assert two.store.lookup(value.key())[0] is None

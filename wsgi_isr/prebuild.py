@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .invalidation import current_middleware
 from .keys import render_environ, request_key
 from .render import capture
 
@@ -55,10 +56,13 @@ def prebuild_one(mw: ISRMiddleware, path: str, host: str, scheme: str) -> tuple[
     if rk is None:
         return "failed", f"invalid host {host!r}"
     started = mw.store.now()
+    current = current_middleware.set(mw)  # wsgi_isr.cached in the render uses this store
     try:
         captured = capture(mw.app, render_environ(rk, environ), mw.max_entry_bytes)
     except Exception as exc:  # report, do not abort the whole build
         return "failed", f"{type(exc).__name__}: {exc}"
+    finally:
+        current_middleware.reset(current)
     if captured.overflow:
         captured.close()
     if captured.status[:1] == "5":
