@@ -451,6 +451,16 @@ def test_values_must_be_json() -> None:
     assert mw.store.count() == 0
 
 
+def test_async_functions_are_refused() -> None:
+    mw, clock, runner = middleware()
+
+    async def fetch() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="fetch is async"):
+        mw.cached()(fetch)
+
+
 def test_unkeyable_arguments_name_the_function_and_the_argument() -> None:
     mw, clock, runner = middleware()
 

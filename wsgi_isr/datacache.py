@@ -520,6 +520,8 @@ def make_cached(
     lifetime(revalidate, expire)  # a bad argument fails at decoration time
 
     def decorator(fn: Callable[P, R]) -> CachedFunction[P, R]:
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"cached: {fn.__qualname__} is async; only sync functions are cached")
         return CachedFunction(
             fn, revalidate=revalidate, tags=tags, expire=expire, key=key, middleware=middleware
         )
