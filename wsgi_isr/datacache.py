@@ -29,8 +29,6 @@ at the data's remaining freshness.
 
 from __future__ import annotations
 
-import contextvars
-import dataclasses
 import functools
 import hashlib
 import inspect
@@ -38,14 +36,15 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
+from .datascope import Scope, current_scope, report
 from .entry import DataEntry, State
 from .errors import StoreError
 from .invalidation import current_middleware, instances
 from .policy import _render_tags, valid_tags
+from .profiles import Revalidate, lifetime
 from .stores import LocalLayer
 
 if TYPE_CHECKING:
@@ -55,130 +54,10 @@ log = logging.getLogger("wsgi_isr")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Revalidate = float | int | bool | str
 
-#: Next.js ``cacheLife`` profiles: name -> (revalidate, expire) in seconds.
-PROFILES: dict[str, tuple[float, float]] = {
-    "seconds": (1.0, 60.0),
-    "minutes": (60.0, 3600.0),
-    "hours": (3600.0, 86400.0),
-    "days": (86400.0, 7 * 86400.0),
-    "weeks": (7 * 86400.0, 30 * 86400.0),
-    "max": (30 * 86400.0, 365 * 86400.0),
-}
 MAX_BACKOFF = 300.0
 #: Argument parts of keys longer than this are hashed.
 MAX_ARGS_KEY = 200
-
-
-def lifetime(
-    revalidate: Revalidate, expire: float | None = None
-) -> tuple[float | None, float | None]:
-    """``(revalidate, expire)`` in seconds (``None``: no limit) from what a user wrote:
-    seconds, ``False`` (until invalidated) or a profile name; an explicit ``expire`` wins
-    over the profile's. ``ValueError`` for anything else."""
-    if isinstance(revalidate, str):
-        if revalidate not in PROFILES:
-            names = ", ".join(repr(n) for n in PROFILES)
-            raise ValueError(f"unknown cache profile {revalidate!r}; one of {names}")
-        seconds, default_expire = PROFILES[revalidate]
-        return seconds, float(expire) if expire is not None else default_expire
-    if revalidate is False:
-        r: float | None = None
-    elif (
-        isinstance(revalidate, bool)
-        or not isinstance(revalidate, int | float)
-        or not math.isfinite(revalidate)
-        or revalidate <= 0
-    ):
-        raise ValueError(
-            f"revalidate must be seconds > 0, False or a profile name, got {revalidate!r}"
-        )
-    else:
-        r = float(revalidate)
-    if expire is not None and (
-        isinstance(expire, bool) or not isinstance(expire, int | float) or not expire > 0
-    ):
-        raise ValueError(f"expire must be positive seconds, got {expire!r}")
-    return r, None if expire is None else float(expire)
-
-
-# -- the scope of a page render, or of a cached call's body --------------------------------
-
-
-@dataclasses.dataclass(slots=True)
-class Scope:
-    """What cached calls report to the render (or the cached body) they run in."""
-
-    #: implicit path tags of the page being rendered: their invalidation reaches its data
-    path_tags: tuple[str, ...] = ()
-    #: the lowest remaining freshness of the data used (seconds)
-    cap: float = math.inf
-
-    def used(self, remaining: float) -> None:
-        self.cap = min(self.cap, remaining)
-
-
-_scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
-    "wsgi_isr.data_scope", default=None
-)
-
-
-@contextmanager
-def page_scope(path_tags: tuple[str, ...]) -> Iterator[Scope]:
-    """Entered around a page render (:func:`wsgi_isr.render.capture`)."""
-    scope = Scope(path_tags)
-    token = _scope.set(scope)
-    try:
-        yield scope
-    finally:
-        _scope.reset(token)
-
-
-def cap_headers(headers: list[tuple[str, str]], cap: float) -> list[tuple[str, str]]:
-    """The page's opt-in headers with its freshness lowered to ``cap`` seconds (the
-    remaining freshness of the data it used); a page that did not opt in is left alone."""
-    from .policy import header_values, parse_cache_control, parse_seconds
-
-    if math.isinf(cap):
-        return headers
-    cap = max(cap, 0.001)  # 0 would mean "do not cache"
-    isr = header_values(headers, "x-isr-revalidate")
-    expire: float | None = None
-    if isr:
-        raw = isr[-1].strip().lower()
-        current = math.inf if raw == "false" else parse_seconds(raw)
-        if current is None or current == 0 or current <= cap:
-            return headers
-    else:
-        cc = parse_cache_control(", ".join(header_values(headers, "cache-control")))
-        current = parse_seconds(cc.get("s-maxage") or "") if "s-maxage" in cc else None
-        if not current or current <= cap:
-            return headers
-        swr = parse_seconds(cc.get("stale-while-revalidate") or "")
-        expire = current if swr is None else current + swr
-    out = [(k, v) for k, v in headers if k.lower() != "x-isr-revalidate"]
-    out.append(("X-ISR-Revalidate", repr(cap)))
-    if expire is not None and not header_values(headers, "x-isr-expire"):
-        out.append(("X-ISR-Expire", repr(expire)))
-    return out
-
-
-def carry_middleware(task: Callable[[], None]) -> Callable[[], None]:
-    """``task`` run with the current middleware still current (a background render runs
-    in another thread or greenlet, whose context starts empty)."""
-    mw = current_middleware.get()
-    if mw is None:
-        return task
-
-    def run() -> None:
-        token = current_middleware.set(mw)
-        try:
-            task()
-        finally:
-            current_middleware.reset(token)
-
-    return run
 
 
 def the_middleware() -> ISRMiddleware:
@@ -312,7 +191,7 @@ class CachedFunction(Generic[P, R]):
     def _get(self, args: Any, kwargs: Any) -> Any:
         mw = self._middleware()
         key = self.key(*args, **kwargs)
-        scope = _scope.get()
+        scope = current_scope.get()
         extra = scope.path_tags if scope is not None else ()
         store = mw.store
         try:
@@ -341,13 +220,13 @@ class CachedFunction(Generic[P, R]):
     # -- what a call reports to its render ------------------------------------------------
 
     def _use(self, entry: DataEntry, now: float) -> Any:
-        _report(entry.tags, entry.remaining(now))
+        report(entry.tags, entry.remaining(now))
         return json.loads(entry.value)
 
     def _call_uncached(self, args: Any, kwargs: Any) -> Any:
         """The store is down: call the function, still reporting its tags."""
         value, tags, cap = self._run(args, kwargs, ())
-        _report(tags, cap)
+        report(tags, cap)
         return value
 
     def _run(
@@ -357,11 +236,11 @@ class CachedFunction(Generic[P, R]):
         body_tags: list[str] = []
         inner = Scope(path_tags)
         tags_token = _render_tags.set(body_tags)
-        scope_token = _scope.set(inner)
+        scope_token = current_scope.set(inner)
         try:
             value = self.fn(*args, **kwargs)
         finally:
-            _scope.reset(scope_token)
+            current_scope.reset(scope_token)
             _render_tags.reset(tags_token)
         _check_json(value, self.name)
         tags = tuple(valid_tags([*self._tags(*args, **kwargs), *body_tags], source=self.name))
@@ -388,7 +267,7 @@ class CachedFunction(Generic[P, R]):
                 store.put(key, entry, ttl)
             except StoreError as exc:
                 mw._store_failed(exc)
-        _report(tags, math.inf if revalidate is None else revalidate)
+        report(tags, math.inf if revalidate is None else revalidate)
         return value
 
     def _landed(self, mw: ISRMiddleware, key: str, seen: DataEntry | None) -> DataEntry | None:
@@ -398,7 +277,7 @@ class CachedFunction(Generic[P, R]):
             return None
         if seen is not None and record.created <= seen.created:
             return None
-        scope = _scope.get()
+        scope = current_scope.get()
         extra = scope.path_tags if scope is not None else ()
         return record if record.state(mw.store.now(), tag_states, extra) is State.FRESH else None
 
@@ -407,7 +286,7 @@ class CachedFunction(Generic[P, R]):
     ) -> Any:
         """Call in the foreground, one caller per key at a time (across processes): the
         others wait for its value, bounded by the middleware's ``coalesce_timeout``."""
-        scope = _scope.get()
+        scope = current_scope.get()
         path_tags = scope.path_tags if scope is not None else ()
         lock = "data:" + key
         deadline = time.monotonic() + mw.coalesce_timeout
@@ -468,11 +347,11 @@ class CachedFunction(Generic[P, R]):
             call_token = mw.store.acquire(call_lock, mw.lock_timeout)
             if call_token is None or self._landed(mw, key, seen) is not None:
                 return  # a foreground call is on it, or has just stored a newer value
-            outer = _scope.set(None)
+            outer = current_scope.set(None)
             try:
                 self._compute(mw, key, args, kwargs, ())
             finally:
-                _scope.reset(outer)
+                current_scope.reset(outer)
             self._failures.pop(key, None)
         except StoreError as exc:
             mw._store_failed(exc)
@@ -488,16 +367,6 @@ class CachedFunction(Generic[P, R]):
             if call_token is not None:
                 _release(mw, call_lock, call_token)
             _release(mw, lock, token, hold)
-
-
-def _report(tags: tuple[str, ...], remaining: float) -> None:
-    """Tell the enclosing render (or cached body) which tags and freshness it used."""
-    collected = _render_tags.get()
-    if collected is not None:
-        collected.extend(tags)
-    scope = _scope.get()
-    if scope is not None:
-        scope.used(remaining)
 
 
 def _release(mw: ISRMiddleware, lock: str, token: str, hold: float | None = None) -> None:
@@ -549,4 +418,4 @@ def cached(
     return make_cached(the_middleware, revalidate, tags, expire, key)
 
 
-__all__ = ["PROFILES", "CachedFunction", "cached", "lifetime"]
+__all__ = ["CachedFunction", "cached", "make_cached", "the_middleware"]

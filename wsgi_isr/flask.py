@@ -31,9 +31,10 @@ import click
 from flask import Flask, abort, current_app, make_response
 from flask.cli import AppGroup
 
-from .datacache import CachedFunction, Revalidate, lifetime, make_cached
+from .datacache import CachedFunction, make_cached
 from .invalidation import Mode, PathType
 from .middleware import ISRMiddleware
+from .profiles import Revalidate, lifetime
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from werkzeug.sansio.utils import host_is_trusted
 
 from . import responses as R
-from .datacache import CachedFunction, Revalidate, make_cached
+from .datacache import CachedFunction, make_cached
 from .entry import Entry, PassMarker, Record, State, TagState, VaryMarker
 from .errors import StoreError
 from .invalidation import (
@@ -48,6 +48,7 @@ from .keys import (
 )
 from .policy import client_headers, cookie_names_and_values, decide, same_secret
 from .prebuild import PrebuildReport, prebuild
+from .profiles import Revalidate
 from .regeneration import Regenerator, lock_name
 from .render import Captured, capture
 from .runner import AutoRunner, Runner

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import responses as R
-from .datacache import carry_middleware
+from .datascope import carry_middleware
 from .entry import Entry, PassMarker, Record, VaryMarker
 from .errors import StoreError
 from .keys import RequestKey, path_tags, render_environ, variant_key

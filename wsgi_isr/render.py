@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .datacache import cap_headers, page_scope
+from .datascope import cap_headers, page_scope
 from .keys import path_tags, quote_path
 from .policy import _render_tags
 
