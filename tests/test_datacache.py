@@ -634,3 +634,39 @@ def test_prebuild_renders_with_its_own_middleware(no_instances: weakref.WeakSet[
     assert report.ok and report.built == ["/"], report.summary()
     assert isinstance(one.store.lookup(value.key())[0], DataEntry)
     assert two.store.lookup(value.key())[0] is None
+
+
+def test_flask_background_refresh_runs_in_an_app_context() -> None:
+    """A view served to a visitor with cookies reads stale data outside a cached render;
+    its background refresh (another thread, no request) still has the app context."""
+    from flask import current_app, g
+
+    app = Flask(__name__)
+    app.config["SITE"] = "blog"
+    runner = ManualRunner()
+    isr = ISR(store="memory://", runner=runner, bypass_cookies=["session"])
+    source = Calls()
+
+    @isr.cached(tags=["site"])
+    def site() -> str:
+        g.used = True  # needs an app context
+        return f"{current_app.config['SITE']} {source('site')}"
+
+    @app.get("/")
+    @isr.page(revalidate=False)
+    def index() -> Any:
+        return {"site": site()}
+
+    isr.init_app(app)
+    client = app.test_client()
+    assert client.get("/").json == {"site": "blog 1"}
+    isr.revalidate_tag("site")
+    visitor = app.test_client()
+    visitor.set_cookie("session", "me")
+    personal = visitor.get("/")
+    assert personal.headers["X-ISR-Cache"] == "BYPASS"  # the view ran for this visitor
+    assert personal.json == {"site": "blog 1"}  # with the stale value, at once
+    assert runner.run() == 1  # the data refresh, in the runner
+    assert source.n == {"site": 2}
+    with app.app_context():
+        assert site() == "blog 2"

@@ -37,6 +37,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from .datascope import Scope, current_scope, report
@@ -138,12 +139,14 @@ class CachedFunction(Generic[P, R]):
         expire: float | None,
         key: Callable[..., Any] | None,
         middleware: Callable[[], ISRMiddleware],
+        background: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.fn = fn
         self.revalidate, self.expire = lifetime(revalidate, expire)
         self.tags = tags if callable(tags) else tuple(tags)
         self.key_fn = key
         self._middleware = middleware
+        self._background = background
         self.name = f"{fn.__module__}.{fn.__qualname__}"
         self._signature = inspect.signature(fn) if key is None else None
         self._failures: dict[str, int] = {}
@@ -327,7 +330,14 @@ class CachedFunction(Generic[P, R]):
             return
         if token is None:
             return
-        if not mw.runner.submit(lambda: self._refresh(mw, key, seen, args, kwargs, lock, token)):
+        # what the body needs around it (Flask: the app context), taken in the caller
+        context = self._background() if self._background is not None else nullcontext()
+
+        def refresh() -> None:
+            with context:
+                self._refresh(mw, key, seen, args, kwargs, lock, token)
+
+        if not mw.runner.submit(refresh):
             _release(mw, lock, token)
 
     def _refresh(
@@ -385,14 +395,23 @@ def make_cached(
     tags: Iterable[str] | Callable[..., Iterable[str]],
     expire: float | None,
     key: Callable[..., Any] | None,
+    background: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
+    """The decorator behind every ``cached``: ``middleware()`` gives the store at call
+    time; ``background()``, called in the caller, the context a background refresh runs in."""
     lifetime(revalidate, expire)  # a bad argument fails at decoration time
 
     def decorator(fn: Callable[P, R]) -> CachedFunction[P, R]:
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(f"cached: {fn.__qualname__} is async; only sync functions are cached")
         return CachedFunction(
-            fn, revalidate=revalidate, tags=tags, expire=expire, key=key, middleware=middleware
+            fn,
+            revalidate=revalidate,
+            tags=tags,
+            expire=expire,
+            key=key,
+            middleware=middleware,
+            background=background,
         )
 
     return decorator

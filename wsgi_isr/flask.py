@@ -25,6 +25,7 @@ import os
 import sys
 import urllib.request
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ParamSpec, TypeVar, cast
 
 import click
@@ -137,7 +138,18 @@ class ISR:
     ) -> Callable[[Callable[P, T]], CachedFunction[P, T]]:
         """:func:`wsgi_isr.cached` bound to this app's middleware (the current app's, when
         one extension serves several apps)."""
-        return make_cached(lambda: self.middleware, revalidate, tags, expire, key)
+        return make_cached(
+            lambda: self.middleware, revalidate, tags, expire, key, self._app_context
+        )
+
+    def _app_context(self) -> AbstractContextManager[Any]:
+        """An app context for a background data refresh (its body may use ``g``,
+        ``current_app``, extensions), of the app the stale value was read in."""
+        try:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        except RuntimeError:
+            app = self._app
+        return app.app_context() if app is not None else nullcontext()
 
     # -- the decorator -----------------------------------------------------------------------
 
