@@ -56,17 +56,19 @@ STORES = [
     pytest.param("memory", id="memory"),
     pytest.param("file", id="file"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("redis+local", id="redis+local", marks=pytest.mark.redis),
 ]
 
 
 @pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Middleware options for one store (``redis+local``: with the in-process layer)."""
     if request.param == "memory":
-        return "memory://"
+        return {"store": "memory://"}
     if request.param == "file":
-        return f"file://{tmp_path / 'store'}"
+        return {"store": f"file://{tmp_path / 'store'}"}
     url: str = request.getfixturevalue("redis_url")
-    return url
+    return {"store": url, "local_ttl": 30.0} if request.param == "redis+local" else {"store": url}
 
 
 class Calls:
@@ -111,8 +113,8 @@ def stored(mw: ISRMiddleware, fn: Any, *args: Any) -> DataEntry:
 # -- the state machine, on every store ------------------------------------------------------
 
 
-def test_states_on_every_store(store_url: str) -> None:
-    mw, clock, runner = middleware(store=store_url, regeneration_backoff=30)
+def test_states_on_every_store(store: dict[str, Any]) -> None:
+    mw, clock, runner = middleware(**store, regeneration_backoff=30)
     source = Calls()
 
     @mw.cached(revalidate=60, tags=lambda slug: [f"post-{slug}"])
@@ -172,8 +174,8 @@ def test_states_on_every_store(store_url: str) -> None:
     mw.store.close()
 
 
-def test_expire_turns_an_old_value_into_a_miss(store_url: str) -> None:
-    mw, clock, runner = middleware(store=store_url)
+def test_expire_turns_an_old_value_into_a_miss(store: dict[str, Any]) -> None:
+    mw, clock, runner = middleware(**store)
     source = Calls()
 
     @mw.cached(revalidate=10, expire=100)
