@@ -87,7 +87,16 @@ def settings(args: argparse.Namespace) -> Settings:
             memory_max_entries=500,
             profile_hits=2_000,
             profile_pages=300,
-            seed_args=("--posts", "500", "--docs", "200", "--prebuilt", "10"),
+            seed_args=(
+                "--posts",
+                "500",
+                "--docs",
+                "200",
+                "--prebuilt",
+                "10",
+                "--data-posts",
+                "100",
+            ),
             warm=0.5,
         )
     return Settings(

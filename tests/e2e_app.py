@@ -37,6 +37,11 @@ Routes:
     ``revalidate``.
 ``GET /plain/<name>``
     never opts in.
+``GET /article/<slug>``
+    cached until invalidated and declares no tags of its own: it shows
+    ``load_post(slug)`` (a cached function tagged ``post-<slug>``) and ``sidebar()``
+    (tagged ``sidebar``, shared by every article), counted as ``data-post-<slug>`` and
+    ``data-sidebar`` when they run, ``article-<slug>`` when the page renders.
 
 Every response carries ``X-Worker-Pid``, the pid of the worker that *served* it
 (added outside the cache, so a cached page still says who answered).
@@ -54,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, abort, request
 
-from wsgi_isr import ISRMiddleware
+from wsgi_isr import ISRMiddleware, cached
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -64,6 +69,7 @@ logging.basicConfig(level=logging.INFO, format="%(process)d %(levelname)s %(name
 COUNTER_DIR = os.environ["ISR_COUNTER_DIR"]
 SLOW_SECONDS = float(os.environ.get("ISR_SLOW_SECONDS", "2"))
 POST_SECONDS = float(os.environ.get("ISR_POST_SECONDS", "0.5"))
+DATA_SECONDS = 0.5
 _NAME = re.compile(r"[a-z0-9-]{1,64}")
 _REVALIDATE = re.compile(r"false|[0-9]{1,5}")
 
@@ -151,6 +157,29 @@ def page(name: str) -> tuple[str, dict[str, str]]:
 def plain(name: str) -> tuple[str, dict[str, str]]:
     """Does not opt in: always rendered by the application."""
     return f"plain {_checked(name)} by {os.getpid()}", {"Content-Type": "text/plain"}
+
+
+@cached(revalidate=False, tags=lambda slug: [f"post-{slug}"])
+def load_post(slug: str) -> dict[str, Any]:
+    n = record_render(f"data-post-{slug}")
+    return {"slug": slug, "version": n}
+
+
+@cached(revalidate=False, tags=["sidebar"])
+def sidebar() -> dict[str, Any]:
+    n = record_render("data-sidebar")
+    time.sleep(DATA_SECONDS)  # long enough for concurrent regenerations to overlap
+    return {"version": n}
+
+
+@app.get("/article/<slug>")
+def article(slug: str) -> tuple[str, dict[str, str]]:
+    """No tags of its own: its data's tags reach it (``wsgi_isr.cached``)."""
+    slug = _checked(slug)
+    n = record_render(f"article-{slug}")
+    post, side = load_post(slug), sidebar()
+    body = f"article {slug} post v{post['version']} sidebar v{side['version']} render {n}"
+    return body, {"Content-Type": "text/plain", "X-ISR-Revalidate": "false"}
 
 
 def served_by(wsgi_app: WSGIApplication) -> WSGIApplication:

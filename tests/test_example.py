@@ -159,3 +159,26 @@ def test_the_saved_post_visibly_comes_back_regenerated(blog: Any) -> None:
     again = client.get(f"/posts/{slug}")
     assert again.headers["X-ISR-Cache"] == "HIT" and "Watch me" in again.get_data(as_text=True)
     assert float(rendered_at(again)) >= float(saved_url.rsplit("=", 1)[1])
+
+
+def test_after_an_edit_each_regeneration_runs_one_query(blog: Any) -> None:
+    """Through the data cache, a regenerated page re-runs only the query whose data
+    changed (its post, the listing, or one related-posts widget); the rest are hits."""
+    app, client, clock = blog
+    all_slugs = slugs(app, 40)
+    pages = ["/", "/?page=2"] + [f"/posts/{s}" for s in all_slugs]
+    for url in pages:
+        client.get(url)
+    clock.advance(1)
+    edited = all_slugs[8]
+    r = client.post(
+        f"/edit/{edited}", data={"title": "Edited title", "body": "new", "password": "letmein"}
+    )
+    assert r.status_code == 303
+    clock.advance(1)
+    before = data.queries[0]
+    stale = [url for url in pages if client.get(url).headers["X-ISR-Cache"] == "STALE"]
+    assert app.wsgi_app.join(10)
+    assert len(stale) >= 3
+    assert data.queries[0] - before == len(stale)
+    assert "Edited title" in client.get(f"/posts/{edited}").get_data(as_text=True)

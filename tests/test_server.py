@@ -165,3 +165,49 @@ def test_revalidate_rejects_wrong_secret(
     again = server.fetch_many("/post/guarded", 10)
     assert {(r.cache, r.body) for r in again} == {("HIT", first.body)}, summary(again)
     assert server.renders("post-guarded") == 1
+
+
+def test_data_cache_reruns_only_the_invalidated_function_once_across_workers(
+    server: Instance,
+) -> None:
+    """``wsgi_isr.cached`` in a deployment: invalidating one post's tag re-runs only that
+    post's function, once over both workers; invalidating the shared sidebar's tag
+    regenerates every article but runs the sidebar function once for all of them."""
+    slugs = ("a", "b", "c")
+    for slug in slugs:
+        first = server.fetch(f"/article/{slug}")
+        assert (first.status, first.cache) == (200, "MISS")
+        assert first.body.startswith(f"article {slug} post v1 sidebar v1 render 1"), first.body
+    assert server.renders("data-sidebar") == 1, "the second and third articles read it cached"
+    warm = server.fetch_many("/article/a", 10)
+    assert {r.cache for r in warm} == {"HIT"} and len({r.pid for r in warm}) >= 2
+
+    def counts() -> dict[str, int]:
+        pages = [f"data-post-{s}" for s in slugs] + [f"article-{s}" for s in slugs]
+        return {p: server.renders(p) for p in [*pages, "data-sidebar"]}
+
+    assert server.revalidate({"tag": "post-b", "secret": SECRET}).status == 200
+    burst = [r for s in slugs for r in server.fetch_many(f"/article/{s}", 10)]
+    assert {r.cache for r in burst if "article b" not in r.body} == {"HIT"}, summary(burst)
+    poll(lambda: [server.fetch("/article/b")], lambda r: "post v2" in r.body)
+    time.sleep(0.5)  # room for a duplicate run to show up
+    assert counts() == {
+        "data-post-a": 1,
+        "data-post-b": 2,
+        "data-post-c": 1,
+        "article-a": 1,
+        "article-b": 2,
+        "article-c": 1,
+        "data-sidebar": 1,
+    }
+
+    assert server.revalidate({"tag": "sidebar", "secret": SECRET}).status == 200
+    burst = [r for _ in range(3) for s in slugs for r in server.fetch_many(f"/article/{s}", 4)]
+    assert len({r.pid for r in burst}) >= 2
+    for slug in slugs:
+        poll(lambda slug=slug: [server.fetch(f"/article/{slug}")], lambda r: "sidebar v2" in r.body)
+    time.sleep(0.5)
+    after = counts()
+    assert after["data-sidebar"] == 2, after
+    assert [after[f"data-post-{s}"] for s in slugs] == [1, 2, 1], after
+    assert [after[f"article-{s}"] for s in slugs] == [2, 3, 2], after

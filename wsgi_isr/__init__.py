@@ -1,5 +1,6 @@
 """wsgi_isr — Incremental Static Regeneration as WSGI middleware."""
 
+from .datacache import cached
 from .entry import Entry, State
 from .errors import ISRError, StoreError
 from .invalidation import current, revalidate_path, revalidate_tag
@@ -17,6 +18,7 @@ __all__ = [
     "State",
     "Store",
     "StoreError",
+    "cached",
     "current",
     "open_store",
     "revalidate_path",

@@ -20,6 +20,7 @@ FORMAT_VERSION = 1
 _ENTRY = "E"
 _PASS = "P"
 _VARY = "V"
+_DATA = "D"
 
 
 class State(enum.Enum):
@@ -107,12 +108,51 @@ class VaryMarker:
     headers: tuple[str, ...]
 
 
-Record = Entry | PassMarker | VaryMarker
+@dataclasses.dataclass(frozen=True, slots=True)
+class DataEntry:
+    """A cached function result (:mod:`wsgi_isr.datacache`): the value as canonical JSON
+    text, with the same freshness fields as a page (``created`` is when the call started)."""
+
+    value: str
+    created: float
+    revalidate: float | None
+    expire: float | None
+    tags: tuple[str, ...]
+
+    def state(self, now: float, tag_states: Any, extra_tags: tuple[str, ...] = ()) -> State:
+        """As :meth:`Entry.state`; ``extra_tags`` are checked too (the implicit path tags
+        of the page being rendered, so ``revalidate_path`` reaches the data it used)."""
+        age = now - self.created
+        if self.expire is not None and age >= self.expire:
+            return State.EXPIRED
+        stale = self.revalidate is not None and age >= self.revalidate
+        get = tag_states.get
+        for tag in self.tags + extra_tags:
+            st = get(tag)
+            if st is None:
+                continue
+            if st[1] > self.created:
+                return State.EXPIRED
+            if st[0] > self.created:
+                stale = True
+        return State.STALE if stale else State.FRESH
+
+    def remaining(self, now: float) -> float:
+        """Seconds of freshness left by the clock (``inf`` for no limit)."""
+        if self.revalidate is None:
+            return math.inf
+        return self.revalidate - (now - self.created)
+
+
+Record = Entry | PassMarker | VaryMarker | DataEntry
 
 
 def encode(record: Record) -> tuple[Any, ...]:
     if isinstance(record, Entry):
         return record.to_record()
+    if isinstance(record, DataEntry):
+        r = record
+        return (FORMAT_VERSION, _DATA, r.value, r.created, r.revalidate, r.expire, r.tags)
     if isinstance(record, PassMarker):
         return (FORMAT_VERSION, _PASS, record.reason)
     return (FORMAT_VERSION, _VARY, record.headers)
@@ -144,6 +184,18 @@ def decode(value: Any) -> Record | None:
             ):
                 return None
             return Entry(status, headers, body, created, reval, expire, tags, etag, lm)
+        if kind == _DATA and len(value) == 7:
+            _, _, text, created, reval, expire, tags = value
+            if not (
+                type(text) is str
+                and type(created) is float
+                and (reval is None or type(reval) is float)
+                and (expire is None or type(expire) is float)
+                and type(tags) is tuple
+                and all(type(t) is str for t in tags)
+            ):
+                return None
+            return DataEntry(text, created, reval, expire, tags)
         if kind == _PASS and type(value[2]) is str:
             return PassMarker(value[2])
         if kind == _VARY and type(value[2]) is tuple and all(type(h) is str for h in value[2]):

@@ -25,16 +25,21 @@ import os
 import sys
 import urllib.request
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ParamSpec, TypeVar, cast
 
 import click
 from flask import Flask, abort, current_app, make_response
 from flask.cli import AppGroup
 
+from .datacache import CachedFunction, make_cached
 from .invalidation import Mode, PathType
 from .middleware import ISRMiddleware
+from .profiles import Revalidate, lifetime
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+T = TypeVar("T")
 Params = Iterable[dict[str, Any]]
 
 #: app.config key -> (ISRMiddleware keyword, converter)
@@ -123,11 +128,34 @@ class ISR:
         """Invalidate a path (see :meth:`ISRMiddleware.revalidate_path`)."""
         return self.middleware.revalidate_path(path, type, mode=mode)
 
+    def cached(
+        self,
+        revalidate: Revalidate = False,
+        *,
+        tags: Iterable[str] | Callable[..., Iterable[str]] = (),
+        expire: float | None = None,
+        key: Callable[..., Any] | None = None,
+    ) -> Callable[[Callable[P, T]], CachedFunction[P, T]]:
+        """:func:`wsgi_isr.cached` bound to this app's middleware (the current app's, when
+        one extension serves several apps)."""
+        return make_cached(
+            lambda: self.middleware, revalidate, tags, expire, key, self._app_context
+        )
+
+    def _app_context(self) -> AbstractContextManager[Any]:
+        """An app context for a background data refresh (its body may use ``g``,
+        ``current_app``, extensions), of the app the stale value was read in."""
+        try:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        except RuntimeError:
+            app = self._app
+        return app.app_context() if app is not None else nullcontext()
+
     # -- the decorator -----------------------------------------------------------------------
 
     def page(
         self,
-        revalidate: int | float | bool = False,
+        revalidate: Revalidate = False,
         *,
         tags: Iterable[str] | Callable[..., Iterable[str]] = (),
         expire: int | float | None = None,
@@ -136,7 +164,9 @@ class ISR:
     ) -> Callable[[F], F]:
         """Cache the view's responses.
 
-        :param revalidate: seconds the page stays fresh; ``False`` until invalidated.
+        :param revalidate: seconds the page stays fresh; ``False`` until invalidated; or a
+            profile (``"minutes"``, ``"hours"``, ... as for :func:`wsgi_isr.cached`), which
+            sets ``expire`` too unless it is given.
         :param tags: tags, or a callable taking the view's keyword arguments.
         :param expire: past this age a stale copy is not served.
         :param static_params: returns the view arguments to pre-render with
@@ -144,6 +174,9 @@ class ISR:
         :param dynamic_params: ``False`` turns arguments outside ``static_params`` into a
             404 without running the view.
         """
+        if isinstance(revalidate, str):
+            seconds, expire = lifetime(revalidate, expire)
+            revalidate = cast(float, seconds)
         if revalidate is True or (not isinstance(revalidate, bool) and revalidate < 0):
             raise ValueError("revalidate must be a number of seconds >= 0, or False")
         if expire is not None and expire <= 0:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from werkzeug.sansio.utils import host_is_trusted
 
 from . import responses as R
+from .datacache import CachedFunction, make_cached
 from .entry import Entry, PassMarker, Record, State, TagState, VaryMarker
 from .errors import StoreError
 from .invalidation import (
@@ -51,6 +52,7 @@ from .policy import (
     same_secret,
 )
 from .prebuild import PrebuildReport, prebuild
+from .profiles import Revalidate
 from .regeneration import Regenerator
 from .runner import AutoRunner, Runner
 from .stats import Stats
@@ -60,6 +62,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("wsgi_isr")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _has_credentials(environ: WSGIEnvironment) -> bool:
@@ -212,6 +216,18 @@ class ISRMiddleware:
         self.store.invalidate(tags, at, hard=hard)
         self.stats.incr("invalidations", len(tags))
         return at
+
+    def cached(
+        self,
+        revalidate: Revalidate = False,
+        *,
+        tags: Iterable[str] | Callable[..., Iterable[str]] = (),
+        expire: float | None = None,
+        key: Callable[..., Any] | None = None,
+    ) -> Callable[[Callable[P, T]], CachedFunction[P, T]]:
+        """:func:`wsgi_isr.cached` bound to this middleware's store (see
+        :mod:`wsgi_isr.datacache`)."""
+        return make_cached(lambda: self, revalidate, tags, expire, key)
 
     def prebuild(
         self,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .invalidation import current_middleware
 from .keys import render_environ, request_key
 from .render import capture
 
@@ -59,10 +60,13 @@ def prebuild_one(
         return "failed", f"invalid host {host!r}"
     env = render_environ(rk, environ)
     started = mw.store.now()
+    current = current_middleware.set(mw)  # wsgi_isr.cached in the render uses this store
     try:
         captured = capture(mw.app, env, mw.max_entry_bytes)
     except Exception as exc:  # report, do not abort the whole build
         return "failed", f"{type(exc).__name__}: {exc}"
+    finally:
+        current_middleware.reset(current)
     captured.drain()
     decision = mw.regen.decide(captured)
     if decision.failed:

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .datascope import cap_headers, page_scope
+from .keys import path_tags, quote_path
 from .policy import _render_tags
 
 if TYPE_CHECKING:
@@ -76,10 +78,19 @@ def _close(iterable: Any) -> None:
 
 
 def capture(app: WSGIApplication, environ: WSGIEnvironment, limit: int) -> Captured:
-    """Call ``app`` and read its response, collecting tags added with :func:`wsgi_isr.tag`.
+    """Call ``app`` and read its response, collecting tags added with :func:`wsgi_isr.tag`
+    and by cached data (:mod:`wsgi_isr.datacache`), whose remaining freshness caps the page's.
 
     Exceptions from the application propagate.
     """
+    path = quote_path(environ.get("SCRIPT_NAME", "") + (environ.get("PATH_INFO", "") or "/"))
+    with page_scope(path_tags(path)) as data:
+        captured = _capture(app, environ, limit)
+    captured.headers = cap_headers(captured.headers, data.cap)
+    return captured
+
+
+def _capture(app: WSGIApplication, environ: WSGIEnvironment, limit: int) -> Captured:
     tags: list[str] = []
     token = _render_tags.set(tags)
     chunks: list[bytes] = []

@@ -30,6 +30,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "coalesce_timeouts": ("Waits that gave up and rendered alone.", ()),
     "invalidations": ("Tags and paths invalidated through this process.", ()),
     "store_errors": ("Store operations that failed (served by the app).", ()),
+    "data_calls": ("Cached function calls by state.", ("state",)),
+    "data_refreshes_failed": ("Background data refreshes that raised.", ()),
 }
 #: The names ``/status`` reports (and :meth:`Stats.incr` takes) -> (metric, labels).
 COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
@@ -46,6 +48,10 @@ COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "regenerations_skipped": ("regenerations", {"result": "skipped"}),
     "invalidations": ("invalidations", {}),
     "store_errors": ("store_errors", {}),
+    "data_hits": ("data_calls", {"state": "hit"}),
+    "data_stale": ("data_calls", {"state": "stale"}),
+    "data_misses": ("data_calls", {"state": "miss"}),
+    "data_refreshes_failed": ("data_refreshes_failed", {}),
 }
 #: Upper bounds (seconds) of the regeneration duration histogram.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

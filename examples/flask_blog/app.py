@@ -14,6 +14,10 @@ What it shows:
   (``static_params``), the other 9,900 render on first visit.
 - ``/``: a paginated listing, revalidated every 60 s; each page carries the tags of
   the posts it lists.
+- The data comes through the data cache (``isr.cached``): a post, its related posts,
+  a listing page and the category sidebar are each cached under their own tags, so
+  after an edit a regeneration re-runs only the queries whose data changed
+  (``BLOG_DATA_CACHE=False`` turns it off, for comparison).
 - ``/docs/...``: nested pages for ``revalidate_path("/docs/guide", "layout")``.
 - ``/clock``: purely time-based, fresh for 10 s.
 - ``/edit/<slug>``: a password-protected form that saves and revalidates.
@@ -22,9 +26,11 @@ What it shows:
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, abort, g, redirect, render_template, request
@@ -51,6 +57,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         BLOG_PASSWORD=os.environ.get("BLOG_PASSWORD", "letmein"),
         ISR_STORE=os.environ.get("ISR_STORE") or None,  # None: file store in instance/
         ISR_SECRET=os.environ.get("ISR_SECRET", DEFAULT_SECRET),
+        BLOG_DATA_CACHE=True,
     )
     app.config.update(config or {})
     data.ensure_schema(app.config["BLOG_DB"], app.config["BLOG_POSTS"])
@@ -77,6 +84,32 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def utc(seconds: float) -> str:
         return time.strftime("%H:%M:%S UTC", time.gmtime(seconds))
 
+    # -- the data layer, through the data cache: JSON values, one entry per call ----------
+
+    def cache(
+        revalidate: Any, tags: Any = ()
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if not app.config["BLOG_DATA_CACHE"]:
+            return lambda fn: fn
+        return isr.cached(revalidate, tags=tags)
+
+    @cache("hours", tags=lambda slug: [f"post-{slug}"])
+    def load_post(slug: str) -> dict[str, Any] | None:
+        found = data.get_post(db(), slug)
+        return dataclasses.asdict(found) if found else None
+
+    @cache("hours")  # tagged by the body: post-<slug> of every post it returns
+    def load_related(slug: str) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(p) for p in data.related_posts(db(), slug)]
+
+    @cache(60, tags=["posts"])  # and the tags of the posts it lists
+    def load_listing(page: int) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(p) for p in data.list_posts(db(), page)]
+
+    @cache("days", tags=["categories"])  # shared by every page
+    def load_categories() -> list[dict[str, Any]]:
+        return data.categories(db())
+
     @app.get("/")
     @isr.page(revalidate=60, tags=["posts"])
     def index() -> Any:
@@ -84,17 +117,27 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         pages = (app.config["BLOG_POSTS"] + data.PER_PAGE - 1) // data.PER_PAGE
         if page < 1 or page > pages:
             abort(404)
-        posts = data.list_posts(db(), page)
-        return render_template("index.html", posts=posts, page=page, rendered=time.time())
+        return render_template(
+            "index.html",
+            posts=load_listing(page),
+            page=page,
+            categories=load_categories(),
+            rendered=time.time(),
+        )
 
     @app.get("/posts/<slug>")
     @isr.page(revalidate=3600, tags=["posts"], static_params=top_posts)
     def post(slug: str) -> Any:
-        found = data.get_post(db(), slug)  # tags post-<slug>
+        found = load_post(slug)  # tags post-<slug>
         if found is None:
             abort(404)
-        related = data.related_posts(db(), found)  # tags post-<each related slug>
-        return render_template("post.html", post=found, related=related, rendered=time.time())
+        return render_template(
+            "post.html",
+            post=found,
+            related=load_related(slug),  # tags post-<each related slug>
+            categories=load_categories(),
+            rendered=time.time(),
+        )
 
     def doc_params() -> list[dict[str, str]]:
         return [{"section": s, "page": p} for s, pages in DOCS.items() for p in pages]

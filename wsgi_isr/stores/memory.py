@@ -15,7 +15,7 @@ from typing import Any
 
 from cachelib import SimpleCache
 
-from ..entry import Entry, PassMarker, Record, TagState, VaryMarker, decode, encode
+from ..entry import DataEntry, Entry, PassMarker, Record, TagState, VaryMarker, decode, encode
 from .base import Store, merge_tag_state, new_token, record_ttl
 
 
@@ -72,7 +72,7 @@ class MemoryStore(Store):
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
         value = self.cache.get(key)
-        if isinstance(value, Entry | PassMarker | VaryMarker):
+        if isinstance(value, Entry | PassMarker | VaryMarker | DataEntry):
             return value, self._tags
         return decode(value), self._tags  # a user's SimpleCache holds encoded records
 

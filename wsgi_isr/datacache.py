@@ -1,0 +1,440 @@
+"""The data cache: cached functions that share tags and invalidation with pages.
+
+Like Next.js ``unstable_cache`` / ``"use cache"``, but synchronous and better on
+freshness: inside a page render stale data is refreshed in the foreground, so one
+regeneration is enough to show new data::
+
+    from wsgi_isr import cached
+
+    @cached(revalidate=300, tags=lambda slug: [f"post-{slug}"])
+    def get_post(slug: str) -> dict: ...
+
+    wsgi_isr.revalidate_tag("post-hello")   # the data and every page that used it
+
+A call is keyed by the function's module and qualified name plus its arguments as
+canonical JSON (``key=`` to override, e.g. for methods). Values must be JSON: they
+are stored as JSON text in the page store, under the same safe record format.
+
+- FRESH: the function is not called.
+- STALE outside a page render: the stale value is returned at once and ONE
+  background refresh runs (a lock shared by every process using the store),
+  backed off after a failure.
+- STALE inside a page render, MISS, EXPIRED: called in the foreground, concurrent
+  callers of the same key waiting for one call.
+
+Inside a page render every cached call, hit or not, adds its tags (and those its
+body added with :func:`wsgi_isr.tag`) to the page, and caps the page's freshness
+at the data's remaining freshness.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+
+from .datascope import Scope, current_scope, report
+from .entry import DataEntry, State
+from .errors import StoreError
+from .invalidation import current_middleware, instances
+from .policy import _render_tags, valid_tags
+from .profiles import Revalidate, lifetime
+from .stores import LocalLayer
+
+if TYPE_CHECKING:
+    from .middleware import ISRMiddleware
+
+log = logging.getLogger("wsgi_isr")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MAX_BACKOFF = 300.0
+#: Argument parts of keys longer than this are hashed.
+MAX_ARGS_KEY = 200
+
+
+def the_middleware() -> ISRMiddleware:
+    """The middleware handling the current request or render, else the only one in the
+    process; ``RuntimeError`` when there is none, or several."""
+    mw = current_middleware.get()
+    if mw is not None:
+        return mw
+    alive = list(instances)
+    if len(alive) == 1:
+        return alive[0]
+    raise RuntimeError(
+        "wsgi_isr.cached found "
+        + ("no ISRMiddleware" if not alive else f"{len(alive)} ISRMiddleware instances")
+        + " in this process and none is handling the current request; bind the function"
+        " to one with mw.cached(...) (Flask: isr.cached(...))"
+    )
+
+
+# -- keys and values -------------------------------------------------------------------------
+
+_JSON = (str, int, float, bool, type(None))
+
+
+def _check_json(value: Any, name: str, path: str = "value") -> None:
+    """``TypeError`` naming the function unless ``value`` is plain JSON (tuples, sets,
+    objects and non-string keys included: they would not come back as they went in)."""
+    kind = type(value)
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise TypeError(
+                    f"cached function {name} returned a dict with a non-string key {k!r}"
+                    f" in {path}: values must be JSON"
+                )
+            _check_json(v, name, f"{path}[{k!r}]")
+    elif kind is list:
+        for i, v in enumerate(value):
+            _check_json(v, name, f"{path}[{i}]")
+    elif kind is float:
+        if not math.isfinite(value):
+            raise TypeError(f"cached function {name} returned {value!r} in {path}: not JSON")
+    elif kind not in _JSON:
+        raise TypeError(
+            f"cached function {name} returned a {kind.__name__} in {path}: values must be"
+            " JSON (dict, list, str, int, float, bool, None)"
+        )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _keyable(value: Any, name: str, arg: str) -> str:
+    try:
+        _check_json(value, name)
+    except TypeError:
+        raise TypeError(
+            f"cached function {name}: argument {arg!r} ({type(value).__name__}) cannot be"
+            " part of the cache key: pass JSON-compatible arguments, or key=..."
+        ) from None
+    return _dumps(value)
+
+
+# -- the cached function ---------------------------------------------------------------------
+
+
+class CachedFunction(Generic[P, R]):
+    """A function whose results live in the ISR store. Made by :func:`cached`,
+    :meth:`ISRMiddleware.cached` or Flask's ``isr.cached``."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        revalidate: Revalidate,
+        tags: Iterable[str] | Callable[..., Iterable[str]],
+        expire: float | None,
+        key: Callable[..., Any] | None,
+        middleware: Callable[[], ISRMiddleware],
+        background: Callable[[], AbstractContextManager[Any]] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.revalidate, self.expire = lifetime(revalidate, expire)
+        self.tags = tags if callable(tags) else tuple(tags)
+        self.key_fn = key
+        self._middleware = middleware
+        self._background = background
+        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self._signature = inspect.signature(fn) if key is None else None
+        self._failures: dict[str, int] = {}
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<cached {self.name}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        # a method: bind the instance like a plain function would (keys need key=)
+        return self if obj is None else functools.partial(self, obj)
+
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The store key of one call."""
+        if self.key_fn is not None:
+            part = _keyable(self.key_fn(*args, **kwargs), self.name, "key=")
+        else:
+            assert self._signature is not None
+            try:
+                bound = self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self.name}(): {exc}") from None
+            bound.apply_defaults()  # f(1) and f(1, b=2) with b=2 by default: one key
+            part = (
+                "{"
+                + ",".join(
+                    f"{json.dumps(n)}:{_keyable(v, self.name, n)}"
+                    for n, v in bound.arguments.items()
+                )
+                + "}"
+            )
+        if len(part) > MAX_ARGS_KEY:
+            part = "#" + hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"data:{self.name}:{part}"
+
+    def _tags(self, *args: P.args, **kwargs: P.kwargs) -> list[str]:
+        raw = self.tags(*args, **kwargs) if callable(self.tags) else self.tags
+        if isinstance(raw, str):
+            raw = [raw]
+        return valid_tags(raw, source=f"cached function {self.name}")
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self._get(args, kwargs))
+
+    def _get(self, args: Any, kwargs: Any) -> Any:
+        mw = self._middleware()
+        key = self.key(*args, **kwargs)
+        scope = current_scope.get()
+        extra = scope.path_tags if scope is not None else ()
+        store = mw.store
+        try:
+            record, tag_states = store.lookup(key)
+            now = store.now()
+            entry = record if isinstance(record, DataEntry) else None
+            state = entry.state(now, tag_states, extra) if entry is not None else None
+            if state is not State.FRESH and isinstance(store, LocalLayer):
+                record, tag_states = store.lookup_through(key)
+                entry = record if isinstance(record, DataEntry) else None
+                state = entry.state(now, tag_states, extra) if entry is not None else None
+        except StoreError as exc:
+            mw._store_failed(exc)
+            return self._call_uncached(args, kwargs)
+        if entry is not None and state is State.FRESH:
+            mw.stats.incr("data_hits")
+            return self._use(entry, now)
+        if entry is not None and state is State.STALE and scope is None:
+            # outside any render: serve the stale value, refresh once in the background
+            mw.stats.incr("data_stale")
+            self._schedule(mw, key, entry, args, kwargs)
+            return self._use(entry, now)
+        mw.stats.incr("data_misses")
+        return self._foreground(mw, key, entry, args, kwargs)
+
+    # -- what a call reports to its render ------------------------------------------------
+
+    def _use(self, entry: DataEntry, now: float) -> Any:
+        report(entry.tags, entry.remaining(now))
+        return json.loads(entry.value)
+
+    def _call_uncached(self, args: Any, kwargs: Any) -> Any:
+        """The store is down: call the function, still reporting its tags."""
+        value, tags, cap = self._run(args, kwargs, ())
+        report(tags, cap)
+        return value
+
+    def _run(
+        self, args: Any, kwargs: Any, path_tags: tuple[str, ...]
+    ) -> tuple[Any, tuple[str, ...], float]:
+        """Call the function, collecting the tags and the freshness of what it used."""
+        body_tags: list[str] = []
+        inner = Scope(path_tags)
+        tags_token = _render_tags.set(body_tags)
+        scope_token = current_scope.set(inner)
+        try:
+            value = self.fn(*args, **kwargs)
+        finally:
+            current_scope.reset(scope_token)
+            _render_tags.reset(tags_token)
+        _check_json(value, self.name)
+        tags = tuple(valid_tags([*self._tags(*args, **kwargs), *body_tags], source=self.name))
+        own = math.inf if self.revalidate is None else self.revalidate
+        return value, tags, min(own, inner.cap)
+
+    def _compute(self, mw: ISRMiddleware, key: str, args: Any, kwargs: Any, path_tags: Any) -> Any:
+        """Call the function and store its value; returns the value and reports it."""
+        store = mw.store
+        started = store.now()
+        value, tags, cap = self._run(args, kwargs, path_tags)
+        text = _dumps(value)
+        revalidate = None if math.isinf(cap) else cap
+        if len(text.encode("utf-8", "surrogatepass")) > mw.max_entry_bytes:
+            log.warning(
+                "wsgi_isr: not caching %s: %d characters of JSON, over max_entry_bytes",
+                self.name,
+                len(text),
+            )
+        else:
+            entry = DataEntry(text, float(started), revalidate, self.expire, tags)
+            ttl = None if self.expire is None else self.expire + 60
+            try:
+                store.put(key, entry, ttl)
+            except StoreError as exc:
+                mw._store_failed(exc)
+        report(tags, math.inf if revalidate is None else revalidate)
+        return value
+
+    def _landed(self, mw: ISRMiddleware, key: str, seen: DataEntry | None) -> DataEntry | None:
+        """A fresh value stored by someone else since we looked (``seen``)."""
+        record, tag_states = mw.store.lookup_through(key)
+        if not isinstance(record, DataEntry):
+            return None
+        if seen is not None and record.created <= seen.created:
+            return None
+        scope = current_scope.get()
+        extra = scope.path_tags if scope is not None else ()
+        return record if record.state(mw.store.now(), tag_states, extra) is State.FRESH else None
+
+    def _foreground(
+        self, mw: ISRMiddleware, key: str, seen: DataEntry | None, args: Any, kwargs: Any
+    ) -> Any:
+        """Call in the foreground, one caller per key at a time (across processes): the
+        others wait for its value, bounded by the middleware's ``coalesce_timeout``."""
+        scope = current_scope.get()
+        path_tags = scope.path_tags if scope is not None else ()
+        lock = "data:" + key
+        deadline = time.monotonic() + mw.coalesce_timeout
+        delay = 0.002
+        while True:
+            try:
+                token = mw.store.acquire(lock, mw.lock_timeout)
+                landed = self._landed(mw, key, seen)
+            except StoreError as exc:
+                mw._store_failed(exc)
+                return self._call_uncached(args, kwargs)
+            if landed is not None:
+                if token is not None:
+                    _release(mw, lock, token)
+                return self._use(landed, mw.store.now())
+            if token is not None:
+                break
+            if time.monotonic() >= deadline:
+                return self._call_uncached(args, kwargs)  # the holder is too slow
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        try:
+            return self._compute(mw, key, args, kwargs, path_tags)
+        finally:  # an exception propagates, never cached: the next caller tries again
+            _release(mw, lock, token)
+
+    # -- background refresh -----------------------------------------------------------------
+
+    def _schedule(
+        self, mw: ISRMiddleware, key: str, seen: DataEntry, args: Any, kwargs: Any
+    ) -> None:
+        """Start one background refresh of ``key`` unless one runs (or backs off) somewhere."""
+        lock = "data-refresh:" + key
+        try:
+            token = mw.store.acquire(lock, mw.lock_timeout)
+        except StoreError as exc:
+            mw._store_failed(exc)
+            return
+        if token is None:
+            return
+        # what the body needs around it (Flask: the app context), taken in the caller
+        context = self._background() if self._background is not None else nullcontext()
+
+        def refresh() -> None:
+            with context:
+                self._refresh(mw, key, seen, args, kwargs, lock, token)
+
+        if not mw.runner.submit(refresh):
+            _release(mw, lock, token)
+
+    def _refresh(
+        self,
+        mw: ISRMiddleware,
+        key: str,
+        seen: DataEntry,
+        args: Any,
+        kwargs: Any,
+        lock: str,
+        token: str,
+    ) -> None:
+        hold: float | None = None
+        call_lock = "data:" + key
+        call_token: str | None = None
+        try:
+            call_token = mw.store.acquire(call_lock, mw.lock_timeout)
+            if call_token is None or self._landed(mw, key, seen) is not None:
+                return  # a foreground call is on it, or has just stored a newer value
+            outer = current_scope.set(None)
+            try:
+                self._compute(mw, key, args, kwargs, ())
+            finally:
+                current_scope.reset(outer)
+            self._failures.pop(key, None)
+        except StoreError as exc:
+            mw._store_failed(exc)
+        except Exception:
+            log.exception("wsgi_isr: refreshing %s raised; keeping the stale value", self.name)
+            mw.stats.incr("data_refreshes_failed")
+            n = self._failures.get(key, 0) + 1
+            if len(self._failures) > 10_000:
+                self._failures.clear()
+            self._failures[key] = n
+            hold = float(min(mw.regeneration_backoff * 2.0 ** (n - 1), MAX_BACKOFF))
+        finally:
+            if call_token is not None:
+                _release(mw, call_lock, call_token)
+            _release(mw, lock, token, hold)
+
+
+def _release(mw: ISRMiddleware, lock: str, token: str, hold: float | None = None) -> None:
+    try:
+        if hold is None:
+            mw.store.release(lock, token)
+        else:
+            mw.store.extend(lock, token, hold)  # the back-off: no refresh until it lapses
+    except StoreError as exc:  # the lock's TTL frees it anyway
+        mw._store_failed(exc)
+
+
+def make_cached(
+    middleware: Callable[[], ISRMiddleware],
+    revalidate: Revalidate,
+    tags: Iterable[str] | Callable[..., Iterable[str]],
+    expire: float | None,
+    key: Callable[..., Any] | None,
+    background: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
+    """The decorator behind every ``cached``: ``middleware()`` gives the store at call
+    time; ``background()``, called in the caller, the context a background refresh runs in."""
+    lifetime(revalidate, expire)  # a bad argument fails at decoration time
+
+    def decorator(fn: Callable[P, R]) -> CachedFunction[P, R]:
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"cached: {fn.__qualname__} is async; only sync functions are cached")
+        return CachedFunction(
+            fn,
+            revalidate=revalidate,
+            tags=tags,
+            expire=expire,
+            key=key,
+            middleware=middleware,
+            background=background,
+        )
+
+    return decorator
+
+
+def cached(
+    revalidate: Revalidate = False,
+    *,
+    tags: Iterable[str] | Callable[..., Iterable[str]] = (),
+    expire: float | None = None,
+    key: Callable[..., Any] | None = None,
+) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
+    """Cache a function's JSON results in the store of the middleware handling the
+    current request (else the only one in the process).
+
+    :param revalidate: seconds the value stays fresh, ``False`` until invalidated, or a
+        profile: ``"seconds"``, ``"minutes"``, ``"hours"``, ``"days"``, ``"weeks"``, ``"max"``.
+    :param tags: tags, or a callable taking the function's arguments.
+    :param expire: past this age a stale value is not used (the call waits for a new one).
+    :param key: a callable taking the function's arguments and returning the JSON value
+        that keys the call instead of them (methods: ``key=lambda self, slug: slug``).
+    """
+    return make_cached(the_middleware, revalidate, tags, expire, key)
+
+
+__all__ = ["CachedFunction", "cached", "make_cached", "the_middleware"]
