@@ -11,6 +11,9 @@ an old copy without counting.
     cached until revalidated, tagged ``doc-<name>`` and ``docs``.
 ``GET /whoami``
     shows the visitor's ``user`` cookie, yet opts in (cached 60 s).
+``GET /aged/<name>``
+    outside the middleware: an answer shaped like a cached page at age 31 with 29 s of
+    freshness left (``Age: 31``, ``s-maxage=29``), as wsgi_isr sends one.
 ``GET /preview``
     shows the draft to requests carrying ``X-ISR-Bypass`` or the ``__isr_bypass`` cookie
     (the middleware lets only the right token through uncached), the published page to
@@ -22,10 +25,15 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, abort, request
 
 from wsgi_isr import ISRMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 _NAME = re.compile(r"[a-z0-9-]{1,64}")
 
@@ -71,10 +79,30 @@ def preview() -> tuple[str, dict[str, str]]:
     }
 
 
-app.wsgi_app = ISRMiddleware(  # type: ignore[method-assign]
+def with_aged(wsgi_app: WSGIApplication) -> WSGIApplication:
+    """Answer ``/aged/...`` here, everything else through ``wsgi_app``."""
+
+    def wrapper(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not environ.get("PATH_INFO", "").startswith("/aged/"):
+            return wsgi_app(environ, start_response)
+        body = f"aged render {render_id()}".encode()
+        headers: list[tuple[str, str]] = [
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "public, s-maxage=29"),
+            ("Age", "31"),
+        ]
+        start_response("200 OK", headers)
+        return [body]
+
+    return wrapper
+
+
+middleware: Any = ISRMiddleware(
     app.wsgi_app,
     store=os.environ["ISR_STORE"],
     secret=os.environ["ISR_SECRET"],
     bypass_token=os.environ["ISR_BYPASS_TOKEN"],
     purge=os.environ["ISR_PURGE"].split(),
 )
+app.wsgi_app = with_aged(middleware)  # type: ignore[method-assign]

@@ -12,6 +12,7 @@ preview answers are never stored at the edge; one purge per invalidation.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import socket
@@ -209,6 +210,37 @@ def test_a_layout_revalidation_purges_the_section_at_the_edge(
     assert recorder.calls[-1].headers["xkey-purge"] == edge_key(layout_tag("/docs"))
     after = edge.fetch("/preview")
     assert (after.headers.get("x-cache"), after.body) == ("HIT", outside)
+
+
+def test_purge_is_refused_from_addresses_outside_the_acl(
+    stack: tuple[Instance, Instance, Recorder],
+) -> None:
+    edge, _, _ = stack
+    body = cached_at_edge(edge, "/docs/acl")
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", edge.port, timeout=10, source_address=("127.0.0.2", 0)
+    )
+    try:
+        conn.request("PURGE", "/", headers={"xkey-purge": edge_key("doc-acl")})
+        refused = conn.getresponse()
+        refused.read()
+    finally:
+        conn.close()
+    assert refused.status == 403
+    after = edge.fetch("/docs/acl")
+    assert (after.headers.get("x-cache"), after.body) == ("HIT", body)
+
+
+def test_the_ttl_counts_the_remaining_s_maxage_from_now(
+    stack: tuple[Instance, Instance, Recorder],
+) -> None:
+    # wsgi_isr's s-maxage is what remains; Varnish alone would subtract Age once more
+    # (29 - 31 < 0: never cached)
+    edge, _, _ = stack
+    first = edge.fetch("/aged/a")
+    assert first.headers["cache-control"] == "public, s-maxage=29"
+    second = edge.fetch("/aged/a")
+    assert (second.headers.get("x-cache"), second.body) == ("HIT", first.body)
 
 
 def test_personal_answers_are_never_stored_at_the_edge(

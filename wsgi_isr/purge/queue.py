@@ -43,10 +43,20 @@ class _Worker:
         self.busy = False
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
-        self.pid = 0
+        self.pid = os.getpid()
         self.last_log = -float("inf")
 
+    def _forked(self) -> None:
+        """Start afresh in a forked child (gunicorn ``--preload``): threads do not survive
+        fork, the parent sends what it queued, and a condition made before gevent's
+        monkey-patching would block the whole worker."""
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            self.cond = threading.Condition()
+            self.soft, self.hard, self.busy, self.thread = {}, {}, False, None
+
     def add(self, keys: Sequence[str], hard: bool) -> bool:
+        self._forked()
         with self.cond:
             if len(self.soft) + len(self.hard) + len(keys) > self.owner.max_queued:
                 return False
@@ -58,10 +68,7 @@ class _Worker:
         return True
 
     def _ensure_thread(self) -> None:
-        # started lazily, and again in a forked child (gunicorn --preload): threads
-        # do not survive fork
-        if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
-            self.pid = os.getpid()
+        if self.thread is None or not self.thread.is_alive():  # started on first use
             self.thread = threading.Thread(
                 target=self._run, name=f"wsgi_isr purge {self.target.description}", daemon=True
             )
@@ -119,9 +126,10 @@ class _Worker:
             )
 
     def join(self, deadline: float) -> bool:
+        self._forked()
         with self.cond:
             while self.busy or self.soft or self.hard:
-                if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
+                if self.thread is None or not self.thread.is_alive():
                     return not (self.soft or self.hard)
                 left = deadline - time.monotonic()
                 if left <= 0:
