@@ -8,8 +8,10 @@ HTTP servers on loopback that check every call against the vendors' documents
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -489,3 +491,25 @@ def test_flask_config_and_cli_purge(tmp_path: Any) -> None:
         assert result.exit_code == 0, result.output
         for edge in (varnish, other):
             assert [c.headers.get("xkey-softpurge") for c in edge.calls] == [edge_key("post-a")]
+
+
+def test_a_forked_worker_sends_its_own_purges() -> None:
+    """gunicorn --preload builds the middleware before it forks the workers: the purge
+    thread started in the parent does not exist in the child."""
+    with Recorder() as varnish:
+        mw, client, clock, app = make(tagged(), purge=[f"varnish://127.0.0.1:{varnish.port}"])
+        mw.revalidate_tag("in-parent")
+        assert mw.join(10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            try:
+                mw.revalidate_tag("in-child")
+                os._exit(0 if mw.join(10) else 3)
+            finally:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        sent = [c.headers.get("xkey-softpurge") for c in varnish.wait_for(2)]
+    assert sent == [edge_key("in-parent"), edge_key("in-child")]
