@@ -513,3 +513,34 @@ def test_a_forked_worker_sends_its_own_purges() -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         sent = [c.headers.get("xkey-softpurge") for c in varnish.wait_for(2)]
     assert sent == [edge_key("in-parent"), edge_key("in-child")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="for issue 9 (responses/middleware): a render that was in flight when an "
+    "invalidation came lands already stale at the origin, yet its MISS answer announces "
+    "full freshness to the edge; the purge went out before the edge had the object, so "
+    "the edge keeps the old page for its whole s-maxage",
+)
+def test_a_render_in_flight_during_an_invalidation_is_not_announced_fresh() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(environ: Any, n: int) -> list[tuple[str, str]]:
+        started.set()
+        release.wait(10)
+        return [("X-ISR-Revalidate", "false"), ("X-ISR-Tags", "posts")]
+
+    target = Recording()
+    mw, client, clock, app = make(CountingApp(default=slow), purge=[target])
+    answers: list[Any] = []
+    edge_fetch = threading.Thread(target=lambda: answers.append(client.get("/p")))
+    edge_fetch.start()
+    assert started.wait(10)
+    clock.advance(1)
+    mw.revalidate_tag("posts")  # purged at the edge, which has no object yet
+    assert mw.join(10) and target.calls
+    release.set()
+    edge_fetch.join(10)
+    (answer,) = answers
+    assert answer.headers["X-ISR-Cache"] == "MISS"
+    assert s_maxage(answer.headers["Cache-Control"]) == 0, answer.headers["Cache-Control"]
