@@ -486,6 +486,8 @@ def test_flask_config_and_cli_purge(tmp_path: Any) -> None:
             f"varnish://127.0.0.1:{varnish.port}",
             f"varnish://127.0.0.1:{other.port}",
         ]
+        status = app.test_cli_runner().invoke(args=["isr", "status"])
+        assert f"purge:   varnish://127.0.0.1:{varnish.port}, varnish://" in status.output
         # the CLI's process exits right after: it waits for the purge to be sent
         result = app.test_cli_runner().invoke(args=["isr", "revalidate", "--tag", "post-a"])
         assert result.exit_code == 0, result.output

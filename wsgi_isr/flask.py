@@ -279,6 +279,8 @@ def status_command(url: str | None) -> None:
     count = mw.store.count()
     click.echo(f"store:   {mw.store.description}")
     click.echo(f"entries: {count if count is not None else 'unknown'}")
+    if mw.purges is not None:
+        click.echo(f"purge:   {', '.join(mw.purges.descriptions)}")
     if url:
         if mw.secret is None:
             raise click.ClickException("ISR_SECRET is not set: the status endpoint is off")
