@@ -80,6 +80,12 @@ sub vcl_backend_response {
     } else {
         set beresp.grace = 0s;
     }
+    if (beresp.ttl <= 0s && beresp.grace <= 0s) {
+        # nothing to keep (s-maxage=0 without a stale window): a short hit-for-miss, so
+        # concurrent requests go to the origin instead of queueing behind each other
+        set beresp.uncacheable = true;
+        set beresp.ttl = 1s;
+    }
     return (deliver);
 }
 
