@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from helpers import CountingApp, make
+from helpers import CountingApp, FakeClock, make
 from purge_api import CloudflareAPI, FastlyAPI, Recorder
 
 from wsgi_isr import MemoryStore, StoreError
@@ -546,3 +546,21 @@ def test_a_render_in_flight_during_an_invalidation_is_not_announced_fresh() -> N
     (answer,) = answers
     assert answer.headers["X-ISR-Cache"] == "MISS"
     assert s_maxage(answer.headers["Cache-Control"]) == 0, answer.headers["Cache-Control"]
+
+
+def test_only_the_receiving_middleware_purges() -> None:
+    """Two processes sharing one store (here: two middlewares on one store object): the
+    one that recorded the invalidation purges; the other only sees the new tag state."""
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    a_target, b_target = Recording(), Recording()
+    a, a_client, _, _ = make(tagged(), store=store, purge=[a_target], clock=clock)
+    b, b_client, _, _ = make(tagged(), store=store, purge=[b_target], clock=clock)
+    b_client.get("/p")
+    clock.advance(1)
+    a.revalidate_tag("posts")
+    assert a.join(10) and b.join(10)
+    assert b_client.get("/p").headers["X-ISR-Cache"] == "STALE"
+    assert a_target.calls == [([edge_key("posts")], True)]
+    assert b_target.calls == []
+    b.join(10)
