@@ -34,33 +34,48 @@ class EdgeHeaders:
             if target.header and target.header.lower() not in {h.lower() for h in self.headers}:
                 self.headers[target.header] = target
         self._drop = frozenset(h.lower() for h in self.headers)
-        self._memo: dict[int, tuple[weakref.ref[Entry], tuple[tuple[str, str], ...]]] = {}
+        #: id(entry) -> (entry, its tag headers, whether the app set such a header itself)
+        self._memo: dict[int, tuple[weakref.ref[Entry], tuple[tuple[str, str], ...], bool]] = {}
+        self._capped_memo: dict[str, str] = {}
 
-    def tag_headers(self, entry: Entry) -> tuple[tuple[str, str], ...]:
-        """The tag headers of ``entry`` (computed once per stored entry)."""
+    def tag_headers(self, entry: Entry) -> tuple[tuple[tuple[str, str], ...], bool]:
+        """The tag headers of ``entry``, and whether the application set one of those
+        headers itself (computed once per stored entry)."""
         memo = self._memo.get(id(entry))
         if memo is not None and memo[0]() is entry:
-            return memo[1]
+            return memo[1], memo[2]
         keys = list(dict.fromkeys(edge_key(t) for t in entry.tags))
         value = tuple(
             (name, target.header_value(keys)) for name, target in self.headers.items() if keys
         )
+        app_tagged = any(k.lower() in self._drop for k, _ in entry.headers)
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()
-        self._memo[id(entry)] = (weakref.ref(entry), value)
-        return value
+        self._memo[id(entry)] = (weakref.ref(entry), value, app_tagged)
+        return value, app_tagged
 
     def apply(self, entry: Entry, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """``headers`` (the client headers of a cached answer) with tags and cap."""
+        """``headers`` (the client headers of a cached answer, a list of the caller's
+        own) with the tag headers added and ``s-maxage`` capped."""
         if self._drop:
-            headers = [(k, v) for k, v in headers if k.lower() not in self._drop]
-            headers += self.tag_headers(entry)
+            tag_headers, app_tagged = self.tag_headers(entry)
+            if app_tagged:  # the application set such a header itself: ours replace it
+                headers = [(k, v) for k, v in headers if k.lower() not in self._drop]
+            headers += tag_headers
         if self.cdn_max_age is not None:
-            cap = self.cdn_max_age
-            headers = [
-                (k, _S_MAXAGE.sub(lambda m: f"s-maxage={min(int(m.group(1)), cap)}", v))
-                if k.lower() == "cache-control"
-                else (k, v)
-                for k, v in headers
-            ]
+            for i, (k, v) in enumerate(headers):
+                if k.lower() == "cache-control":
+                    headers[i] = (k, self._capped(v))
         return headers
+
+    def _capped(self, value: str) -> str:
+        # the same few values come back for every hit within a second: remember them
+        capped = self._capped_memo.get(value)
+        if capped is None:
+            cap = self.cdn_max_age
+            assert cap is not None
+            capped = _S_MAXAGE.sub(lambda m: f"s-maxage={min(int(m.group(1)), cap)}", value)
+            if len(self._capped_memo) >= _MEMO_SIZE:
+                self._capped_memo.clear()
+            self._capped_memo[value] = capped
+        return capped
