@@ -170,8 +170,13 @@ def handle(
                 raise _Reject(401, "missing or wrong secret")
             if action == "/status":
                 status = {"store": mw.store.description, "counters": mw.stats.snapshot()}
+                if mw.purges is not None:
+                    status["purge"] = mw.purges.descriptions
                 return _json(start_response, 200, status)
-            body = mw.stats.prometheus().encode()
+            text = mw.stats.prometheus()
+            if mw.purges is not None:
+                text += mw.purges.prometheus()
+            body = text.encode()
             start_response("200 OK", [*_METRICS_HEADERS, ("Content-Length", str(len(body)))])
             return [body]
         raise _Reject(404, f"unknown endpoint; use {mw.endpoint}/revalidate, /status or /metrics")

@@ -58,6 +58,12 @@ CONFIG: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ISR_PASS_TTL": ("pass_ttl", float),
     "ISR_MAX_PENDING": ("max_pending", int),
     "ISR_LOCAL_TTL": ("local_ttl", float),
+    # caches in front (wsgi_isr.purge): a list of targets, or one string of them
+    "ISR_PURGE": (
+        "purge",
+        lambda v: [t.strip(",") for t in v.split()] if isinstance(v, str) else v,
+    ),
+    "ISR_CDN_MAX_AGE": ("cdn_max_age", int),
 }
 
 
@@ -306,6 +312,8 @@ def revalidate_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     click.echo(f"revalidated ({mode}): tags={list(tags)} paths={list(paths)}")
+    if mw.purges is not None and not mw.purges.join(30.0):  # this process exits next
+        click.echo("purges of the caches in front are still pending; see the log", err=True)
 
 
 @cli.command("status")
@@ -316,6 +324,8 @@ def status_command(url: str | None) -> None:
     count = mw.store.count()
     click.echo(f"store:   {mw.store.description}")
     click.echo(f"entries: {count if count is not None else 'unknown'}")
+    if mw.purges is not None:
+        click.echo(f"purge:   {', '.join(mw.purges.descriptions)}")
     if url:
         if mw.secret is None:
             raise click.ClickException("ISR_SECRET is not set: the status endpoint is off")

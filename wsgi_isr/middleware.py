@@ -53,6 +53,7 @@ from .policy import (
 )
 from .prebuild import PrebuildReport, prebuild
 from .profiles import Revalidate
+from .purge import configure as configure_purge
 from .regeneration import Regenerator
 from .runner import AutoRunner, Runner
 from .stats import Stats
@@ -107,6 +108,10 @@ class ISRMiddleware:
     :param max_pending: background regenerations at most in flight per process.
     :param runner: where regenerations run (default: greenlets under gevent, else threads).
     :param clock: time source for a store built from a URL (tests pass a fake one).
+    :param purge: caches in front to tag answers for and purge on every invalidation:
+        ``"varnish://host:port"``, ``"fastly://SERVICE_ID"``, ``"cloudflare://ZONE_ID"``
+        or :class:`~wsgi_isr.purge.Purger` objects (see :mod:`wsgi_isr.purge`).
+    :param cdn_max_age: cap of the ``s-maxage`` announced to caches in front.
     """
 
     def __init__(
@@ -130,6 +135,8 @@ class ISRMiddleware:
         local_ttl: float | None = None,
         runner: Runner | None = None,
         clock: Callable[[], float] = time.time,
+        purge: Any = None,
+        cdn_max_age: int | None = None,
     ) -> None:
         for name, value in (
             ("lock_timeout", lock_timeout),
@@ -154,6 +161,8 @@ class ISRMiddleware:
         if bypass_token is not None and (not isinstance(bypass_token, str) or not bypass_token):
             raise ValueError("bypass_token must be a non-empty string (or None to disable)")
         self.app = app
+        # caches in front (wsgi_isr.purge): the purge queue, and the tag/cap header hook
+        self.purges, self.edge = configure_purge(purge, cdn_max_age)
         if local_ttl is not None and (not isinstance(local_ttl, int | float) or local_ttl <= 0):
             raise ValueError(f"local_ttl must be a positive number or None, got {local_ttl!r}")
         self.local_ttl = local_ttl
@@ -215,6 +224,8 @@ class ISRMiddleware:
         at = self.store.now()
         self.store.invalidate(tags, at, hard=hard)
         self.stats.incr("invalidations", len(tags))
+        if self.purges is not None:  # recorded: now tell the caches in front (background)
+            self.purges.submit(tags, hard=hard)
         return at
 
     def cached(
@@ -258,8 +269,12 @@ class ISRMiddleware:
         )
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for pending background regenerations; True if none are left."""
-        return self.runner.join(timeout)
+        """Wait for pending background regenerations (and purges); True if none are left."""
+        if self.purges is None:
+            return self.runner.join(timeout)
+        deadline = time.monotonic() + (3600.0 if timeout is None else timeout)
+        done = self.runner.join(timeout)
+        return self.purges.join(max(0.0, deadline - time.monotonic())) and done
 
     # -- request path ----------------------------------------------------------------------
 
@@ -395,6 +410,8 @@ class ISRMiddleware:
         detail: str | None = None,
     ) -> Iterable[bytes]:
         headers = R.entry_headers(entry, now, label, detail)
+        if self.edge is not None:  # tags for the caches in front, cdn_max_age
+            headers = self.edge.apply(entry, headers)
         if R.not_modified(entry, environ):
             start_response(R.STATUS_304, R.headers_304(headers))
             return []

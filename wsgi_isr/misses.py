@@ -176,7 +176,14 @@ def _lead(
     if settled.key != _visitor_key(rk, settled, environ):
         captured.close()
         return None
-    return mw._respond(environ, start_response, settled.entry, started, R.MISS)
+    entry = settled.entry
+    try:
+        fresh = entry.state(mw.store.now(), mw.store.tag_states(entry.tags)) is State.FRESH
+    except StoreError as exc:
+        mw._store_failed(exc)
+        fresh = False  # cannot tell: promise nothing to the caches in front
+    detail = None if fresh else R.LANDED_STALE
+    return mw._respond(environ, start_response, entry, started, R.MISS, detail)
 
 
 def _visitor_key(rk: RequestKey, settled: Settled, environ: WSGIEnvironment) -> str:

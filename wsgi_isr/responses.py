@@ -29,6 +29,10 @@ _304_DROP = frozenset(("content-length", "content-type", "content-encoding", "co
 #: Statuses that never carry a body, hence no ``Content-Length`` (RFC 9110 8.6).
 _NO_BODY_STATUS = frozenset(("204", "304"))
 
+#: A miss whose render was overtaken by an invalidation while it ran: served, but
+#: announced with ``s-maxage=0`` (a cache in front fetching it now missed the purge).
+LANDED_STALE = "invalidated-while-rendering"
+
 CS_BYPASS = "wsgi-isr; fwd=bypass"
 CS_STORE_ERROR = "wsgi-isr; fwd=bypass; detail=store-error"
 CS_UNCACHEABLE = "wsgi-isr; fwd=bypass; detail=uncacheable"
@@ -63,6 +67,8 @@ def cdn_cache_control(entry: Entry, now: float, stale: bool) -> str:
 
 def cache_status(label: str, entry: Entry, now: float, detail: str | None = None) -> str:
     if label == MISS:
+        if detail:
+            return f"wsgi-isr; fwd=uri-miss; stored; detail={detail}"
         return "wsgi-isr; fwd=uri-miss; stored"
     remaining = entry.remaining(now)
     parts = ["wsgi-isr; hit"]
@@ -108,7 +114,7 @@ def _entry_headers(
     # freshness as at the END of this second of age: reused for the whole second, the
     # headers must never promise more than remains at its last instant
     now = entry.created + age + 1
-    cache_control = cdn_cache_control(entry, now, label == STALE)
+    cache_control = cdn_cache_control(entry, now, label == STALE or detail == LANDED_STALE)
     headers = []
     for k, v in entry.headers:
         if k == "Cache-Control":  # the app's browser directives (policy.stored_headers)

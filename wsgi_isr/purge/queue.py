@@ -1,0 +1,230 @@
+"""Sending purges in the background: one worker per target, bounded retries.
+
+:meth:`PurgeQueue.submit` is called by the process that recorded an invalidation,
+after the store recorded it. It only appends to an in-memory queue and returns:
+the caller (a view, the revalidation endpoint, the CLI) never waits for a CDN.
+Each target has its own worker thread (a greenlet under gevent's monkey-patching),
+so a slow or failing CDN never delays another. Invalidations that queue up while a
+call is in flight are merged into the next call (a hard purge of a key covers its
+soft one), then cut into the target's batches.
+
+A failed batch is retried ``retries`` times, waiting ``backoff`` seconds, doubled
+each time (or what a 429 asked for), capped at ``max_backoff``. A batch that still
+fails is dropped: the page at the origin is stale all the same, and the edge holds
+it until its own TTL ends (cap that with ``cdn_max_age``). Failures are logged at
+most once per ``log_interval`` per target and counted in
+``wsgi_isr_purges_total{target,result}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from .base import PurgeError, Purger, edge_key
+
+log = logging.getLogger("wsgi_isr")
+
+#: ``result`` label values of ``wsgi_isr_purges_total``.
+RESULTS = ("ok", "retried", "failed", "dropped")
+
+
+class _Worker:
+    """The queue and thread of one target."""
+
+    def __init__(self, owner: PurgeQueue, target: Purger) -> None:
+        self.owner = owner
+        self.target = target
+        self.soft: dict[str, None] = {}  # ordered sets of keys waiting to be sent
+        self.hard: dict[str, None] = {}
+        self.busy = False
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.pid = os.getpid()
+        self.last_log = -float("inf")
+
+    def _forked(self) -> None:
+        """Start afresh in a forked child (gunicorn ``--preload``): threads do not survive
+        fork, the parent sends what it queued, and a condition made before gevent's
+        monkey-patching would block the whole worker."""
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            self.cond = threading.Condition()
+            self.soft, self.hard, self.busy, self.thread = {}, {}, False, None
+
+    def add(self, keys: Sequence[str], hard: bool) -> bool:
+        self._forked()
+        with self.cond:
+            if len(self.soft) + len(self.hard) + len(keys) > self.owner.max_queued:
+                return False
+            into = self.hard if hard else self.soft
+            for key in keys:
+                into[key] = None
+            self._ensure_thread()
+            self.cond.notify()
+        return True
+
+    def _ensure_thread(self) -> None:
+        if self.thread is None or not self.thread.is_alive():  # started on first use
+            self.thread = threading.Thread(
+                target=self._run, name=f"wsgi_isr purge {self.target.description}", daemon=True
+            )
+            self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.soft and not self.hard:
+                    self.busy = False
+                    self.cond.notify_all()
+                    self.cond.wait()
+                hard, soft = list(self.hard), [k for k in self.soft if k not in self.hard]
+                self.hard.clear()
+                self.soft.clear()
+                self.busy = True
+            for keys, is_soft in ((hard, False), (soft, True)):
+                for batch in self.target.batches(keys):
+                    self._send(batch, is_soft)
+
+    def _send(self, batch: list[str], soft: bool) -> None:
+        owner = self.owner
+        wait = owner.backoff
+        for attempt in range(owner.retries + 1):
+            try:
+                self.target.purge(batch, soft=soft)
+            except PurgeError as exc:
+                last_try = attempt == owner.retries or not exc.retry
+                self._failed(exc, len(batch), soft, last_try)
+                if last_try:
+                    return
+                owner.count(self.target, "retried")
+                owner.sleep(min(exc.retry_after or wait, owner.max_backoff))
+                wait = min(wait * 2, owner.max_backoff)
+                continue
+            except Exception as exc:  # a bug in a custom Purger must not kill the worker
+                self._failed(exc, len(batch), soft, True)
+                return
+            owner.count(self.target, "ok")
+            return
+
+    def _failed(self, exc: Exception, n: int, soft: bool, final: bool) -> None:
+        if final:
+            self.owner.count(self.target, "failed")
+        now = time.monotonic()
+        if final and now - self.last_log >= self.owner.log_interval:
+            self.last_log = now
+            log.error(
+                "wsgi_isr: %s purge of %d keys at %s failed: %s (the origin is invalidated;"
+                " the edge keeps its copy until its TTL ends)",
+                "soft" if soft else "hard",
+                n,
+                self.target.description,
+                exc,
+            )
+
+    def join(self, deadline: float) -> bool:
+        self._forked()
+        with self.cond:
+            while self.busy or self.soft or self.hard:
+                if self.thread is None or not self.thread.is_alive():
+                    return not (self.soft or self.hard)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+
+class PurgeQueue:
+    """Purges for a list of targets, sent in the background.
+
+    :param targets: :class:`~wsgi_isr.purge.Purger` objects.
+    :param retries: further attempts of a failed call (so ``retries + 1`` in all).
+    :param backoff: first wait before a retry, doubled for each further one.
+    :param max_backoff: longest wait between two attempts.
+    :param max_queued: keys at most waiting per target; past it an invalidation is
+        not sent to that target (counted as ``dropped``).
+    :param log_interval: seconds between two failure logs of one target.
+    :param sleep: how to wait between attempts (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        targets: Iterable[Purger],
+        *,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_queued: int = 100_000,
+        log_interval: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.targets = list(targets)
+        for target in self.targets:
+            if not isinstance(target, Purger):
+                raise TypeError(f"purge targets must be Purger objects, got {target!r}")
+        if retries < 0 or backoff < 0 or max_backoff < 0 or max_queued < 1:
+            raise ValueError("retries, backoff and max_backoff must be >= 0, max_queued >= 1")
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.max_queued = int(max_queued)
+        self.log_interval = float(log_interval)
+        self.sleep = sleep
+        self._workers = [_Worker(self, t) for t in self.targets]
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {
+            (t.description, r): 0 for t in self.targets for r in RESULTS
+        }
+
+    @property
+    def descriptions(self) -> list[str]:
+        """The targets as ``/status`` lists them (no tokens)."""
+        return [t.description for t in self.targets]
+
+    def submit(self, tags: Iterable[str], *, hard: bool) -> None:
+        """Queue a purge of ``tags`` (the store's tags, implicit path tags included) on
+        every target. Returns at once."""
+        keys = list(dict.fromkeys(edge_key(t) for t in tags))
+        if not keys:
+            return
+        for worker in self._workers:
+            if not worker.add(keys, hard):
+                self.count(worker.target, "dropped")
+                log.warning(
+                    "wsgi_isr: purge queue of %s is full; %d keys not sent",
+                    worker.target.description,
+                    len(keys),
+                )
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every queued purge was sent or given up; True if none is left."""
+        deadline = time.monotonic() + (3600.0 if timeout is None else timeout)
+        return all([w.join(deadline) for w in self._workers])
+
+    def count(self, target: Purger, result: str) -> None:
+        with self._lock:
+            key = (target.description, result)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """``(target, result) -> count`` for this process."""
+        with self._lock:
+            return dict(self._counts)
+
+    def prometheus(self) -> str:
+        """``wsgi_isr_purges_total{pid,target,result}`` in the Prometheus text format."""
+        pid = os.getpid()
+        out = [
+            "# HELP wsgi_isr_purges_total Purge calls to CDNs and caches in front, by result.",
+            "# TYPE wsgi_isr_purges_total counter",
+        ]
+        for (target, result), n in sorted(self.counts().items()):
+            label = target.replace("\\", "\\\\").replace('"', '\\"')
+            out.append(
+                f'wsgi_isr_purges_total{{pid="{pid}",target="{label}",result="{result}"}} {n}'
+            )
+        return "\n".join(out) + "\n"
