@@ -11,6 +11,7 @@ kept by the cachelib backends in real seconds, so the one record-TTL test sleeps
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import pickle
@@ -22,11 +23,12 @@ from typing import Any
 
 import pytest
 from cachelib import FileSystemCache, NullCache, RedisCache, SimpleCache
-from cachelib.serializers import RedisSerializer
 
 import wsgi_isr.stores.file as file_module
-from wsgi_isr.entry import FORMAT_VERSION, Entry, PassMarker, Record, TagState, VaryMarker
+from wsgi_isr import codec
+from wsgi_isr.entry import Entry, PassMarker, Record, TagState, VaryMarker
 from wsgi_isr.stores import FileStore, MemoryStore, RedisStore, Store, open_store
+from wsgi_isr.stores.shelf import FILE_HEAD
 
 ENTRY = Entry(
     status="200 OK",
@@ -94,12 +96,14 @@ class Backend:
         else:
             self.clock.advance(seconds)
 
-    def write_value(self, store: Store, key: str, value: Any) -> None:
-        """Put ``value`` under ``key`` the way the backend serialises, bypassing ``put``."""
+    def write_raw(self, store: Store, key: str, data: bytes) -> None:
+        """Put ``data`` where the store reads the record for ``key``, bypassing ``put``."""
         if isinstance(store, RedisStore):
-            store.client.set(f"{store.prefix}e:{key}", RedisSerializer().dumps(value))
+            store.client.set(f"{store.prefix}e:{key}", data)
+        elif isinstance(store, FileStore):
+            Path(store.pages.filename(key)).write_bytes(FILE_HEAD.pack(0.0, 1) + data)
         else:
-            store.cache.set(key, value, timeout=0)  # type: ignore[attr-defined]
+            store.cache.set(key, data, timeout=0)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         for store in self._stores:
@@ -237,77 +241,64 @@ def test_record_ttl_lets_the_backend_drop_it(store: Store) -> None:
     assert store.lookup("forever")[0] == ENTRY
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param((FORMAT_VERSION + 1, "P", "from a newer release"), id="other-format-version"),
-        pytest.param((FORMAT_VERSION, "X", "what"), id="unknown-kind"),
-        pytest.param(
-            ENTRY.to_record()[:5] + ("yesterday",) + ENTRY.to_record()[6:],
-            id="entry-field-of-wrong-type",
-        ),
-        pytest.param({"status": "200 OK"}, id="dict"),
-        pytest.param(42, id="int"),
-        pytest.param(b"raw bytes", id="bytes"),
-    ],
-)
-def test_a_value_that_is_not_a_record_is_a_miss(backend: Backend, store: Store, value: Any) -> None:
-    backend.write_value(store, "k", value)
+def _codec_bytes(meta: Any, body: bytes = b"", version: int = codec.VERSION) -> bytes:
+    raw = json.dumps(meta).encode()
+    lengths = len(raw).to_bytes(4, "big") + len(body).to_bytes(4, "big")
+    return codec.MAGIC + bytes([version]) + lengths + raw + body
+
+
+class _Planted:
+    """Unpickling this creates ``path``: proof that a store ran code from its bytes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.path,))
+
+
+GOOD = codec.dumps(ENTRY)
+PLANTED = [
+    pytest.param(lambda m: pickle.dumps(_Planted(m)), id="code-running-pickle"),
+    pytest.param(lambda m: b"!" + pickle.dumps(_Planted(m)), id="cachelib-redis-pickle"),
+    pytest.param(lambda m: struct.pack("I", 0) + pickle.dumps(_Planted(m)), id="cachelib-file"),
+    pytest.param(lambda m: _codec_bytes(["P", "newer"], version=codec.VERSION + 1), id="version"),
+    pytest.param(lambda m: _codec_bytes(["X", "what"]), id="unknown-kind"),
+    pytest.param(lambda m: _codec_bytes({"status": "200 OK"}), id="metadata-not-a-list"),
+    pytest.param(lambda m: GOOD[:-3], id="truncated"),
+    pytest.param(lambda m: GOOD + b"xx", id="trailing-bytes"),
+    pytest.param(
+        lambda m: _codec_bytes(["E", "200 OK", [], "yesterday", 1.0, None, [], "e", ""]),
+        id="field-of-wrong-type",
+    ),
+    pytest.param(lambda m: _codec_bytes(["P", "x"], body=b"!"), id="marker-with-a-body"),
+    pytest.param(lambda m: codec.MAGIC + bytes([codec.VERSION]) + b"\xff" * 8, id="huge-length"),
+    pytest.param(lambda m: b"", id="empty"),
+    pytest.param(lambda m: bytes(range(256)) * 8, id="binary"),
+]
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_planted_bytes_under_a_key_are_a_miss_and_never_run_code(
+    backend: Backend, tmp_path: Path, planted: Any
+) -> None:
+    marker = str(tmp_path / "code-ran")
+    store = backend.open(cache=SimpleCache()) if backend.kind == "memory" else backend.open()
+    store.put("k", ENTRY, ttl=None)
+    backend.write_raw(store, "k", planted(marker))
     assert store.lookup("k")[0] is None
+    assert not os.path.exists(marker)
     store.put("k", ENTRY, ttl=None)  # and it can be overwritten
     assert store.lookup("k")[0] == ENTRY
 
 
-NEVER_EXPIRES = struct.pack("I", 0)  # FileSystemCache's expiry header: 0 is "never"
-MISSING_CLASS = b"cwsgi_isr_no_such_module\nThing\n)R."  # unpickling raises ImportError
-
-
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        pytest.param(b"", id="empty"),
-        pytest.param(b"\x01\x02", id="short-header"),
-        pytest.param(NEVER_EXPIRES + b"this is not a pickle", id="not-a-pickle"),
-        pytest.param(NEVER_EXPIRES + pickle.dumps(ENTRY.to_record())[:-20], id="truncated-pickle"),
-        pytest.param(NEVER_EXPIRES + MISSING_CLASS, id="unknown-class"),
-        pytest.param(bytes(range(255, -1, -1)), id="binary"),
-    ],
-)
-def test_file_store_garbage_entry_file_is_a_miss(tmp_path: Path, garbage: bytes) -> None:
-    store = FileStore(str(tmp_path))
-    store.put("k", ENTRY, ttl=None)
-    Path(store.cache._get_filename("k")).write_bytes(garbage)
-    record, tags = store.lookup("k")
-    assert record is None
-    assert tags == {}
-    store.put("k", ENTRY, ttl=None)
-    assert store.lookup("k")[0] == ENTRY
-
-
-@pytest.mark.redis
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        pytest.param(b"", id="empty"),
-        pytest.param(b"garbage", id="unserialised"),
-        pytest.param(b"12345", id="integer"),
-        pytest.param(b"!this is not a pickle", id="not-a-pickle"),
-        pytest.param(b"!" + pickle.dumps(ENTRY.to_record())[:-20], id="truncated-pickle"),
-        pytest.param(b"!" + MISSING_CLASS, id="unknown-class"),
-    ],
-)
-def test_redis_store_garbage_value_is_a_miss(redis_url: str, garbage: bytes) -> None:
-    store = RedisStore(redis_url)
-    try:
-        store.put("k", ENTRY, ttl=None)
-        store.client.set(store.prefix + "e:k", garbage)
-        record, tags = store.lookup("k")
-        assert record is None
-        assert tags == {}
-        store.put("k", ENTRY, ttl=None)
-        assert store.lookup("k")[0] == ENTRY
-    finally:
-        store.close()
+def test_the_record_format_round_trips_without_pickle() -> None:
+    for record in (ENTRY, UNTIL_INVALIDATED, PassMarker("p"), VaryMarker(("a", "b"))):
+        data = codec.dumps(record)
+        assert data.startswith(codec.MAGIC) and b"\x80" not in data[:2]  # no pickle opcode
+        assert codec.loads(data) == record
+    assert codec.loads(bytearray(GOOD)) is None  # only bytes
+    assert codec.loads(None) is None
 
 
 def test_tag_state_survives_a_flood_of_records(bounded_backend: Backend) -> None:
@@ -616,11 +607,12 @@ def test_open_store_wraps_a_simple_cache() -> None:
 
 
 def test_open_store_wraps_a_filesystem_cache(tmp_path: Path) -> None:
-    cache = FileSystemCache(str(tmp_path / "cache"))
+    cache = FileSystemCache(str(tmp_path / "cache"), threshold=7)
     store = open_store(cache)
     assert isinstance(store, FileStore)
+    assert store.path == str(tmp_path / "cache") and store.pages.max_entries == 7
     store.put("k", ENTRY, ttl=None)
-    assert cache.get("k") is not None  # the record lives in the user's cache
+    assert cache.get("k") is None  # its directory, not its pickling serializer
     store.invalidate(["posts"], 10.0, hard=False)
     again = open_store(FileSystemCache(str(tmp_path / "cache")))
     assert again.lookup("k") == (ENTRY, {"posts": (10.0, 0.0)})

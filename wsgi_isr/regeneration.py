@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import responses as R
+from .bounded import Memo, text_size
 from .entry import Entry, PassMarker, Record, VaryMarker
 from .errors import StoreError
 from .keys import RequestKey, path_tags, render_environ, variant_key
@@ -62,7 +63,7 @@ class Regenerator:
         self.pass_ttl = pass_ttl
         self.backoff = backoff
         self._store_failed = on_store_error
-        self._failures: dict[str, int] = {}
+        self._failures: Memo[str, int] = Memo(10_000, 4 << 20)  # bounded in bytes: keys can be long
 
     def unlock(self, lock: str, token: str, hold: float | None = None) -> None:
         try:
@@ -256,7 +257,5 @@ class Regenerator:
         """Count a failed regeneration and return how long to hold the lock (backoff)."""
         self.stats.incr("regenerations_failed")
         n = self._failures.get(key, 0) + 1
-        if len(self._failures) > 10_000:
-            self._failures.clear()
-        self._failures[key] = n
+        self._failures.remember(key, n, text_size(key))
         return float(min(self.backoff * 2.0 ** (n - 1), MAX_BACKOFF))
