@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import multiprocessing
 import os
 import pickle
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -68,14 +68,13 @@ NEVER = FILE_HEAD.pack(0.0, 1)
 
 def _garbage(kind: str, good: bytes) -> bytes:
     payload = good[FILE_HEAD.size :]
-    meta_end = codec.HEAD_SIZE + int.from_bytes(payload[5:9], "big")
-    meta = json.loads(payload[codec.HEAD_SIZE : meta_end])
-    body = payload[meta_end:]
+    head = list(struct.unpack_from(">4sBBHHdddII", payload))
 
-    def encoded(items: Any, version: int = codec.VERSION) -> bytes:
-        raw = json.dumps(items).encode()
-        lengths = len(raw).to_bytes(4, "big") + len(body).to_bytes(4, "big")
-        return NEVER + codec.MAGIC + bytes([version]) + lengths + raw + body
+    def encoded(**changes: Any) -> bytes:
+        fields = dict(zip(["magic", "version", "kind", "nh", "nt"], head, strict=False))
+        fields.update(changes)
+        h = struct.pack(">4sBBHHdddII", *fields.values(), *head[5:])
+        return NEVER + h + payload[codec.HEAD_SIZE :]
 
     return {
         "empty": b"",
@@ -83,13 +82,13 @@ def _garbage(kind: str, good: bytes) -> bytes:
         "header-only": NEVER,
         "not-a-record": NEVER + b"this is not a record",
         "truncated-record": good[: len(good) // 2],
-        "truncated-metadata": good[: FILE_HEAD.size + meta_end - 3],
+        "truncated-header": good[: FILE_HEAD.size + codec.HEAD_SIZE - 3],
         "zero-filled": b"\x00" * len(good),
-        "bit-flipped": good[:40] + bytes([good[40] ^ 0xFF]) + good[41:],
+        "bit-flipped": good[:60] + bytes([good[60] ^ 0xFF]) + good[61:],
         "a-pickle": NEVER + pickle.dumps(("E", "200 OK")),
-        "other-format-version": encoded(meta, codec.VERSION + 1),
-        "wrong-field-types": encoded(meta[:3] + ["yesterday"] + meta[4:]),
-        "json-not-a-list": encoded({"status": "200 OK"}),
+        "other-format-version": encoded(version=codec.VERSION + 1),
+        "wrong-counts": encoded(nh=head[3] + 1),
+        "unknown-kind": encoded(kind=9),
         "binary": bytes(range(256)) * 4,
     }[kind]
 
@@ -102,13 +101,13 @@ def _garbage(kind: str, good: bytes) -> bytes:
         "header-only",
         "not-a-record",
         "truncated-record",
-        "truncated-metadata",
+        "truncated-header",
         "zero-filled",
         "bit-flipped",
         "a-pickle",
         "other-format-version",
-        "wrong-field-types",
-        "json-not-a-list",
+        "wrong-counts",
+        "unknown-kind",
         "binary",
     ],
 )

@@ -1,24 +1,25 @@
 """The byte format of every record a store keeps: versioned and non-executable.
 
-    data = dumps(entry)        # b"wISR" + version + length, JSON metadata, raw body
+    data = dumps(entry)        # fixed header, the record's strings, the raw body
     loads(data) == entry       # anything else (a pickle, garbage, another version): None
 
-Layout: a 13-byte header (magic ``wISR``, one version byte, the lengths of the
-metadata and of the body as big-endian uint32: a truncated record is a miss), the
-metadata as compact JSON (a list whose first item names the kind of record), then —
-for a page — the body bytes as they are. Decoding never runs code: ``json.loads``
-builds only lists, strings and numbers, and every field is type-checked before a
-record is built. A format-version change is a miss.
+Layout: a fixed 38-byte header (struct ``>4sBBHHdddII``: magic ``wISR``, version, kind,
+header and tag counts, ``created``, ``revalidate`` and ``expire`` as doubles with NaN for
+"none", the lengths of the text and of the body), then the record's strings (status,
+ETag, Last-Modified, header names and values, tags) as UTF-8 joined by NUL — a
+character no HTTP field or valid tag may hold; one found anyway is replaced by U+FFFD
+— then the body as it is. Decoding never runs code: it slices bytes, splits one string
+and checks every count and length before a record is built; a truncated, padded or
+malformed record, or one of another format version, is a miss.
 
-The body is kept out of the JSON so that a hit costs a small ``json.loads`` plus one
-slice, whatever the size of the page (see ``benchmarks`` ``codec`` for the figures
-against the pickle used before).
+Chosen for the hit path: no JSON and no per-field parsing, so decoding costs about what
+unpickling did (see ``benchmarks`` section ``stores`` for the figures).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import struct
 from typing import Any
 
@@ -29,49 +30,52 @@ log = logging.getLogger("wsgi_isr")
 MAGIC = b"wISR"
 #: Bumped whenever the layout or the meaning of a field changes; other versions are misses.
 VERSION = 2
-_HEAD = struct.Struct(">4sBII")
+_HEAD = struct.Struct(">4sBBHHdddII")
 HEAD_SIZE = _HEAD.size
 _PREFIX = MAGIC + bytes([VERSION])
+_ENTRY, _PASS, _VARY = 1, 2, 3
+_NAN = math.nan
+_SEP = "\x00"
 
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
-_loads = json.JSONDecoder().decode
+
+def _text(parts: list[str]) -> bytes:
+    text = _SEP.join(parts)
+    if text.count(_SEP) != len(parts) - 1:
+        text = _SEP.join(p.replace(_SEP, "\ufffd") for p in parts)
+    return text.encode("utf-8", "surrogatepass")
 
 
 def dumps(record: Record) -> bytes:
     """Encode ``record`` (a page or a marker) as bytes."""
-    body = b""
-    meta: list[Any]
     if isinstance(record, Entry):
-        meta = [
-            "E",
-            record.status,
-            record.headers,
+        parts = [record.status, record.etag, record.last_modified]
+        for name, value in record.headers:
+            parts += (name, value)
+        parts += record.tags
+        text = _text(parts)
+        head = _HEAD.pack(
+            MAGIC,
+            VERSION,
+            _ENTRY,
+            len(record.headers),
+            len(record.tags),
             record.created,
-            record.revalidate,
-            record.expire,
-            record.tags,
-            record.etag,
-            record.last_modified,
-        ]
-        body = record.body
-    elif isinstance(record, PassMarker):
-        meta = ["P", record.reason]
-    else:
-        meta = ["V", record.headers]
-    raw = _dumps(meta).encode("utf-8", "surrogatepass")
-    return b"".join((_HEAD.pack(MAGIC, VERSION, len(raw), len(body)), raw, body))
+            _NAN if record.revalidate is None else record.revalidate,
+            _NAN if record.expire is None else record.expire,
+            len(text),
+            len(record.body),
+        )
+        return b"".join((head, text, record.body))
+    if isinstance(record, PassMarker):
+        text = _text([record.reason])
+        return _HEAD.pack(MAGIC, VERSION, _PASS, 0, 1, 0.0, _NAN, _NAN, len(text), 0) + text
+    text = _text(list(record.headers)) if record.headers else b""
+    n = len(record.headers)
+    return _HEAD.pack(MAGIC, VERSION, _VARY, 0, n, 0.0, _NAN, _NAN, len(text), 0) + text
 
 
-def _strs(value: Any) -> bool:
-    return type(value) is list and all(type(v) is str for v in value)
-
-
-def _float(value: Any) -> float | None:
-    if type(value) is float:
-        return value
-    if type(value) is int:  # JSON writes 60.0 as 60.0, but accept a hand-written 60
-        return float(value)
-    raise TypeError
+def _none(x: float) -> float | None:
+    return None if x != x else x  # NaN stands for None
 
 
 def loads(data: Any) -> Record | None:
@@ -79,43 +83,35 @@ def loads(data: Any) -> Record | None:
     if type(data) is not bytes or data[:5] != _PREFIX or len(data) < HEAD_SIZE:
         return None
     try:
-        (_, _, size, body_size) = _HEAD.unpack_from(data)
-        end = HEAD_SIZE + size
-        if end + body_size != len(data):
+        _, _, kind, nh, nt, created, reval, expire, tlen, blen = _HEAD.unpack_from(data)
+        end = HEAD_SIZE + tlen
+        if end + blen != len(data):
             return None
-        meta = _loads(data[HEAD_SIZE:end].decode("utf-8", "surrogatepass"))
-        if type(meta) is not list or not meta:
-            return None
-        kind = meta[0]
-        if kind == "E" and len(meta) == 9:
-            _, status, headers, created, reval, expire, tags, etag, lm = meta
-            if not (
-                type(status) is str
-                and type(headers) is list
-                and all(type(h) is list and len(h) == 2 and _strs(h) for h in headers)
-                and _strs(tags)
-                and type(etag) is str
-                and type(lm) is str
-            ):
+        parts = data[HEAD_SIZE:end].decode("utf-8", "surrogatepass").split(_SEP)
+        if kind == _VARY and not tlen:
+            parts = []  # no headers at all, not one empty header
+        if kind == _ENTRY:
+            if len(parts) != 3 + 2 * nh + nt or created != created:
                 return None
+            flat = iter(parts[3 : 3 + 2 * nh])
             return Entry(
-                status,
-                tuple((h[0], h[1]) for h in headers),
+                parts[0],
+                tuple(zip(flat, flat, strict=True)),
                 data[end:],
-                _float(created),  # type: ignore[arg-type]
-                None if reval is None else _float(reval),
-                None if expire is None else _float(expire),
-                tuple(tags),
-                etag,
-                lm,
+                created,
+                _none(reval),
+                _none(expire),
+                tuple(parts[3 + 2 * nh :]),
+                parts[1],
+                parts[2],
             )
-        if body_size:
+        if blen:
             return None
-        if kind == "P" and len(meta) == 2 and type(meta[1]) is str:
-            return PassMarker(meta[1])
-        if kind == "V" and len(meta) == 2 and _strs(meta[1]):
-            return VaryMarker(tuple(meta[1]))
-    except (ValueError, TypeError, RecursionError, struct.error):
+        if kind == _PASS and len(parts) == 1:
+            return PassMarker(parts[0])
+        if kind == _VARY and len(parts) == nt:
+            return VaryMarker(tuple(parts))
+    except (ValueError, struct.error):
         return None
     return None
 
