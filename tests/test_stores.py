@@ -23,10 +23,14 @@ from typing import Any
 
 import pytest
 from cachelib import FileSystemCache, NullCache, RedisCache, SimpleCache
+from helpers import CountingApp
+from werkzeug.test import Client
 
 import wsgi_isr.stores.file as file_module
 from wsgi_isr import codec
 from wsgi_isr.entry import Entry, PassMarker, Record, TagState, VaryMarker
+from wsgi_isr.errors import StoreError
+from wsgi_isr.middleware import ISRMiddleware
 from wsgi_isr.stores import FileStore, MemoryStore, RedisStore, Store, open_store
 from wsgi_isr.stores.shelf import FILE_HEAD
 
@@ -333,6 +337,133 @@ def test_tag_state_survives_a_flood_of_records(bounded_backend: Backend) -> None
         assert bounded_backend.open(max_entries=10).tag_states(expected) == expected
 
 
+# -- bounds -------------------------------------------------------------------------------
+
+
+def _page(i: int, size: int = 1024) -> Entry:
+    return dataclasses.replace(ENTRY, body=bytes([i % 256]) * size, created=ENTRY.created + i)
+
+
+def _held_bytes(store: Store) -> int:
+    if isinstance(store, FileStore):
+        return sum(p.stat().st_size for p in Path(store.pages.path).glob("?" * 64))
+    assert isinstance(store, MemoryStore)
+    return store.pages.bytes
+
+
+def test_max_bytes_bounds_the_pages_and_keeps_the_newest(bounded_backend: Backend) -> None:
+    store = bounded_backend.open(max_entries=1000, max_bytes="20KB")
+    for i in range(100):
+        store.put(f"page-{i}", _page(i), ttl=None)
+        assert _held_bytes(store) <= 20_000
+    kept = [i for i in range(100) if store.lookup(f"page-{i}")[0] is not None]
+    assert 5 <= len(kept) < 20 and kept == list(range(100 - len(kept), 100))
+    assert store.count() == len(kept)
+    assert store.lookup("page-99")[0] == _page(99)
+
+
+def test_a_record_larger_than_max_bytes_is_not_stored(bounded_backend: Backend) -> None:
+    store = bounded_backend.open(max_bytes=5000)
+    store.put("k", _page(1, 100), ttl=None)
+    store.put("small", _page(2, 100), ttl=None)
+    store.put("k", _page(3, 10_000), ttl=None)  # the new render is too large: no old copy
+    assert store.lookup("k")[0] is None
+    assert store.lookup("small")[0] == _page(2, 100)  # and nothing else was evicted for it
+
+
+def test_hit_for_pass_markers_never_evict_pages(bounded_backend: Backend) -> None:
+    store = bounded_backend.open(max_entries=10, max_markers=3)
+    for i in range(10):
+        store.put(f"page-{i}", _page(i, 100), ttl=None)
+    for i in range(200):  # every URL that does not opt in, a 404 flood
+        store.put(f"junk-{i}", PassMarker("no opt-in"), ttl=None)
+    assert all(store.lookup(f"page-{i}")[0] == _page(i, 100) for i in range(10))
+    markers = [i for i in range(200) if store.lookup(f"junk-{i}")[0] is not None]
+    assert markers == [197, 198, 199]
+    assert store.count() == 13
+    store.put("page-0", PassMarker("now private"), ttl=None)  # a page becomes a marker
+    assert store.lookup("page-0")[0] == PassMarker("now private") and store.count() == 12
+    store.put("page-0", _page(0, 100), ttl=None)  # and back
+    assert store.lookup("page-0")[0] == _page(0, 100) and store.count() == 12
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        pytest.param("max_entries=5", (5, 0, None), id="entries"),
+        pytest.param("max_bytes=2GB", (None, 2_000_000_000, None), id="gigabytes"),
+        pytest.param("max_bytes=512MiB&max_markers=7", (None, 512 << 20, 7), id="mebibytes"),
+        pytest.param("max_bytes=1048576", (None, 1 << 20, None), id="plain-bytes"),
+    ],
+)
+def test_bounds_from_the_store_url(tmp_path: Path, query: str, expected: tuple[Any, ...]) -> None:
+    for url in (f"memory://?{query}", f"file://{tmp_path}/s?{query}"):
+        store = open_store(url)
+        assert isinstance(store, MemoryStore | FileStore)
+        entries, size, markers = expected
+        assert store.pages.max_entries == (entries or store.pages.max_entries)
+        assert store.pages.max_bytes == size
+        if markers is not None:
+            assert store.passes.max_entries == markers
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("memory://?max_bytes=lots", id="bad-size"),
+        pytest.param("memory://?max_entries=-1", id="negative-entries"),
+        pytest.param("memory://?max_entrys=5", id="misspelt"),
+        pytest.param("file:///tmp/x?max_bytes=2XB", id="bad-unit"),
+    ],
+)
+def test_bad_bounds_in_the_store_url_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        open_store(url)
+
+
+WRITERS = 4
+
+
+def _write_and_delete(path: str, n: int, max_entries: int, barrier: Any) -> None:
+    store = FileStore(path, max_entries=max_entries)
+    barrier.wait(timeout=60)
+    for i in range(60):  # the same keys from every process: replacements, not new records
+        store.put(f"shared-{i}", _page(i, 200), ttl=None)
+    for i in range(40):
+        store.put(f"own-{n}-{i}", _page(i, 200 + n), ttl=None)
+    for i in range(0, 40, 4):
+        store.delete(f"own-{n}-{i}")
+    store.put("shared-0", PassMarker("a marker replaces the page"), ttl=None)
+
+
+@pytest.mark.parametrize("max_entries", [0, 100], ids=["unbounded", "full"])
+def test_file_store_count_is_right_with_several_writer_processes(
+    tmp_path: Path, max_entries: int
+) -> None:
+    path = str(tmp_path / "store")
+    FileStore(path)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(WRITERS)
+    procs = [
+        ctx.Process(target=_write_and_delete, args=(path, n, max_entries, barrier))
+        for n in range(WRITERS)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    store = FileStore(path, max_entries=max_entries)
+    files = len(list(Path(store.pages.path).glob("?" * 64)))
+    assert store.pages.count() == files
+    assert store.passes.count() == 1 and store.count() == files + 1
+    if max_entries:
+        # full, evicted down to the bound and no further (the deletes came last)
+        assert max_entries - WRITERS * 10 - 1 <= files <= max_entries
+    else:
+        assert files == 59 + WRITERS * 30
+
+
 # -- tag state ----------------------------------------------------------------------------
 
 
@@ -406,6 +537,90 @@ def test_invalidations_are_shared_between_instances(shared_backend: Backend) -> 
         "/blog/hello": (30.0, 0.0),
     }
     assert one.lookup("k")[1].get("/blog/hello") == (30.0, 0.0)
+
+
+REDIS_GARBAGE = [
+    pytest.param("tagstate", b"posts", b"not two numbers", id="state-not-numbers"),
+    pytest.param("tagstate", b"posts", b"inf nan", id="state-not-finite"),
+    pytest.param("tagstate", b"posts", b"cos\nsystem\n(S'x'\ntR.", id="state-a-pickle"),
+    pytest.param("tagstate", b"\xff\xfe", b"1.0 2.0", id="tag-name-not-utf8"),
+    pytest.param("tagseq", None, b"not a number", id="sequence-not-a-number"),
+    pytest.param("tagseq", None, b"-5", id="sequence-negative"),
+]
+
+
+@pytest.mark.parametrize(("key", "field", "garbage"), REDIS_GARBAGE)
+def test_redis_garbage_tag_state_is_a_store_error_never_a_500(
+    redis_url: str, key: str, field: bytes | None, garbage: bytes
+) -> None:
+    writer = RedisStore(redis_url)
+    try:
+        writer.put("https://example.com/p", ENTRY, ttl=None)
+        writer.invalidate(["posts"], 10.0, hard=False)  # the sequence moves: readers sync
+        if field is None:
+            writer.client.set(writer.prefix + key, garbage)
+        else:
+            writer.client.hset(writer.prefix + key, field, garbage)
+            writer.client.zadd(writer.prefix + "tagchanges", {field: 10**15})
+            writer.client.set(writer.prefix + "tagseq", 10**15)
+        reader = RedisStore(redis_url)
+        with pytest.raises(StoreError):
+            reader.lookup("https://example.com/p")
+        if key == "tagstate" and field == b"posts":
+            with pytest.raises(StoreError):
+                reader.tag_states(["posts"])
+        app = CountingApp()
+        client = Client(ISRMiddleware(app, store=reader), use_cookies=False)
+        r = client.get("/p")
+        assert r.status_code == 200 and b"/p? render 1" in r.data  # failed open to the app
+        reader.close()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        pytest.param("tags.log", id="tag-log"),
+        pytest.param("pages", id="every-page-file-index-and-journal"),
+        pytest.param("passes", id="every-marker-file"),
+        pytest.param("locks", id="lock-files"),
+        pytest.param("entries", id="cachelib-files-of-an-older-release"),
+    ],
+)
+def test_planted_files_anywhere_in_the_cache_dir_never_run_code_nor_fail_a_request(
+    tmp_path: Path, place: str
+) -> None:
+    marker = tmp_path / "code-ran"
+    root = tmp_path / "store"
+    store = FileStore(str(root), max_entries=3)
+    app = CountingApp(
+        pages={"/plain": []}, default=[("X-ISR-Revalidate", "60"), ("X-ISR-Tags", "t")]
+    )
+    client = Client(ISRMiddleware(app, store=store), use_cookies=False)
+    for i in range(5):
+        client.get(f"/p{i}")
+    client.get("/plain")
+    store.invalidate(["t"], 1.0, hard=False)
+    assert store.acquire("held", 60)
+    (root / "entries").mkdir()  # what cachelib's FileSystemCache kept before
+    for name in ("__wz_cache_count", "0123456789abcdef0123456789abcdef"):
+        (root / "entries" / name).write_bytes(b"")
+    planted = pickle.dumps(_Planted(str(marker)))
+    target = root / place
+    paths = [target] if target.is_file() else list(target.iterdir())
+    assert paths
+    for path in paths:
+        path.write_bytes(planted)
+    again = FileStore(str(root), max_entries=3)
+    client = Client(ISRMiddleware(app, store=again), use_cookies=False)
+    for path in [f"/p{i}" for i in range(8)] + ["/plain"]:
+        assert client.get(path).status_code == 200
+    assert client.get("/p7").headers["X-ISR-Cache"] == "HIT"  # caching again
+    assert again.pages.count() <= 3 and again.acquire("another", 60)
+    again.invalidate(["t"], 2.0, hard=False)
+    assert again.tag_states(["t"]) == {"t": (2.0, 0.0)}
+    assert not marker.exists()
 
 
 # -- locks --------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from ..bounded import ByteLRU, parse_size
 from ..entry import PassMarker, Record, TagState
 from ..errors import StoreError
 from .base import Store, merge_tag_state, new_token, record_ttl
-from .shelf import FILE_HEAD, Shelf
+from .shelf import FILE_HEAD, Shelf, _replace_private
 
 log = logging.getLogger("wsgi_isr")
 
@@ -325,6 +325,7 @@ class FileStore(Store):
                 for tag in tags:
                     state = merge_tag_state(current.get(tag), at, hard)
                     lines.append(json.dumps([tag, state[0], state[1]]).encode() + b"\n")
+                os.close(os.open(self._log_path, os.O_WRONLY | os.O_CREAT, 0o600))  # private
                 with open(self._log_path, "a+b") as f:
                     if f.tell() == 0:
                         f.write(_generation_line())
@@ -344,11 +345,8 @@ class FileStore(Store):
         live = sum(len(t) + 48 for t in current)
         if size < COMPACT_BYTES or size < 2 * live:
             return
-        tmp = f"{self._log_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(_generation_line())
-            f.writelines(json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
-        os.replace(tmp, self._log_path)
+        lines = (json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
+        _replace_private(self._log_path, _generation_line() + b"".join(lines))
 
     # -- locks ---------------------------------------------------------------------------
 

@@ -46,6 +46,15 @@ COMPACT_PAIRS = 65_536
 _TEMP_PREFIX = ".tmp-"
 
 
+def _replace_private(path: str, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, readable by the owner only."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 class Shelf:
     def __init__(self, path: str, *, max_entries: int, max_bytes: int) -> None:
         self.path = path
@@ -104,10 +113,7 @@ class Shelf:
                 wid = FILE_HEAD.unpack(head)[1] if len(head) == FILE_HEAD.size else 0
                 found.append((st.st_mtime_ns, digest, wid, st.st_size))
         found.sort()
-        tmp = f"{self._journal}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(b"".join(_PAIR.pack(d, w) for _, d, w, _ in found))
-        os.replace(tmp, self._journal)
+        _replace_private(self._journal, b"".join(_PAIR.pack(d, w) for _, d, w, _ in found))
         return [len(found), sum(s for *_, s in found), 0]
 
     # -- records ---------------------------------------------------------------------------
@@ -141,9 +147,12 @@ class Shelf:
                     state[1] += len(data)
                 else:
                     state[1] += len(data) - old
-                with open(self._journal, "ab") as j:
-                    j.write(_PAIR.pack(self.digest(key), wid))
-                    journal_size = j.tell()
+                jfd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(jfd, _PAIR.pack(self.digest(key), wid))
+                    journal_size = os.fstat(jfd).st_size
+                finally:
+                    os.close(jfd)
                 self._evict(state, journal_size)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -230,10 +239,7 @@ class Shelf:
         live = [
             _PAIR.pack(d, w) for d, w in last.items() if os.path.exists(os.path.join(base, d.hex()))
         ]
-        tmp = f"{self._journal}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(b"".join(live))
-        os.replace(tmp, self._journal)
+        _replace_private(self._journal, b"".join(live))
         state[2] = 0
 
     def remove_stale_temp_files(self, cutoff: float) -> None:
