@@ -26,6 +26,7 @@ from typing import Any
 from wsgi_isr import codec
 from wsgi_isr.entry import Entry
 from wsgi_isr.stores import FileStore, LocalLayer, MemoryStore, Store
+from wsgi_isr.stores.shelf import COMPACT_PAIRS
 
 HEADERS = (
     ("Content-Type", "text/html; charset=utf-8"),
@@ -147,17 +148,35 @@ def write_costs(entries: int, samples: int = 3_000) -> dict[str, Any]:
             ),
         }
         for name, make in makers.items():
-            empty = _put_times(make(), "empty", samples, record)
-            store = make()
+            empty_store, store = make(), make()
             t0 = time.perf_counter()
             for i in range(entries):
                 store.put(f"https://bench.local/fill/{i}", record, None)
             fill_s = time.perf_counter() - t0
-            full = _put_times(store, "full", samples, record)
+            # alternate blocks between the two stores, so a change in the machine's load
+            # (other processes, the page cache) weighs on both alike
+            empty: list[float] = []
+            full: list[float] = []
+            for block in range(samples // 100):
+                empty += _put_times(empty_store, f"empty/{block}", 100, record)
+                full += _put_times(store, f"full/{block}", 100, record)
             if name != "local layer":
                 assert store.count() == entries, (name, store.count())
             e, f = _stats(empty), _stats(full)
+            extra: dict[str, float] = {}
+            if isinstance(store, FileStore):
+                # the journal compaction a full file store runs once per entries + 65,536
+                # writes (not inside the samples above): its cost, and spread per write
+                with store.pages._locked() as state:
+                    t0 = time.perf_counter()
+                    store.pages._compact(state)
+                    seconds = time.perf_counter() - t0
+                extra = {
+                    "compaction_seconds": seconds,
+                    "compaction_us_per_write": seconds * 1e6 / (entries + COMPACT_PAIRS),
+                }
             out[name] = {
+                **extra,
                 "empty": e,
                 "full": f,
                 "ratio_median": f["median_us"] / e["median_us"],
@@ -165,6 +184,7 @@ def write_costs(entries: int, samples: int = 3_000) -> dict[str, Any]:
                 "fill_seconds": fill_s,
             }
             store.close()
+            empty_store.close()
     return {"entries": entries, "samples": samples, "stores": out}
 
 
