@@ -23,7 +23,7 @@ from werkzeug.test import EnvironBuilder
 from wsgi_isr import keys, responses
 from wsgi_isr.bounded import ByteLRU, Memo, parse_size
 from wsgi_isr.entry import Entry, PassMarker
-from wsgi_isr.stores import FileStore, LocalLayer, MemoryStore, RedisStore, open_store
+from wsgi_isr.stores import FileStore, LocalLayer, MemoryStore, RedisStore, open_store, shelf
 from wsgi_isr.stores.redis import config_warnings
 
 NOBODY = 65534
@@ -275,3 +275,40 @@ def test_byte_lru_evicts_least_recently_used_first() -> None:
     for i in range(20):
         memo.remember(str(i), i, 30)
         assert memo.bytes <= 100
+
+
+# -- the file store's eviction journal -------------------------------------------------------
+
+
+def _files(store: FileStore) -> list[Path]:
+    return list(Path(store.pages.path).glob("?" * 64))
+
+
+def test_journal_compaction_keeps_the_newest_pages_and_the_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shelf, "COMPACT_PAIRS", 16)
+    store = FileStore(str(tmp_path / "s"), max_entries=10)
+    for i in range(200):  # rewrites, deletes and evictions: many dead pairs
+        store.put(f"p{i}", ENTRY, None)
+        store.put(f"p{i // 2}", ENTRY, None)
+        if i % 7 == 0:
+            store.delete(f"p{i}")
+    journal = Path(store.pages.path) / "journal"
+    assert journal.stat().st_size <= (2 * 10 + 16 + 1) * 40  # compacted along the way
+    assert store.pages.count() == len(_files(store)) == 10
+    assert store.lookup("p199")[0] == ENTRY
+
+
+def test_pages_removed_by_hand_are_noticed_and_the_bound_still_holds(tmp_path: Path) -> None:
+    store = FileStore(str(tmp_path / "s"), max_entries=5)
+    for i in range(5):
+        store.put(f"p{i}", ENTRY, None)
+    for path in _files(store):  # "rm cache/pages/*" behind the store's back
+        path.unlink()
+    assert store.pages.count() == 5  # the index does not know yet
+    for i in range(5, 20):
+        store.put(f"p{i}", ENTRY, None)
+        assert len(_files(store)) <= 5
+    assert store.pages.count() == len(_files(store)) == 5
+    assert store.lookup("p19")[0] == ENTRY

@@ -75,7 +75,7 @@ class Shelf:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[list[int]]:
         """Hold the index lock; yield ``[count, bytes, head]``, written back on exit."""
-        fd = os.open(self._index, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self._index, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.pread(fd, _INDEX.size, 0)
@@ -84,11 +84,13 @@ class Shelf:
                 magic, count, size, head = _INDEX.unpack(raw)
                 if magic == _INDEX_MAGIC and count >= 0 and size >= 0 and head >= 0:
                     state = [count, size, head]
+            before: list[int] | None = None  # None: write it back whatever happens
             if state is None:
                 if raw:
                     log.warning("wsgi_isr: unreadable index in %s, rebuilt", self.path)
                 state = self._rebuild()
-            before = list(state)
+            else:
+                before = list(state)
             yield state
             if state != before:
                 os.pwrite(fd, _INDEX.pack(_INDEX_MAGIC, *state), 0)
@@ -147,7 +149,8 @@ class Shelf:
                     state[1] += len(data)
                 else:
                     state[1] += len(data) - old
-                jfd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                jfd = os.open(self._journal, flags, 0o600)
                 try:
                     os.write(jfd, _PAIR.pack(self.digest(key), wid))
                     journal_size = os.fstat(jfd).st_size
@@ -192,15 +195,18 @@ class Shelf:
         fd = os.open(self._journal, os.O_RDONLY)
         try:
             while self._over(state):
-                pair = os.pread(fd, _PAIR.size, state[2])
+                # never evict the record just written (the last pair): reaching it while
+                # still over means the count is wrong — files were removed behind our back
+                pair = b""
+                if state[2] + _PAIR.size < journal_size:
+                    pair = os.pread(fd, _PAIR.size, state[2])
                 if len(pair) < _PAIR.size:
                     if rebuilt:  # pragma: no cover - a rebuilt journal lists every file
                         return
-                    # the journal ran out while the count says "over": files were removed
-                    # behind our back. Count again (rare, and the only scan).
                     log.warning("wsgi_isr: index of %s disagreed with its files", self.path)
-                    state[:] = self._rebuild()
+                    state[:] = self._rebuild()  # count again: rare, and the only scan
                     rebuilt = True
+                    journal_size = state[0] * _PAIR.size
                     os.close(fd)
                     fd = os.open(self._journal, os.O_RDONLY)
                     continue
