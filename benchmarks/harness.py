@@ -30,6 +30,7 @@ class Settings:
     stampede: int = 500
     memory_urls: int = 100_000
     memory_max_entries: int = 1_000
+    store_entries: int = 100_000
     profile_hits: int = 10_000
     profile_pages: int = 5_000
     seed_args: tuple[str, ...] = ()

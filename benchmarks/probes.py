@@ -95,8 +95,8 @@ def _prefill_store(url: str) -> Any:
 
     store = open_store(url)
     if isinstance(store, FileStore):
-        # no cachelib file count to maintain on every write (twice as fast); the server's
-        # own store only reads during the measurement
+        # unbounded: the prefill must not evict its own pages; the server's own store
+        # only reads during the measurement
         store = FileStore(store.path, max_entries=0)
     return store
 
@@ -199,8 +199,8 @@ def memory_rss(urls: int, max_entries: int) -> dict[str, Any]:
     elapsed = time.perf_counter() - began
     gc.collect()
     after = rss_bytes()
-    held = store.cache._cache  # SimpleCache: key -> (expires, record or its pickle)
-    sample = list(held.items())[:200]
+    held = list(store.pages)  # key -> (expires, record), least recently used first
+    sample = [(k, store.pages.get(k)) for k in held[-200:]]
     seen: set[int] = set()  # what entries share (header names, tag prefixes) counts once
     per_entry = sum(deep_size(item, seen) + 40 for item in sample) / len(sample)  # 40: dict slot
     return {

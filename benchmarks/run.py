@@ -8,7 +8,8 @@
     python benchmarks/run.py throughput --only bare,isr-memory,flask-caching
     python benchmarks/run.py --quick   # smoke mode: short, few contenders, no RESULTS.md
 
-Sections (default: all): throughput, stale, coalescing, scaling, memory, profile, seed.
+Sections (default: all): throughput, stale, coalescing, scaling, memory, stores, profile,
+seed.
 See ``benchmarks/README.md`` for what each one measures.
 """
 
@@ -85,6 +86,7 @@ def settings(args: argparse.Namespace) -> Settings:
             stampede=100,
             memory_urls=20_000,
             memory_max_entries=500,
+            store_entries=5_000,
             profile_hits=2_000,
             profile_pages=300,
             seed_args=(

@@ -384,6 +384,19 @@ def memory(run: Run) -> dict[str, Any]:
     return dict(json.loads(proc.stdout))
 
 
+def stores(run: Run) -> dict[str, Any]:
+    """Record decode cost (codec against the old pickle) and full-vs-empty write cost
+    (``benchmarks/store_costs.py``), in a child process of its own."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.store_costs", str(run.settings.store_entries)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(proc.stdout))
+
+
 def profile(run: Run) -> dict[str, Any]:
     """In-process cost of one hit per store, and where a hit's time goes."""
     s = run.settings
@@ -422,6 +435,7 @@ SECTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "coalescing": coalescing,
     "scaling": scaling,
     "memory": memory,
+    "stores": stores,
     "profile": profile,
     "seed": seed,
 }

@@ -12,8 +12,10 @@ from helpers import CountingApp, FakeClock
 from werkzeug.test import Client
 
 from wsgi_isr import ISRMiddleware, RedisStore
-from wsgi_isr.entry import Record, TagState
+from wsgi_isr.entry import Entry, Record, TagState
 from wsgi_isr.stores import LocalLayer
+
+ENTRY = Entry("200 OK", (), b"page", 1_000.0, 60.0, None, (), '"e"', "")
 
 pytestmark = pytest.mark.redis
 
@@ -129,10 +131,12 @@ def test_a_copy_made_stale_by_another_process_does_not_regenerate_twice(
 
 
 def test_local_layer_bounds_its_size(redis_url: str) -> None:
-    layer = LocalLayer(RedisStore(redis_url), ttl=60, max_entries=5)
+    layer = LocalLayer(RedisStore(redis_url), ttl=60, max_entries=5, max_markers=3)
     for i in range(20):
-        layer.lookup(f"k{i}")
-    assert len(layer._records) == 5
+        layer.put(f"page{i}", ENTRY, None)
+        layer.lookup(f"missing{i}")
+    assert (len(layer._pages), len(layer._others)) == (5, 3)
+    layer.close()
     with pytest.raises(ValueError):
         LocalLayer(RedisStore(redis_url), ttl=0)
     with pytest.raises(ValueError):

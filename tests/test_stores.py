@@ -11,6 +11,7 @@ kept by the cachelib backends in real seconds, so the one record-TTL test sleeps
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import os
 import pickle
@@ -22,11 +23,16 @@ from typing import Any
 
 import pytest
 from cachelib import FileSystemCache, NullCache, RedisCache, SimpleCache
-from cachelib.serializers import RedisSerializer
+from helpers import CountingApp
+from werkzeug.test import Client
 
 import wsgi_isr.stores.file as file_module
-from wsgi_isr.entry import FORMAT_VERSION, Entry, PassMarker, Record, TagState, VaryMarker
+from wsgi_isr import codec
+from wsgi_isr.entry import Entry, PassMarker, Record, TagState, VaryMarker
+from wsgi_isr.errors import StoreError
+from wsgi_isr.middleware import ISRMiddleware
 from wsgi_isr.stores import FileStore, MemoryStore, RedisStore, Store, open_store
+from wsgi_isr.stores.shelf import FILE_HEAD
 
 ENTRY = Entry(
     status="200 OK",
@@ -94,12 +100,14 @@ class Backend:
         else:
             self.clock.advance(seconds)
 
-    def write_value(self, store: Store, key: str, value: Any) -> None:
-        """Put ``value`` under ``key`` the way the backend serialises, bypassing ``put``."""
+    def write_raw(self, store: Store, key: str, data: bytes) -> None:
+        """Put ``data`` where the store reads the record for ``key``, bypassing ``put``."""
         if isinstance(store, RedisStore):
-            store.client.set(f"{store.prefix}e:{key}", RedisSerializer().dumps(value))
+            store.client.set(f"{store.prefix}e:{key}", data)
+        elif isinstance(store, FileStore):
+            Path(store.pages.filename(key)).write_bytes(FILE_HEAD.pack(0.0, 1) + data)
         else:
-            store.cache.set(key, value, timeout=0)  # type: ignore[attr-defined]
+            store.cache.set(key, data, timeout=0)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         for store in self._stores:
@@ -237,77 +245,79 @@ def test_record_ttl_lets_the_backend_drop_it(store: Store) -> None:
     assert store.lookup("forever")[0] == ENTRY
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param((FORMAT_VERSION + 1, "P", "from a newer release"), id="other-format-version"),
-        pytest.param((FORMAT_VERSION, "X", "what"), id="unknown-kind"),
-        pytest.param(
-            ENTRY.to_record()[:5] + ("yesterday",) + ENTRY.to_record()[6:],
-            id="entry-field-of-wrong-type",
-        ),
-        pytest.param({"status": "200 OK"}, id="dict"),
-        pytest.param(42, id="int"),
-        pytest.param(b"raw bytes", id="bytes"),
-    ],
-)
-def test_a_value_that_is_not_a_record_is_a_miss(backend: Backend, store: Store, value: Any) -> None:
-    backend.write_value(store, "k", value)
+def _codec_bytes(kind: int, text: bytes, body: bytes = b"", **changes: Any) -> bytes:
+    fields = {"version": codec.VERSION, "nh": 0, "nt": 1, "created": 1.0, **changes}
+    return (
+        struct.pack(
+            ">4sBBHHdddII",
+            codec.MAGIC,
+            fields["version"],
+            kind,
+            fields["nh"],
+            fields["nt"],
+            fields["created"],
+            float("nan"),
+            float("nan"),
+            len(text),
+            len(body),
+        )
+        + text
+        + body
+    )
+
+
+class _Planted:
+    """Unpickling this creates ``path``: proof that a store ran code from its bytes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.path,))
+
+
+GOOD = codec.dumps(ENTRY)
+PLANTED = [
+    pytest.param(lambda m: pickle.dumps(_Planted(m)), id="code-running-pickle"),
+    pytest.param(lambda m: b"!" + pickle.dumps(_Planted(m)), id="cachelib-redis-pickle"),
+    pytest.param(lambda m: struct.pack("I", 0) + pickle.dumps(_Planted(m)), id="cachelib-file"),
+    pytest.param(lambda m: _codec_bytes(2, b"x", version=codec.VERSION + 1), id="version"),
+    pytest.param(lambda m: _codec_bytes(7, b"what"), id="unknown-kind"),
+    pytest.param(lambda m: _codec_bytes(1, b"200 OK\x00e"), id="entry-missing-fields"),
+    pytest.param(lambda m: _codec_bytes(1, b"200 OK\x00e\x00", nt=0, nh=1), id="wrong-count"),
+    pytest.param(lambda m: _codec_bytes(1, b"a\x00b\x00c", nt=0, created=math.nan), id="nan"),
+    pytest.param(lambda m: _codec_bytes(1, b"\xff\xfe\x00\x00", nt=0), id="not-utf8"),
+    pytest.param(lambda m: _codec_bytes(2, b"x", body=b"!"), id="marker-with-a-body"),
+    pytest.param(lambda m: GOOD[:-3], id="truncated"),
+    pytest.param(lambda m: GOOD + b"xx", id="trailing-bytes"),
+    pytest.param(lambda m: GOOD[: codec.HEAD_SIZE - 1], id="truncated-header"),
+    pytest.param(lambda m: codec.MAGIC + bytes([codec.VERSION]) + b"\xff" * 40, id="huge-length"),
+    pytest.param(lambda m: b"", id="empty"),
+    pytest.param(lambda m: bytes(range(256)) * 8, id="binary"),
+]
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_planted_bytes_under_a_key_are_a_miss_and_never_run_code(
+    backend: Backend, tmp_path: Path, planted: Any
+) -> None:
+    marker = str(tmp_path / "code-ran")
+    store = backend.open(cache=SimpleCache()) if backend.kind == "memory" else backend.open()
+    store.put("k", ENTRY, ttl=None)
+    backend.write_raw(store, "k", planted(marker))
     assert store.lookup("k")[0] is None
+    assert not os.path.exists(marker)
     store.put("k", ENTRY, ttl=None)  # and it can be overwritten
     assert store.lookup("k")[0] == ENTRY
 
 
-NEVER_EXPIRES = struct.pack("I", 0)  # FileSystemCache's expiry header: 0 is "never"
-MISSING_CLASS = b"cwsgi_isr_no_such_module\nThing\n)R."  # unpickling raises ImportError
-
-
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        pytest.param(b"", id="empty"),
-        pytest.param(b"\x01\x02", id="short-header"),
-        pytest.param(NEVER_EXPIRES + b"this is not a pickle", id="not-a-pickle"),
-        pytest.param(NEVER_EXPIRES + pickle.dumps(ENTRY.to_record())[:-20], id="truncated-pickle"),
-        pytest.param(NEVER_EXPIRES + MISSING_CLASS, id="unknown-class"),
-        pytest.param(bytes(range(255, -1, -1)), id="binary"),
-    ],
-)
-def test_file_store_garbage_entry_file_is_a_miss(tmp_path: Path, garbage: bytes) -> None:
-    store = FileStore(str(tmp_path))
-    store.put("k", ENTRY, ttl=None)
-    Path(store.cache._get_filename("k")).write_bytes(garbage)
-    record, tags = store.lookup("k")
-    assert record is None
-    assert tags == {}
-    store.put("k", ENTRY, ttl=None)
-    assert store.lookup("k")[0] == ENTRY
-
-
-@pytest.mark.redis
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        pytest.param(b"", id="empty"),
-        pytest.param(b"garbage", id="unserialised"),
-        pytest.param(b"12345", id="integer"),
-        pytest.param(b"!this is not a pickle", id="not-a-pickle"),
-        pytest.param(b"!" + pickle.dumps(ENTRY.to_record())[:-20], id="truncated-pickle"),
-        pytest.param(b"!" + MISSING_CLASS, id="unknown-class"),
-    ],
-)
-def test_redis_store_garbage_value_is_a_miss(redis_url: str, garbage: bytes) -> None:
-    store = RedisStore(redis_url)
-    try:
-        store.put("k", ENTRY, ttl=None)
-        store.client.set(store.prefix + "e:k", garbage)
-        record, tags = store.lookup("k")
-        assert record is None
-        assert tags == {}
-        store.put("k", ENTRY, ttl=None)
-        assert store.lookup("k")[0] == ENTRY
-    finally:
-        store.close()
+def test_the_record_format_round_trips_without_pickle() -> None:
+    for record in (ENTRY, UNTIL_INVALIDATED, PassMarker("p"), VaryMarker(("a", "b"))):
+        data = codec.dumps(record)
+        assert data.startswith(codec.MAGIC) and b"\x80" not in data[:2]  # no pickle opcode
+        assert codec.loads(data) == record
+    assert codec.loads(bytearray(GOOD)) is None  # only bytes
+    assert codec.loads(None) is None
 
 
 def test_tag_state_survives_a_flood_of_records(bounded_backend: Backend) -> None:
@@ -325,6 +335,133 @@ def test_tag_state_survives_a_flood_of_records(bounded_backend: Backend) -> None
     assert {t: mapping.get(t) for t in expected} == expected
     if bounded_backend.shared:
         assert bounded_backend.open(max_entries=10).tag_states(expected) == expected
+
+
+# -- bounds -------------------------------------------------------------------------------
+
+
+def _page(i: int, size: int = 1024) -> Entry:
+    return dataclasses.replace(ENTRY, body=bytes([i % 256]) * size, created=ENTRY.created + i)
+
+
+def _held_bytes(store: Store) -> int:
+    if isinstance(store, FileStore):
+        return sum(p.stat().st_size for p in Path(store.pages.path).glob("?" * 64))
+    assert isinstance(store, MemoryStore)
+    return store.pages.bytes
+
+
+def test_max_bytes_bounds_the_pages_and_keeps_the_newest(bounded_backend: Backend) -> None:
+    store = bounded_backend.open(max_entries=1000, max_bytes="20KB")
+    for i in range(100):
+        store.put(f"page-{i}", _page(i), ttl=None)
+        assert _held_bytes(store) <= 20_000
+    kept = [i for i in range(100) if store.lookup(f"page-{i}")[0] is not None]
+    assert 5 <= len(kept) < 20 and kept == list(range(100 - len(kept), 100))
+    assert store.count() == len(kept)
+    assert store.lookup("page-99")[0] == _page(99)
+
+
+def test_a_record_larger_than_max_bytes_is_not_stored(bounded_backend: Backend) -> None:
+    store = bounded_backend.open(max_bytes=5000)
+    store.put("k", _page(1, 100), ttl=None)
+    store.put("small", _page(2, 100), ttl=None)
+    store.put("k", _page(3, 10_000), ttl=None)  # the new render is too large: no old copy
+    assert store.lookup("k")[0] is None
+    assert store.lookup("small")[0] == _page(2, 100)  # and nothing else was evicted for it
+
+
+def test_hit_for_pass_markers_never_evict_pages(bounded_backend: Backend) -> None:
+    store = bounded_backend.open(max_entries=10, max_markers=3)
+    for i in range(10):
+        store.put(f"page-{i}", _page(i, 100), ttl=None)
+    for i in range(200):  # every URL that does not opt in, a 404 flood
+        store.put(f"junk-{i}", PassMarker("no opt-in"), ttl=None)
+    assert all(store.lookup(f"page-{i}")[0] == _page(i, 100) for i in range(10))
+    markers = [i for i in range(200) if store.lookup(f"junk-{i}")[0] is not None]
+    assert markers == [197, 198, 199]
+    assert store.count() == 13
+    store.put("page-0", PassMarker("now private"), ttl=None)  # a page becomes a marker
+    assert store.lookup("page-0")[0] == PassMarker("now private") and store.count() == 12
+    store.put("page-0", _page(0, 100), ttl=None)  # and back
+    assert store.lookup("page-0")[0] == _page(0, 100) and store.count() == 12
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        pytest.param("max_entries=5", (5, 0, None), id="entries"),
+        pytest.param("max_bytes=2GB", (None, 2_000_000_000, None), id="gigabytes"),
+        pytest.param("max_bytes=512MiB&max_markers=7", (None, 512 << 20, 7), id="mebibytes"),
+        pytest.param("max_bytes=1048576", (None, 1 << 20, None), id="plain-bytes"),
+    ],
+)
+def test_bounds_from_the_store_url(tmp_path: Path, query: str, expected: tuple[Any, ...]) -> None:
+    for url in (f"memory://?{query}", f"file://{tmp_path}/s?{query}"):
+        store = open_store(url)
+        assert isinstance(store, MemoryStore | FileStore)
+        entries, size, markers = expected
+        assert store.pages.max_entries == (entries or store.pages.max_entries)
+        assert store.pages.max_bytes == size
+        if markers is not None:
+            assert store.passes.max_entries == markers
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("memory://?max_bytes=lots", id="bad-size"),
+        pytest.param("memory://?max_entries=-1", id="negative-entries"),
+        pytest.param("memory://?max_entrys=5", id="misspelt"),
+        pytest.param("file:///tmp/x?max_bytes=2XB", id="bad-unit"),
+    ],
+)
+def test_bad_bounds_in_the_store_url_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        open_store(url)
+
+
+WRITERS = 4
+
+
+def _write_and_delete(path: str, n: int, max_entries: int, barrier: Any) -> None:
+    store = FileStore(path, max_entries=max_entries)
+    barrier.wait(timeout=60)
+    for i in range(60):  # the same keys from every process: replacements, not new records
+        store.put(f"shared-{i}", _page(i, 200), ttl=None)
+    for i in range(40):
+        store.put(f"own-{n}-{i}", _page(i, 200 + n), ttl=None)
+    for i in range(0, 40, 4):
+        store.delete(f"own-{n}-{i}")
+    store.put("shared-0", PassMarker("a marker replaces the page"), ttl=None)
+
+
+@pytest.mark.parametrize("max_entries", [0, 100], ids=["unbounded", "full"])
+def test_file_store_count_is_right_with_several_writer_processes(
+    tmp_path: Path, max_entries: int
+) -> None:
+    path = str(tmp_path / "store")
+    FileStore(path)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(WRITERS)
+    procs = [
+        ctx.Process(target=_write_and_delete, args=(path, n, max_entries, barrier))
+        for n in range(WRITERS)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    store = FileStore(path, max_entries=max_entries)
+    files = len(list(Path(store.pages.path).glob("?" * 64)))
+    assert store.pages.count() == files
+    assert store.passes.count() == 1 and store.count() == files + 1
+    if max_entries:
+        # full, evicted down to the bound and no further (the deletes came last)
+        assert max_entries - WRITERS * 10 - 1 <= files <= max_entries
+    else:
+        assert files == 59 + WRITERS * 30
 
 
 # -- tag state ----------------------------------------------------------------------------
@@ -400,6 +537,90 @@ def test_invalidations_are_shared_between_instances(shared_backend: Backend) -> 
         "/blog/hello": (30.0, 0.0),
     }
     assert one.lookup("k")[1].get("/blog/hello") == (30.0, 0.0)
+
+
+REDIS_GARBAGE = [
+    pytest.param("tagstate", b"posts", b"not two numbers", id="state-not-numbers"),
+    pytest.param("tagstate", b"posts", b"inf nan", id="state-not-finite"),
+    pytest.param("tagstate", b"posts", b"cos\nsystem\n(S'x'\ntR.", id="state-a-pickle"),
+    pytest.param("tagstate", b"\xff\xfe", b"1.0 2.0", id="tag-name-not-utf8"),
+    pytest.param("tagseq", None, b"not a number", id="sequence-not-a-number"),
+    pytest.param("tagseq", None, b"-5", id="sequence-negative"),
+]
+
+
+@pytest.mark.parametrize(("key", "field", "garbage"), REDIS_GARBAGE)
+def test_redis_garbage_tag_state_is_a_store_error_never_a_500(
+    redis_url: str, key: str, field: bytes | None, garbage: bytes
+) -> None:
+    writer = RedisStore(redis_url)
+    try:
+        writer.put("https://example.com/p", ENTRY, ttl=None)
+        writer.invalidate(["posts"], 10.0, hard=False)  # the sequence moves: readers sync
+        if field is None:
+            writer.client.set(writer.prefix + key, garbage)
+        else:
+            writer.client.hset(writer.prefix + key, field, garbage)
+            writer.client.zadd(writer.prefix + "tagchanges", {field: 10**15})
+            writer.client.set(writer.prefix + "tagseq", 10**15)
+        reader = RedisStore(redis_url)
+        with pytest.raises(StoreError):
+            reader.lookup("https://example.com/p")
+        if key == "tagstate" and field == b"posts":
+            with pytest.raises(StoreError):
+                reader.tag_states(["posts"])
+        app = CountingApp()
+        client = Client(ISRMiddleware(app, store=reader), use_cookies=False)
+        r = client.get("/p")
+        assert r.status_code == 200 and b"/p? render 1" in r.data  # failed open to the app
+        reader.close()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        pytest.param("tags.log", id="tag-log"),
+        pytest.param("pages", id="every-page-file-index-and-journal"),
+        pytest.param("passes", id="every-marker-file"),
+        pytest.param("locks", id="lock-files"),
+        pytest.param("entries", id="cachelib-files-of-an-older-release"),
+    ],
+)
+def test_planted_files_anywhere_in_the_cache_dir_never_run_code_nor_fail_a_request(
+    tmp_path: Path, place: str
+) -> None:
+    marker = tmp_path / "code-ran"
+    root = tmp_path / "store"
+    store = FileStore(str(root), max_entries=3)
+    app = CountingApp(
+        pages={"/plain": []}, default=[("X-ISR-Revalidate", "60"), ("X-ISR-Tags", "t")]
+    )
+    client = Client(ISRMiddleware(app, store=store), use_cookies=False)
+    for i in range(5):
+        client.get(f"/p{i}")
+    client.get("/plain")
+    store.invalidate(["t"], 1.0, hard=False)
+    assert store.acquire("held", 60)
+    (root / "entries").mkdir()  # what cachelib's FileSystemCache kept before
+    for name in ("__wz_cache_count", "0123456789abcdef0123456789abcdef"):
+        (root / "entries" / name).write_bytes(b"")
+    planted = pickle.dumps(_Planted(str(marker)))
+    target = root / place
+    paths = [target] if target.is_file() else list(target.iterdir())
+    assert paths
+    for path in paths:
+        path.write_bytes(planted)
+    again = FileStore(str(root), max_entries=3)
+    client = Client(ISRMiddleware(app, store=again), use_cookies=False)
+    for path in [f"/p{i}" for i in range(8)] + ["/plain"]:
+        assert client.get(path).status_code == 200
+    assert client.get("/p7").headers["X-ISR-Cache"] == "HIT"  # caching again
+    assert again.pages.count() <= 3 and again.acquire("another", 60)
+    again.invalidate(["t"], 2.0, hard=False)
+    assert again.tag_states(["t"]) == {"t": (2.0, 0.0)}
+    assert not marker.exists()
 
 
 # -- locks --------------------------------------------------------------------------------
@@ -616,11 +837,12 @@ def test_open_store_wraps_a_simple_cache() -> None:
 
 
 def test_open_store_wraps_a_filesystem_cache(tmp_path: Path) -> None:
-    cache = FileSystemCache(str(tmp_path / "cache"))
+    cache = FileSystemCache(str(tmp_path / "cache"), threshold=7)
     store = open_store(cache)
     assert isinstance(store, FileStore)
+    assert store.path == str(tmp_path / "cache") and store.pages.max_entries == 7
     store.put("k", ENTRY, ttl=None)
-    assert cache.get("k") is not None  # the record lives in the user's cache
+    assert cache.get("k") is None  # its directory, not its pickling serializer
     store.invalidate(["posts"], 10.0, hard=False)
     again = open_store(FileSystemCache(str(tmp_path / "cache")))
     assert again.lookup("k") == (ENTRY, {"posts": (10.0, 0.0)})

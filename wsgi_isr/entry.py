@@ -3,9 +3,8 @@
 An :class:`Entry` is immutable and carries everything the hit path needs,
 precomputed when it was written (status line, header list, ETag), plus the
 moment its render *started* — the reference point for time-based and
-tag-based staleness. Records are encoded as tuples of builtin types with a
-format version in front: a version mismatch or a malformed record is a miss,
-never an exception.
+tag-based staleness. How records become bytes (versioned, never pickled) is
+:mod:`wsgi_isr.codec`.
 """
 
 from __future__ import annotations
@@ -14,13 +13,6 @@ import dataclasses
 import enum
 import math
 from typing import Any
-
-FORMAT_VERSION = 1
-
-_ENTRY = "E"
-_PASS = "P"
-_VARY = "V"
-_DATA = "D"
 
 
 class State(enum.Enum):
@@ -73,21 +65,6 @@ class Entry:
         if self.revalidate is None:
             return math.inf
         return self.revalidate - (now - self.created)
-
-    def to_record(self) -> tuple[Any, ...]:
-        return (
-            FORMAT_VERSION,
-            _ENTRY,
-            self.status,
-            self.headers,
-            self.body,
-            self.created,
-            self.revalidate,
-            self.expire,
-            self.tags,
-            self.etag,
-            self.last_modified,
-        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,61 +122,3 @@ class DataEntry:
 
 
 Record = Entry | PassMarker | VaryMarker | DataEntry
-
-
-def encode(record: Record) -> tuple[Any, ...]:
-    if isinstance(record, Entry):
-        return record.to_record()
-    if isinstance(record, DataEntry):
-        r = record
-        return (FORMAT_VERSION, _DATA, r.value, r.created, r.revalidate, r.expire, r.tags)
-    if isinstance(record, PassMarker):
-        return (FORMAT_VERSION, _PASS, record.reason)
-    return (FORMAT_VERSION, _VARY, record.headers)
-
-
-def decode(value: Any) -> Record | None:
-    """Turn a stored value back into a record; anything unexpected is ``None`` (a miss)."""
-    if type(value) is not tuple or len(value) < 3 or value[0] != FORMAT_VERSION:
-        return None
-    kind = value[1]
-    try:
-        if kind == _ENTRY and len(value) == 11:
-            _, _, status, headers, body, created, reval, expire, tags, etag, lm = value
-            if not (
-                type(status) is str
-                and type(headers) is tuple
-                and all(
-                    type(h) is tuple and len(h) == 2 and type(h[0]) is str and type(h[1]) is str
-                    for h in headers
-                )
-                and type(body) is bytes
-                and type(created) is float
-                and (reval is None or type(reval) is float)
-                and (expire is None or type(expire) is float)
-                and type(tags) is tuple
-                and all(type(t) is str for t in tags)
-                and type(etag) is str
-                and type(lm) is str
-            ):
-                return None
-            return Entry(status, headers, body, created, reval, expire, tags, etag, lm)
-        if kind == _DATA and len(value) == 7:
-            _, _, text, created, reval, expire, tags = value
-            if not (
-                type(text) is str
-                and type(created) is float
-                and (reval is None or type(reval) is float)
-                and (expire is None or type(expire) is float)
-                and type(tags) is tuple
-                and all(type(t) is str for t in tags)
-            ):
-                return None
-            return DataEntry(text, created, reval, expire, tags)
-        if kind == _PASS and type(value[2]) is str:
-            return PassMarker(value[2])
-        if kind == _VARY and type(value[2]) is tuple and all(type(h) is str for h in value[2]):
-            return VaryMarker(value[2])
-    except (TypeError, ValueError):
-        return None
-    return None

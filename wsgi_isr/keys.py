@@ -20,6 +20,8 @@ from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
+from .bounded import Memo, text_size
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
@@ -88,8 +90,9 @@ def quote_path(path: str) -> str:
 
 #: Recently computed keys: the same URLs come back again and again, and building a
 #: key (host check, path quoting, query parsing) costs more than the rest of a hit.
-_memo: dict[tuple[Any, ...], RequestKey | None] = {}
 _MEMO_SIZE = 4096
+_MEMO_BYTES = 8 << 20  # with 8 KiB URLs, 4096 keys would be ~100 MiB: bounded in bytes too
+_memo: Memo[tuple[Any, ...], RequestKey | None] = Memo(_MEMO_SIZE, _MEMO_BYTES)
 
 
 def request_key(
@@ -113,9 +116,8 @@ def request_key(
     except TypeError:  # an unhashable value where a string belongs: compute, do not memo
         return _request_key(environ, query_params)
     rk = _request_key(environ, query_params)
-    if len(_memo) >= _MEMO_SIZE:
-        _memo.clear()
-    _memo[memo_key] = rk
+    size = text_size(*memo_key[:7]) + (0 if rk is None else text_size(*dataclasses.astuple(rk)))
+    _memo.remember(memo_key, rk, size)
     return rk
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import responses as R
+from .bounded import Memo, text_size
 from .entry import Entry, PassMarker, Record, VaryMarker
 from .errors import StoreError
 from .keys import RequestKey, path_tags, render_environ, variant_key
@@ -47,8 +48,6 @@ log = logging.getLogger("wsgi_isr")
 #: retried soon.
 REFUSED_PASS_TTL = 1.0
 MAX_BACKOFF = 300.0
-#: At most this many keys' failure counts are kept per process.
-MAX_FAILURE_KEYS = 10_000
 
 
 def lock_name(key: str) -> str:
@@ -93,7 +92,7 @@ class Regenerator:
         self.pass_ttl = pass_ttl
         self.backoff = backoff
         self._store_failed = on_store_error
-        self._failures: dict[str, int] = {}
+        self._failures: Memo[str, int] = Memo(10_000, 4 << 20)  # bounded in bytes: keys can be long
         self.leases = LeaseKeeper(
             store, lease=self.lease, limit=lock_timeout, on_error=on_store_error
         )
@@ -301,16 +300,15 @@ class Regenerator:
             self._store_failed(exc)
             return False
 
-    def back_off(self, key: str) -> None:
+    def back_off(self, key: str) -> float:
         """Count a failed regeneration and hold further background attempts of ``key``
-        off, everywhere the store is shared, for a doubling interval."""
+        off, everywhere the store is shared, for a doubling interval (returned)."""
         self.stats.incr("regenerations_failed")
         n = self._failures.get(key, 0) + 1
-        if len(self._failures) >= MAX_FAILURE_KEYS:
-            self._failures.clear()
-        self._failures[key] = n
+        self._failures.remember(key, n, text_size(key))
         hold = float(min(self.backoff * 2.0 ** (n - 1), MAX_BACKOFF))
         try:
             self.store.acquire(backoff_name(key), hold)
         except StoreError as exc:
             self._store_failed(exc)
+        return hold

@@ -10,10 +10,11 @@ import hashlib
 import math
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from werkzeug.http import http_date, parse_date
 
+from .bounded import Memo, text_size
 from .entry import Entry
 
 if TYPE_CHECKING:
@@ -86,8 +87,11 @@ def cache_status(label: str, entry: Entry, now: float, detail: str | None = None
 
 
 #: Client headers change at most once a second per entry and label: reuse them.
-_memo: dict[tuple[Any, ...], tuple[weakref.ref[Entry], tuple[tuple[str, str], ...]]] = {}
 _MEMO_SIZE = 4096
+_MEMO_BYTES = 8 << 20
+_memo: Memo[tuple[object, ...], tuple[weakref.ref[Entry], tuple[tuple[str, str], ...]]] = Memo(
+    _MEMO_SIZE, _MEMO_BYTES
+)
 
 
 def entry_headers(
@@ -102,9 +106,7 @@ def entry_headers(
     cached = _memo.get(memo_key)
     if cached is None or cached[0]() is not entry:
         cached = (weakref.ref(entry), tuple(_entry_headers(entry, age, label, detail)))
-        if len(_memo) >= _MEMO_SIZE:
-            _memo.clear()
-        _memo[memo_key] = cached
+        _memo.remember(memo_key, cached, text_size(*(s for h in cached[1] for s in h)))
     return list(cached[1])
 
 

@@ -9,8 +9,9 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ..bounded import parse_size
 from .base import Store
 from .file import FileStore
 from .local import LocalLayer
@@ -52,8 +53,9 @@ def open_store(spec: Any, *, clock: Callable[[], float] = time.time) -> Store:
     if isinstance(spec, SimpleCache):
         return MemoryStore(cache=spec, clock=clock)
     if isinstance(spec, FileSystemCache):
-        # entries stay in the user's cache; tag state and locks beside it
-        return FileStore(spec._path.rstrip(os.sep) + "-isr", cache=spec, clock=clock)
+        # its directory and bound, not the cache itself: cachelib pickles entries and
+        # its counter file, and a store must never unpickle what it reads back
+        return FileStore(spec._path, max_entries=spec._threshold, clock=clock)
     if isinstance(spec, RedisCache):
         return RedisStore(client=spec._write_client, prefix=spec._get_prefix(), clock=clock)
     if isinstance(spec, BaseCache):
@@ -64,17 +66,43 @@ def open_store(spec: Any, *, clock: Callable[[], float] = time.time) -> Store:
     raise ValueError(f"store must be a URL, a Store or a cachelib cache, not {spec!r}")
 
 
+_INT_OPTIONS = ("max_entries", "max_markers")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _bound_options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """``?max_entries=100000&max_bytes=2GB`` as keyword arguments, checked."""
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in allowed:
+            raise ValueError(f"unknown option {name!r} in store URL {url!r}: expected {allowed}")
+        try:
+            if name in _INT_OPTIONS:
+                options[name] = int(value)
+            elif name == "max_bytes":
+                options[name] = parse_size(value)
+            else:
+                options[name] = value.lower() in _TRUE
+        except ValueError as exc:
+            raise ValueError(f"bad {name} in store URL {url!r}: {exc}") from exc
+    return options
+
+
 def _from_url(url: str, clock: Callable[[], float]) -> Store:
     parts = urlsplit(url)
     if parts.scheme == "memory":
-        return MemoryStore(clock=clock)
+        options = _bound_options(url, parts.query, ("max_entries", "max_bytes", "max_markers"))
+        return MemoryStore(clock=clock, **options)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"file store URL must be file:///absolute/path, got {url!r}")
         path = unquote(parts.path)
         if not path.startswith("/") or path == "/":
             raise ValueError(f"file store URL needs a directory: {url!r}")
-        return FileStore(path, clock=clock)
+        options = _bound_options(
+            url, parts.query, ("max_entries", "max_bytes", "max_markers", "allow_shared_dir")
+        )
+        return FileStore(path, clock=clock, **options)
     if parts.scheme in ("redis", "rediss", "unix"):
         return RedisStore(url, clock=clock)
     raise ValueError(

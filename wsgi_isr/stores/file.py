@@ -1,15 +1,22 @@
 """``file:///path`` — the embedded default, shared by every worker on one host.
 
-Layout under the root directory::
+Layout under the root directory (created ``0700``; see :func:`check_directory`)::
 
-    entries/   cachelib FileSystemCache (mkstemp + os.replace: readers never see half a file)
+    pages/     a :class:`~wsgi_isr.stores.shelf.Shelf` of pages (and Vary markers),
+               bounded by ``max_entries`` and ``max_bytes``, O(1) eviction per write
+    passes/    hit-for-pass markers, on a shelf of their own (``max_markers``): a flood
+               of URLs that do not opt in never evicts a page
     tags.log   append-only JSON lines, one per tag invalidation; never pruned by the
-               entry threshold, compacted in place (atomic replace) when it grows
+               entry bounds, compacted in place (atomic replace) when it grows
     locks/     one small file per lock name; the lock state inside is read and written
                under ``flock``, so "take it if free or expired" is atomic across processes
-               (cachelib's ``FileSystemCache.add`` is check-then-set and is not)
 
-    store = FileStore("/var/cache/myapp-isr", max_entries=100_000)
+Every file is read back as data, never as code: records in the format of
+:mod:`wsgi_isr.codec`, tag state as JSON, locks and counters as plain text and fixed-size
+integers. (Before 0.x the entries were cachelib pickles under ``entries/``; that
+directory is no longer read and may be deleted.)
+
+    store = FileStore("/var/cache/myapp-isr", max_entries=100_000, max_bytes="2GB")
 """
 
 from __future__ import annotations
@@ -21,19 +28,18 @@ import json
 import logging
 import math
 import os
-import pickle
-import struct
+import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from cachelib import FileSystemCache
-
-from ..entry import Record, TagState, decode, encode
+from .. import codec
+from ..bounded import ByteLRU, parse_size
+from ..entry import PassMarker, Record, TagState
 from ..errors import StoreError
 from .base import Store, merge_tag_state, new_token, record_ttl
+from .shelf import FILE_HEAD, Shelf, _replace_private
 
 log = logging.getLogger("wsgi_isr")
 
@@ -43,6 +49,8 @@ MAX_LOCK_SECONDS = 24 * 3600
 DECODED_BYTES = 32 << 20
 #: Compact the tag log when it is larger than this and twice its live content.
 COMPACT_BYTES = 1 << 20
+#: Bytes a marker file may take on average (the marker shelf's byte budget is this × count).
+MARKER_BYTES = 1024
 
 
 def _generation_line() -> bytes:
@@ -50,27 +58,95 @@ def _generation_line() -> bytes:
     return json.dumps({"generation": new_token()}).encode() + b"\n"
 
 
+def check_directory(path: str, *, allow_shared: bool = False) -> None:
+    """Create ``path`` ``0700`` if missing; refuse one that another user could write to.
+
+    Whoever can write into the cache directory decides what every worker serves, so
+    it must belong to the user running the application and be writable by nobody
+    else. ``allow_shared=True`` skips the ownership and mode checks: for operators
+    who deliberately share one directory between users, and accept that each of
+    them can then spoil (never execute) the others' pages.
+    """
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError as exc:
+        raise StoreError(f"cannot use cache directory {path!r}: {exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"cache directory {path!r} is not a directory")
+    if allow_shared:
+        return
+    if st.st_uid != os.geteuid():
+        raise ValueError(
+            f"cache directory {path!r} is owned by uid {st.st_uid}, not by this process "
+            f"(uid {os.geteuid()}): another user could plant cache entries. Use a directory "
+            "of your own, or pass allow_shared_dir=True if sharing it is intended (dangerous)"
+        )
+    if st.st_mode & 0o022:
+        raise ValueError(
+            f"cache directory {path!r} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): run chmod 700 on it, or pass "
+            "allow_shared_dir=True if sharing it is intended (dangerous)"
+        )
+
+
+def _own_dir(path: str, allow_shared: bool) -> None:
+    """A subdirectory of the store: created 0700 whatever the umask, then checked."""
+    created = not os.path.isdir(path)
+    check_directory(path, allow_shared=allow_shared)
+    if created:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
+
+
 class FileStore(Store):
+    """Records, tag state and locks under one directory (see the module docstring).
+
+    :param max_entries: pages kept (0: unbounded); the oldest written go first.
+    :param max_bytes: total size of the page files (``int`` or ``"2GB"``; 0: unbounded).
+    :param max_markers: hit-for-pass markers kept, on their own budget.
+    :param allow_shared_dir: skip the ownership and mode checks of the directory.
+        Dangerous: any user who can write to it can replace the pages you serve.
+    """
+
     def __init__(
         self,
         path: str,
         *,
         max_entries: int = 100_000,
+        max_bytes: int | str = 0,
+        max_markers: int = 10_000,
+        allow_shared_dir: bool = False,
         cache: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(clock=clock)
-        if max_entries < 0:
-            raise ValueError("max_entries must be >= 0 (0 means unbounded)")
-        self.path = os.path.abspath(path)
-        self.description = f"file://{self.path}"
-        try:
-            os.makedirs(os.path.join(self.path, "locks"), exist_ok=True)
-            self.cache = cache or FileSystemCache(
-                os.path.join(self.path, "entries"), threshold=max_entries, default_timeout=0
+        if cache is not None:
+            raise ValueError(
+                "FileStore no longer wraps a cachelib FileSystemCache (it pickles); "
+                "pass its directory: open_store(FileSystemCache(...)) does this for you"
             )
-        except OSError as exc:
-            raise StoreError(f"cannot use cache directory {self.path!r}: {exc}") from exc
+        if max_entries < 0 or max_markers < 0:
+            raise ValueError("max_entries and max_markers must be >= 0 (0 means unbounded)")
+        max_bytes = parse_size(max_bytes)
+        self.path = os.path.abspath(path)
+        created = not os.path.isdir(self.path)
+        check_directory(self.path, allow_shared=allow_shared_dir)
+        if created:
+            with contextlib.suppress(OSError):  # makedirs' mode is filtered by the umask
+                os.chmod(self.path, 0o700)
+        for sub in ("pages", "passes", "locks"):
+            _own_dir(os.path.join(self.path, sub), allow_shared_dir)
+        bounds = f"max_entries={max_entries}" + (f", max_bytes={max_bytes}" if max_bytes else "")
+        self.description = f"file://{self.path} ({bounds})"
+        self.pages = Shelf(
+            os.path.join(self.path, "pages"), max_entries=max_entries, max_bytes=max_bytes
+        )
+        self.passes = Shelf(
+            os.path.join(self.path, "passes"),
+            max_entries=max_markers,
+            max_bytes=max_markers * MARKER_BYTES,
+        )
         self._log_path = os.path.join(self.path, "tags.log")
         self._log_lock_path = os.path.join(self.path, "tags.lock")
         self._tags: dict[str, TagState] = {}
@@ -78,19 +154,21 @@ class FileStore(Store):
         self._log_pos = 0
         self._generation = b""
         self._refresh_mutex = threading.Lock()
-        # decoded records by key: (file version, cachelib expiry, record, size)
-        self._decoded: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
-        self._decoded_bytes = 0
+        # decoded records by file name: (file version, expiry, record)
+        self._decoded: ByteLRU[tuple[Any, float, Record | None]] = ByteLRU(0, DECODED_BYTES)
 
     # -- records -------------------------------------------------------------------------
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
-        return self._record(key), self._refresh_tags()
+        record = self._record(self.pages, key)
+        if record is None:
+            record = self._record(self.passes, key)
+        return record, self._refresh_tags()
 
-    def _record(self, key: str) -> Record | None:
-        """The record in the entry file, decoded once per version of the file: a hit
+    def _record(self, shelf: Shelf, key: str) -> Record | None:
+        """The record in the file, decoded once per version of the file: a hit
         costs a ``stat`` while the file is unchanged."""
-        filename = self.cache._get_filename(key)
+        filename = shelf.filename(key)
         try:
             st = os.stat(filename)
         except FileNotFoundError:
@@ -98,70 +176,65 @@ class FileStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot read {filename}: {exc}") from exc
         version = (st.st_ino, st.st_mtime_ns, st.st_size)
-        known = self._decoded.get(key)
+        known = self._decoded.get(filename)
         if known is None or known[0] != version:
-            known = (version, *self._load(filename, key))
-            self._remember(key, known, st.st_size)
-        expires: int = known[1]
-        record: Record | None = known[2]
-        if expires and expires < time.time():  # cachelib's own expiry, in wall-clock seconds
+            known = (version, *self._load(filename))
+            self._decoded.set(filename, known, st.st_size + 256)
+        expires: float = known[1]
+        if expires and expires < time.time():  # the record's TTL, in wall-clock seconds
             return None
-        return record
+        return known[2]
 
-    def _load(self, filename: str, key: str) -> tuple[int, Record | None]:
+    def _load(self, filename: str) -> tuple[float, Record | None]:
         try:
             with open(filename, "rb") as f:
                 data = f.read()
-            (expires,) = struct.unpack("I", data[:4])
-            return expires, decode(pickle.loads(data[4:]))
         except FileNotFoundError:
-            return 0, None
-        except Exception:  # truncated or corrupted: unpickling can raise anything
-            log.warning("wsgi_isr: unreadable cache file for %r, treated as a miss", key)
-            return 0, None
-
-    def _remember(self, key: str, known: tuple[Any, ...], size: int) -> None:
-        with self._refresh_mutex:
-            old = self._decoded.pop(key, None)
-            if old is not None:
-                self._decoded_bytes -= old[3]
-            while self._decoded and self._decoded_bytes + size > DECODED_BYTES:
-                _, dropped = self._decoded.popitem(last=False)
-                self._decoded_bytes -= dropped[3]
-            self._decoded[key] = (*known, size)
-            self._decoded_bytes += size
+            return 0.0, None
+        except OSError as exc:
+            raise StoreError(f"cannot read {filename}: {exc}") from exc
+        record = None
+        expires = 0.0
+        if len(data) > FILE_HEAD.size:
+            expires = FILE_HEAD.unpack_from(data)[0]
+            record = codec.loads(data[FILE_HEAD.size :])
+        if record is None or not math.isfinite(expires):
+            log.warning("wsgi_isr: unreadable cache file %s, treated as a miss", filename)
+            return 0.0, None
+        return expires, record
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
-        value = encode(record)
-        if self.cache.set(key, value, timeout=record_ttl(ttl)):
-            return
-        # the directory may have been removed (a "cache clear"), or the disk is full:
-        # recreate it and try once more, then clean up what the failed writes left
-        with contextlib.suppress(OSError):
-            os.makedirs(self.cache._path, exist_ok=True)
-        if not self.cache.set(key, value, timeout=record_ttl(ttl)):
-            self._remove_stale_temp_files()
-            raise StoreError(f"could not write cache entry under {self.path!r}")
-
-    def _remove_stale_temp_files(self) -> None:
-        """cachelib leaves its temporary file behind when a write fails (a full disk):
-        remove those older than a minute, so failures do not fill the disk further."""
-        suffix = self.cache._fs_transaction_suffix
-        cutoff = time.time() - 60
+        payload = codec.dumps(record)
+        expires = time.time() + record_ttl(ttl)
+        shelf, other = (self.passes, self.pages)
+        if not isinstance(record, PassMarker):
+            shelf, other = other, shelf
         try:
-            with os.scandir(self.cache._path) as entries:
-                for entry in entries:
-                    if entry.name.endswith(suffix) and entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-        except OSError:
-            pass
+            try:
+                stored = shelf.write(key, payload, expires)
+            except FileNotFoundError:
+                # the directory was removed (a "cache clear"): recreate it, try once more
+                _own_dir(shelf.path, True)
+                stored = shelf.write(key, payload, expires)
+            other.remove(key)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                shelf.remove_stale_temp_files(time.time() - 60)
+            raise StoreError(f"could not write cache entry under {self.path!r}: {exc}") from exc
+        if not stored:
+            shelf.remove(key)  # larger than the whole budget: not kept, and not the old one
+            log.warning("wsgi_isr: record for %r is larger than max_bytes; not stored", key)
 
     def delete(self, key: str) -> None:
-        self.cache.delete(key)
+        try:
+            self.pages.remove(key)
+            self.passes.remove(key)
+        except OSError as exc:
+            raise StoreError(f"cannot delete cache entry under {self.path!r}: {exc}") from exc
 
     def count(self) -> int | None:
         try:
-            return sum(1 for n in os.listdir(self.cache._path) if not self.cache._is_mgmt(n))
+            return self.pages.count() + self.passes.count()
         except OSError:
             return None
 
@@ -227,10 +300,10 @@ class FileStore(Store):
         """
         while True:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             except FileNotFoundError:  # the directory was removed ("cache clear")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
@@ -252,6 +325,7 @@ class FileStore(Store):
                 for tag in tags:
                     state = merge_tag_state(current.get(tag), at, hard)
                     lines.append(json.dumps([tag, state[0], state[1]]).encode() + b"\n")
+                os.close(os.open(self._log_path, os.O_WRONLY | os.O_CREAT, 0o600))  # private
                 with open(self._log_path, "a+b") as f:
                     if f.tell() == 0:
                         f.write(_generation_line())
@@ -271,11 +345,8 @@ class FileStore(Store):
         live = sum(len(t) + 48 for t in current)
         if size < COMPACT_BYTES or size < 2 * live:
             return
-        tmp = f"{self._log_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(_generation_line())
-            f.writelines(json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
-        os.replace(tmp, self._log_path)
+        lines = (json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
+        _replace_private(self._log_path, _generation_line() + b"".join(lines))
 
     # -- locks ---------------------------------------------------------------------------
 

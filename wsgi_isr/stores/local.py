@@ -16,35 +16,43 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 
-from ..entry import Record, TagState
+from ..bounded import ByteLRU, parse_size
+from ..entry import Entry, Record, TagState, VaryMarker
 from ..errors import StoreError
 from .base import Store
+from .memory import record_size
 
 
 class LocalLayer(Store):
+    """Pages (and Vary markers) in a :class:`ByteLRU` of ``max_entries`` and ``max_bytes``;
+    misses and hit-for-pass markers in a small one of their own (``max_markers``), so
+    URLs that do not opt in never push pages out."""
+
     def __init__(
         self,
         backend: Store,
         *,
         ttl: float = 1.0,
         max_entries: int = 10_000,
+        max_bytes: int | str = 64 << 20,
+        max_markers: int = 1_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(clock=backend.clock)
-        if ttl <= 0 or max_entries <= 0:
-            raise ValueError("local layer ttl and max_entries must be positive")
+        if ttl <= 0 or max_entries <= 0 or max_markers <= 0:
+            raise ValueError("local layer ttl, max_entries and max_markers must be positive")
         self.backend = backend
         self.ttl = ttl
         self.max_entries = max_entries
         self.monotonic = monotonic
         self.description = f"{backend.description} + local layer (ttl {ttl:g} s)"
-        self._records: OrderedDict[str, tuple[Record | None, float]] = OrderedDict()
-        self._mutex = threading.Lock()
+        self._pages: ByteLRU[tuple[Record | None, float]] = ByteLRU(
+            max_entries, parse_size(max_bytes)
+        )
+        self._others: ByteLRU[tuple[Record | None, float]] = ByteLRU(max_markers, 0)
         self._subscribed_pid = 0
 
     def now(self) -> float:
@@ -60,7 +68,7 @@ class LocalLayer(Store):
         if self._subscribed_pid != os.getpid():  # per process: threads do not survive fork
             self._subscribed_pid = os.getpid()
             self.backend.subscribe(self._on_invalidation)
-        held = self._records.get(key)
+        held = self._pages.get(key) or self._others.get(key)
         if held is not None and held[1] > self.monotonic():
             return held[0], self.backend.known_tag_states()
         return self.lookup_through(key)
@@ -72,15 +80,17 @@ class LocalLayer(Store):
         return record, tags
 
     def _remember(self, key: str, record: Record | None) -> None:
-        with self._mutex:
-            self._records[key] = (record, self.monotonic() + self.ttl)
-            self._records.move_to_end(key)
-            while len(self._records) > self.max_entries:
-                self._records.popitem(last=False)
+        held = (record, self.monotonic() + self.ttl)
+        if isinstance(record, Entry | VaryMarker):
+            self._others.pop(key)
+            self._pages.set(key, held, record_size(record) + len(key) + 100)
+        else:
+            self._pages.pop(key)
+            self._others.set(key, held, len(key) + 300)
 
     def forget(self, key: str) -> None:
-        with self._mutex:
-            self._records.pop(key, None)
+        self._pages.pop(key)
+        self._others.pop(key)
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         self.forget(key)

@@ -1,88 +1,100 @@
-"""``memory://`` — a per-process store on cachelib's ``SimpleCache``.
+"""``memory://`` — a per-process store.
 
 For tests and single-process servers: nothing is shared between workers.
 
-    store = MemoryStore(max_entries=10_000)
+    store = MemoryStore(max_entries=10_000, max_bytes="256MB")
+
+Pages are kept as the immutable record objects (no encoding per hit) in a
+:class:`~wsgi_isr.bounded.ByteLRU`; hit-for-pass markers in a second, small one, so a
+flood of URLs that do not opt in never evicts a page. A user's cachelib
+``SimpleCache`` may stand in for the page LRU (records are then kept as codec bytes).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from cachelib import SimpleCache
-
-from ..entry import DataEntry, Entry, PassMarker, Record, TagState, VaryMarker, decode, encode
+from .. import codec
+from ..bounded import ByteLRU, parse_size
+from ..entry import DataEntry, Entry, PassMarker, Record, TagState
 from .base import Store, merge_tag_state, new_token, record_ttl
 
 
-class _LRUCache(SimpleCache):
-    """``SimpleCache`` whose pruning is O(1): it drops the least recently written
-    records in order, where ``SimpleCache`` scans and sorts every record on each
-    write once full (milliseconds at 10,000 entries, the whole worker blocked)."""
-
-    def __init__(self, threshold: int) -> None:
-        super().__init__(threshold=threshold, default_timeout=0)
-        self._lru: OrderedDict[str, Any] = OrderedDict()
-        self._cache = self._lru
-        # records are immutable: keep the objects themselves, no pickling per hit
-        self.serializer = _Identity()  # type: ignore[assignment]
-
-    def set(self, key: str, value: Any, timeout: Any = None) -> bool:
-        with self._lock:
-            self._lru.pop(key, None)  # re-inserted at the end: most recently written
-            self._lru[key] = (self._normalize_timeout(timeout), value)
-            while len(self._lru) > self._threshold:
-                self._lru.popitem(last=False)
-            return True
-
-
-class _Identity:
-    """A cachelib serializer that stores objects as they are."""
-
-    def dumps(self, value: Any) -> Any:
-        return value
-
-    def loads(self, value: Any) -> Any:
-        return value
+def record_size(record: Record) -> int:
+    """About how many bytes of memory ``record`` keeps alive."""
+    if isinstance(record, Entry):
+        return (
+            len(record.body)
+            + sum(len(k) + len(v) + 120 for k, v in record.headers)
+            + sum(len(t) + 60 for t in record.tags)
+            + len(record.status)
+            + len(record.etag)
+            + len(record.last_modified)
+            + 400
+        )
+    if isinstance(record, PassMarker):
+        return len(record.reason) + 200
+    if isinstance(record, DataEntry):
+        return len(record.value) + sum(len(t) + 60 for t in record.tags) + 300
+    return sum(len(h) + 60 for h in record.headers) + 200
 
 
 class MemoryStore(Store):
-    """Records in a ``SimpleCache`` bounded by ``max_entries``; tag state and
-    locks in plain dictionaries that are never pruned."""
+    """Pages in a :class:`ByteLRU` bounded by ``max_entries`` and ``max_bytes``; markers
+    in one bounded by ``max_markers``; tag state and locks in plain dictionaries (tag
+    state is never pruned)."""
 
     def __init__(
         self,
         *,
         max_entries: int = 10_000,
+        max_bytes: int | str = 0,
+        max_markers: int = 1_000,
         cache: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(clock=clock)
-        if max_entries <= 0:
-            raise ValueError("max_entries must be positive")
-        self.cache = cache if cache is not None else _LRUCache(max_entries)
+        if max_entries <= 0 or max_markers <= 0:
+            raise ValueError("max_entries and max_markers must be positive")
+        max_bytes = parse_size(max_bytes)
+        self.cache = cache  # a user's SimpleCache, or None
+        self.pages: ByteLRU[tuple[float, Record]] = ByteLRU(max_entries, max_bytes)
+        self.passes: ByteLRU[tuple[float, Record]] = ByteLRU(max_markers, 0)
         self._tags: dict[str, TagState] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._mutex = threading.Lock()
-        self.description = f"memory (max_entries={max_entries})"
+        bounds = f"max_entries={max_entries}" + (f", max_bytes={max_bytes}" if max_bytes else "")
+        self.description = f"memory ({bounds})"
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
-        value = self.cache.get(key)
-        if isinstance(value, Entry | PassMarker | VaryMarker | DataEntry):
-            return value, self._tags
-        return decode(value), self._tags  # a user's SimpleCache holds encoded records
+        if self.cache is not None:
+            return codec.loads(self.cache.get(key)), self._tags
+        held = self.pages.get(key) or self.passes.get(key)
+        # record TTLs in wall-clock seconds, as the other backends keep them
+        if held is None or held[0] < time.time():
+            return None, self._tags
+        return held[1], self._tags
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
-        # never timeout 0: SimpleCache prunes "never expires" records first
-        identity = isinstance(self.cache.serializer, _Identity)
-        self.cache.set(key, record if identity else encode(record), timeout=record_ttl(ttl))
+        if self.cache is not None:
+            self.cache.set(key, codec.dumps(record), timeout=record_ttl(ttl))
+            return
+        held = (time.time() + record_ttl(ttl), record)
+        lru, other = self.pages, self.passes
+        if isinstance(record, PassMarker):
+            lru, other = other, lru
+        lru.set(key, held, record_size(record) + len(key) + 100)
+        other.pop(key)
 
     def delete(self, key: str) -> None:
-        self.cache.delete(key)
+        if self.cache is not None:
+            self.cache.delete(key)
+            return
+        self.pages.pop(key)
+        self.passes.pop(key)
 
     def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
         return {t: self._tags[t] for t in tags if t in self._tags}
@@ -125,4 +137,6 @@ class MemoryStore(Store):
             return True
 
     def count(self) -> int | None:
-        return len(getattr(self.cache, "_cache", ()))
+        if self.cache is not None:
+            return len(getattr(self.cache, "_cache", ()))
+        return len(self.pages) + len(self.passes)

@@ -1,8 +1,10 @@
 """``redis://host:port/db`` — shared by every worker on every host.
 
-Records go through cachelib's ``RedisCache`` serializer; tag state lives in a
-hash that never expires (configure Redis with a ``volatile-*`` eviction policy
-so only records, which always carry a TTL, can be evicted). Every tag
+Records are stored in the non-executable format of :mod:`wsgi_isr.codec` (never a
+pickle: whoever can write to the server can spoil pages, not run code); tag state
+lives in a hash that never expires (configure Redis with ``maxmemory`` and a
+``volatile-*`` eviction policy so only records, which always carry a TTL, can be
+evicted — the store checks this once and logs a warning otherwise). Every tag
 invalidation moves a sequence number forward; a hit reads the record and that number
 in one ``MGET`` and refreshes its in-process copy of tag state only when the
 number moved. Locks are ``SET NX PX`` with a random token, released by an
@@ -13,6 +15,7 @@ atomic compare-and-delete.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -21,9 +24,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..entry import Record, TagState, decode, encode
+from .. import codec
+from ..entry import Record, TagState
 from ..errors import StoreError
 from .base import Store, new_token, record_ttl
+
+log = logging.getLogger("wsgi_isr")
 
 CLOCK_CHECK_INTERVAL = 30.0
 
@@ -67,8 +73,50 @@ return 0
 
 
 def _parse_state(raw: bytes | str) -> TagState:
-    stale, expired = (raw.decode() if isinstance(raw, bytes) else raw).split()
-    return (float(stale), float(expired))
+    """``b"stale expired"`` as written by the invalidation script; anything else in the
+    hash is a :class:`StoreError` (the middleware fails open), never a 500."""
+    try:
+        stale, expired = (raw.decode("ascii") if isinstance(raw, bytes) else raw).split()
+        state = (float(stale), float(expired))
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise StoreError(f"garbage tag state in redis: {raw!r:.80}") from exc
+    if not (math.isfinite(state[0]) and math.isfinite(state[1])):
+        raise StoreError(f"garbage tag state in redis: {raw!r:.80}")
+    return state
+
+
+def _parse_seq(raw: Any) -> int:
+    try:
+        seq = int(raw or 0)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"garbage invalidation sequence in redis: {raw!r:.80}") from exc
+    if seq < 0:
+        raise StoreError(f"garbage invalidation sequence in redis: {raw!r:.80}")
+    return seq
+
+
+def _tag_name(raw: Any) -> str:
+    try:
+        return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"garbage tag name in redis: {raw!r:.80}") from exc
+
+
+def config_warnings(maxmemory: str | None, policy: str | None) -> list[str]:
+    """What is wrong with a server's eviction settings for this store, in words."""
+    out = []
+    if maxmemory is not None and maxmemory.strip() in ("0", ""):
+        out.append(
+            "redis maxmemory is 0 (unbounded): cached pages can fill the server's memory. "
+            "Set maxmemory (e.g. maxmemory 2gb) with maxmemory-policy volatile-lru"
+        )
+    if policy is not None and policy.startswith("allkeys-"):
+        out.append(
+            f"redis maxmemory-policy is {policy}: it can evict tag invalidation state, so an "
+            "invalidated page could be served as fresh again. Set maxmemory-policy "
+            "volatile-lru (or volatile-ttl): every page has a TTL, tag state has none"
+        )
+    return out
 
 
 class RedisStore(Store):
@@ -93,8 +141,6 @@ class RedisStore(Store):
         except ImportError as exc:  # pragma: no cover - redis is an install requirement
             raise ImportError("the redis store needs redis-py: pip install redis") from exc
         self._errors: type[Exception] = _redis.RedisError
-        from cachelib.serializers import RedisSerializer
-
         if client is None:
             parts = urlsplit(url)
             if parts.scheme not in ("redis", "rediss", "unix"):
@@ -124,7 +170,7 @@ class RedisStore(Store):
             self.description = f"redis client {client!r} (prefix {prefix!r})"
         self.client = client
         self.prefix = prefix
-        self._serializer = RedisSerializer()
+        self._config_checked = False
         self._seq_key = prefix + "tagseq"
         self._state_key = prefix + "tagstate"
         self._changes_key = prefix + "tagchanges"
@@ -163,7 +209,7 @@ class RedisStore(Store):
         """Read the invalidation sequence and catch up with it (one round trip when
         nothing changed)."""
         try:
-            self._sync_tags(int(self.client.get(self._seq_key) or 0))
+            self._sync_tags(_parse_seq(self.client.get(self._seq_key)))
         except self._errors as exc:
             raise StoreError(f"redis read failed: {exc}") from exc
 
@@ -178,17 +224,30 @@ class RedisStore(Store):
     def _lock_key(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
 
+    def check_config(self) -> list[str]:
+        """Read ``maxmemory`` and ``maxmemory-policy`` and log what is unsafe about them
+        (once per store; a server that denies ``CONFIG`` is noted at debug level)."""
+        self._config_checked = True
+        try:
+            got = self.client.config_get("maxmemory*")
+        except self._errors as exc:
+            log.info("wsgi_isr: could not read redis maxmemory settings (%s); check them", exc)
+            return []
+        found = {_tag_name(k): _tag_name(v) for k, v in got.items()}
+        warnings = config_warnings(found.get("maxmemory"), found.get("maxmemory-policy"))
+        for warning in warnings:
+            log.warning("wsgi_isr: %s", warning)
+        return warnings
+
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
         try:
             raw, seq = self.client.mget([self._record_key(key), self._seq_key])
-            tags = self._sync_tags(int(seq or 0))
+            tags = self._sync_tags(_parse_seq(seq))
         except self._errors as exc:
             raise StoreError(f"redis lookup failed: {exc}") from exc
-        try:
-            value = self._serializer.loads(raw)
-        except Exception:  # garbage under our key: a miss, not a crash
-            value = None
-        return decode(value), tags
+        if not self._config_checked:  # the first time the server answers
+            self.check_config()
+        return codec.loads_logged(raw, f"redis key {self._record_key(key)!r:.200}"), tags
 
     def _sync_tags(self, seq: int) -> Mapping[str, TagState]:
         if seq == self._seq:
@@ -205,7 +264,7 @@ class RedisStore(Store):
                 )
                 states = self.client.hgetall(self._state_key)
                 for tag, raw in states.items():
-                    tags[tag.decode()] = _parse_state(raw)
+                    tags[_tag_name(tag)] = _parse_state(raw)
             else:
                 changed = self.client.zrangebyscore(
                     self._changes_key, f"({self._seq}", "+inf", withscores=True
@@ -216,16 +275,14 @@ class RedisStore(Store):
                         names, self.client.hmget(self._state_key, names), strict=True
                     ):
                         if raw is not None:
-                            tags[tag.decode()] = _parse_state(raw)
-            top = max((int(s) for _, s in changed), default=seq)
+                            tags[_tag_name(tag)] = _parse_state(raw)
+            top = max((_parse_seq(s) for _, s in changed), default=seq)
             self._tags, self._seq = tags, max(top, seq)
             return tags
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         try:
-            self.client.set(
-                self._record_key(key), self._serializer.dumps(encode(record)), ex=record_ttl(ttl)
-            )
+            self.client.set(self._record_key(key), codec.dumps(record), ex=record_ttl(ttl))
         except self._errors as exc:
             raise StoreError(f"redis write failed: {exc}") from exc
 

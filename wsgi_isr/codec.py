@@ -1,0 +1,144 @@
+"""The byte format of every record a store keeps: versioned and non-executable.
+
+    data = dumps(entry)        # fixed header, the record's strings, the raw body
+    loads(data) == entry       # anything else (a pickle, garbage, another version): None
+
+Layout: a fixed 38-byte header (struct ``>4sBBHHdddII``: magic ``wISR``, version, kind,
+header and tag counts, ``created``, ``revalidate`` and ``expire`` as doubles with NaN for
+"none", the lengths of the text and of the body), then the record's strings (status,
+ETag, Last-Modified, header names and values, tags) as UTF-8 joined by NUL — a
+character no HTTP field or valid tag may hold; one found anyway is replaced by U+FFFD
+— then the body as it is. Decoding never runs code: it slices bytes, splits one string
+and checks every count and length before a record is built; a truncated, padded or
+malformed record, or one of another format version, is a miss.
+
+Chosen for the hit path: no JSON and no per-field parsing, so decoding costs about what
+unpickling did (see ``benchmarks`` section ``stores`` for the figures).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from typing import Any
+
+from .entry import DataEntry, Entry, PassMarker, Record, VaryMarker
+
+log = logging.getLogger("wsgi_isr")
+
+MAGIC = b"wISR"
+#: Bumped whenever the layout or the meaning of a field changes; other versions are misses.
+VERSION = 2
+_HEAD = struct.Struct(">4sBBHHdddII")
+HEAD_SIZE = _HEAD.size
+_PREFIX = MAGIC + bytes([VERSION])
+_ENTRY, _PASS, _VARY, _DATA = 1, 2, 3, 4
+_NAN = math.nan
+_SEP = "\x00"
+
+
+def _text(parts: list[str]) -> bytes:
+    text = _SEP.join(parts)
+    if text.count(_SEP) != len(parts) - 1:
+        text = _SEP.join(p.replace(_SEP, "\ufffd") for p in parts)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def dumps(record: Record) -> bytes:
+    """Encode ``record`` (a page, a cached function result or a marker) as bytes."""
+    if isinstance(record, Entry):
+        parts = [record.status, record.etag, record.last_modified]
+        for name, value in record.headers:
+            parts += (name, value)
+        parts += record.tags
+        text = _text(parts)
+        head = _HEAD.pack(
+            MAGIC,
+            VERSION,
+            _ENTRY,
+            len(record.headers),
+            len(record.tags),
+            record.created,
+            _NAN if record.revalidate is None else record.revalidate,
+            _NAN if record.expire is None else record.expire,
+            len(text),
+            len(record.body),
+        )
+        return b"".join((head, text, record.body))
+    if isinstance(record, DataEntry):
+        # the value is canonical JSON text: control characters, NUL included, are escaped
+        text = _text([record.value, *record.tags])
+        head = _HEAD.pack(
+            MAGIC,
+            VERSION,
+            _DATA,
+            0,
+            len(record.tags),
+            record.created,
+            _NAN if record.revalidate is None else record.revalidate,
+            _NAN if record.expire is None else record.expire,
+            len(text),
+            0,
+        )
+        return head + text
+    if isinstance(record, PassMarker):
+        text = _text([record.reason])
+        return _HEAD.pack(MAGIC, VERSION, _PASS, 0, 1, 0.0, _NAN, _NAN, len(text), 0) + text
+    text = _text(list(record.headers)) if record.headers else b""
+    n = len(record.headers)
+    return _HEAD.pack(MAGIC, VERSION, _VARY, 0, n, 0.0, _NAN, _NAN, len(text), 0) + text
+
+
+def _none(x: float) -> float | None:
+    return None if x != x else x  # NaN stands for None
+
+
+def loads(data: Any) -> Record | None:
+    """Decode bytes written by :func:`dumps`; anything else is ``None`` (a miss)."""
+    if type(data) is not bytes or data[:5] != _PREFIX or len(data) < HEAD_SIZE:
+        return None
+    try:
+        _, _, kind, nh, nt, created, reval, expire, tlen, blen = _HEAD.unpack_from(data)
+        end = HEAD_SIZE + tlen
+        if end + blen != len(data):
+            return None
+        parts = data[HEAD_SIZE:end].decode("utf-8", "surrogatepass").split(_SEP)
+        if kind == _VARY and not tlen:
+            parts = []  # no headers at all, not one empty header
+        if kind == _ENTRY:
+            if len(parts) != 3 + 2 * nh + nt or created != created:
+                return None
+            flat = iter(parts[3 : 3 + 2 * nh])
+            return Entry(
+                parts[0],
+                tuple(zip(flat, flat, strict=True)),
+                data[end:],
+                created,
+                _none(reval),
+                _none(expire),
+                tuple(parts[3 + 2 * nh :]),
+                parts[1],
+                parts[2],
+            )
+        if blen:
+            return None
+        if kind == _DATA:
+            if len(parts) != 1 + nt or created != created:
+                return None
+            return DataEntry(parts[0], created, _none(reval), _none(expire), tuple(parts[1:]))
+        if kind == _PASS and len(parts) == 1:
+            return PassMarker(parts[0])
+        if kind == _VARY and len(parts) == nt:
+            return VaryMarker(tuple(parts))
+    except (ValueError, struct.error):
+        return None
+    return None
+
+
+def loads_logged(data: Any, where: str) -> Record | None:
+    """:func:`loads`, logging a warning when bytes were there but were not a record."""
+    record = loads(data)
+    if record is None and data:
+        log.warning("wsgi_isr: unreadable record in %s, treated as a miss", where)
+    return record
