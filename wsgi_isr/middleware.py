@@ -46,10 +46,13 @@ from .keys import (
 )
 from .misses import Landings, coalesced_miss, personal_miss
 from .policy import (
+    NOT_OPTED_IN,
     client_headers,
     cookie_names_and_values,
     private_headers,
     same_secret,
+    unshared_headers,
+    varies_on_credentials,
 )
 from .prebuild import PrebuildReport, prebuild
 from .profiles import Revalidate
@@ -333,16 +336,21 @@ class ISRMiddleware:
         status_value: str,
         *,
         preview: bool = False,
+        unshared: bool = False,
     ) -> Iterable[bytes]:
         """Call the app with the visitor's own environ; nothing is stored. An answer
         rendered with the visitor's cookies or credentials, or a preview, leaves
-        ``private``: no cache in front may keep it for others."""
+        ``private``: no cache in front may keep it for others. ``unshared``: an
+        answer that would have been rendered from the key (the store is down, the page
+        was refused) leaves without the app's shared-cache promises."""
         personal = preview or _has_credentials(environ)
 
         def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers = client_headers(headers)
             if personal:
                 headers = private_headers(headers)
+            elif unshared:
+                headers = unshared_headers(headers)
             headers += [("X-ISR-Cache", label), ("Cache-Status", status_value)]
             return start_response(status, headers, exc_info)
 
@@ -382,10 +390,16 @@ class ISRMiddleware:
                 state = record.state(now, tag_states) if isinstance(record, Entry) else None
         except StoreError as exc:
             self._store_failed(exc)
-            return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
+            return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR, unshared=True)
         if isinstance(record, PassMarker):
-            self.stats.incr("passes")
-            return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE)
+            return self._hit_for_pass(environ, start_response, record)
+        if (
+            isinstance(record, Entry)
+            and _has_credentials(environ)
+            and varies_on_credentials(record.headers)
+        ):  # the copy is the one for visitors without them
+            self.stats.incr("misses")
+            return personal_miss(self, environ, start_response, rk, key, vary, None)
         if isinstance(record, Entry):
             if state is State.FRESH:
                 self.stats.incr("hits")
@@ -399,6 +413,15 @@ class ISRMiddleware:
             seen = record.created if isinstance(record, Entry) else None
             return personal_miss(self, environ, start_response, rk, key, vary, seen)
         return coalesced_miss(self, environ, start_response, rk, key, vary)
+
+    def _hit_for_pass(
+        self, environ: WSGIEnvironment, start_response: StartResponse, marker: PassMarker
+    ) -> Iterable[bytes]:
+        """A page known not to be storable right now: straight to the app. One that
+        opted in but was refused (or failed) loses its shared-cache promises too."""
+        self.stats.incr("passes")
+        refused = marker.reason != NOT_OPTED_IN
+        return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE, unshared=refused)
 
     def _respond(
         self,

@@ -28,8 +28,8 @@ from . import responses as R
 from .entry import Entry, PassMarker, State
 from .errors import StoreError
 from .keys import RequestKey, render_environ, variant_key
-from .policy import client_headers, decide, private_headers
-from .regeneration import REFUSED_PASS_TTL, Settled, lock_name
+from .policy import client_headers, decide, header_values, private_headers
+from .regeneration import Settled, lock_name
 from .render import Captured, capture
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def coalesced_miss(
     while True:
         lock = lock_name(key)
         try:
-            token = regen.lock(key)
+            token = regen.lock(lock)
             # taken or not, a render may have landed since our lookup: look first
             landed, lkey, lvary = _landed(mw, environ, rk)
         except StoreError as exc:
@@ -119,8 +119,7 @@ def coalesced_miss(
             regen.unlock(lock, token)
             token = None
         if isinstance(landed, PassMarker):
-            mw.stats.incr("passes")
-            return mw._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE)
+            return mw._hit_for_pass(environ, start_response, landed)
         if isinstance(landed, Entry):
             mw.stats.incr("coalesced")
             return mw._respond(environ, start_response, landed, store.now(), R.HIT, "coalesced")
@@ -158,6 +157,7 @@ def _lead(
     unless this is the ``last`` try (a page whose ``Vary`` keeps changing)."""
     regen, lock = mw.regen, lock_name(key)
     env = render_environ(rk, environ, vary)
+    before = mw.store.now()
     try:
         try:
             # renewed while waiters wait: past coalesce_timeout a hung leader's lease
@@ -165,25 +165,42 @@ def _lead(
             captured, started = regen.render(lock, token, env, mw.coalesce_timeout)
         except Exception:
             # a first fill that raises leaves a marker of a second, not pass_ttl
-            regen.put(key, PassMarker("the application raised"), REFUSED_PASS_TTL)
+            regen.mark_failed(key, "the application raised", before)
             raise
         settled = regen.settle(rk, key, vary, captured, started, env, foreground=True)
     finally:
         regen.unlock(lock, token)
         mw.landings.notify(key)  # stored, refused or failed: the waiters look now
+    if settled.entry is None and not _rendered_as_asked(captured, env, environ):
+        # not stored, and it varies on a request header the clean render did not have
+        # as this visitor sent it: the visitor gets the app's answer to their own request
+        captured.close()
+        return mw._pass(environ, start_response, R.MISS, R.CS_MISS)
     if settled.entry is None or (last and settled.key != _visitor_key(rk, settled, environ)):
-        return send_captured(environ, start_response, captured, "wsgi-isr; fwd=uri-miss")
+        return send_captured(environ, start_response, captured, R.CS_MISS)
     if settled.key != _visitor_key(rk, settled, environ):
         captured.close()
         return None
     entry = settled.entry
+    now = mw.store.now()  # the render took time: its age counts from when it started
     try:
-        fresh = entry.state(mw.store.now(), mw.store.tag_states(entry.tags)) is State.FRESH
+        fresh = entry.state(now, mw.store.tag_states(entry.tags)) is State.FRESH
     except StoreError as exc:
         mw._store_failed(exc)
         fresh = False  # cannot tell: promise nothing to the caches in front
     detail = None if fresh else R.LANDED_STALE
-    return mw._respond(environ, start_response, entry, started, R.MISS, detail)
+    return mw._respond(environ, start_response, entry, now, R.MISS, detail)
+
+
+def _rendered_as_asked(captured: Captured, env: WSGIEnvironment, environ: WSGIEnvironment) -> bool:
+    """Whether the request headers the answer says it varies on had, in the render,
+    the values this visitor sent."""
+    for value in header_values(captured.headers, "vary"):
+        for name in value.split(","):
+            wsgi_name = "HTTP_" + name.strip().upper().replace("-", "_")
+            if name.strip() and env.get(wsgi_name) != environ.get(wsgi_name):
+                return False
+    return True
 
 
 def _visitor_key(rk: RequestKey, settled: Settled, environ: WSGIEnvironment) -> str:

@@ -35,8 +35,14 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
+#: The reason a page that never asked to be cached is not stored.
+NOT_OPTED_IN = "not opted in"
 #: Statuses we never store even when the response opted in.
 _UNSTORABLE_STATUS = frozenset((206, 304))
+#: 4xx answers that say "not now" rather than anything about the page: a render that
+#: timed out waiting for its request, or was rate limited (renders carry no client
+#: address, so every regeneration shares one limiter bucket). Failures, like a 5xx.
+_TRANSIENT_STATUS = frozenset((408, 429))
 #: Request headers a cached page is never allowed to vary on: cached renders never see them.
 UNKEYABLE = frozenset(("cookie", "authorization"))
 
@@ -174,7 +180,7 @@ def decide(
 ) -> Decision:
     """Decide whether a response is stored, for how long, and with which tags."""
     code = status_code(status)
-    if code < 200 or code >= 500:
+    if code < 200 or code >= 500 or code in _TRANSIENT_STATUS:
         return Decision(False, f"status {code}", False, failed=True)
     cc = parse_cache_control(", ".join(header_values(headers, "cache-control")))
     revalidate: float | None
@@ -198,7 +204,7 @@ def decide(
         # without a valid stale-while-revalidate a CDN would not serve it stale either
         expire = s_maxage if swr is None else s_maxage + swr
     else:
-        return Decision(False, "not opted in", False)
+        return Decision(False, NOT_OPTED_IN, False)
     if revalidate == 0:
         return Decision(False, "revalidate is 0", False)
     for raw in header_values(headers, "x-isr-expire")[-1:]:
@@ -285,6 +291,40 @@ def private_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]
         kept.insert(0, "no-cache")
     out.append(("Cache-Control", ", ".join(["private", *kept])))
     return out
+
+
+def unshared_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An answer the middleware did not render from the cache key (the store is down, or
+    the page was refused): it leaves without the shared-cache promises the app made for
+    it (``public``, ``s-maxage``, CDN TTL headers) — what it saw of the request (an
+    unkeyed ``X-Forwarded-Host`` a ``ProxyFix`` inside trusted, say) may be the visitor's
+    alone. The browser's directives stay."""
+    out: list[tuple[str, str]] = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk == "cache-control":
+            kept = [
+                p.strip()
+                for p in v.split(",")
+                if p.strip() and p.partition("=")[0].strip().lower() not in SHARED_DIRECTIVES
+            ]
+            if kept:
+                out.append((k, ", ".join(kept)))
+        elif lk not in _DOWNSTREAM_TTL_HEADERS:
+            out.append((k, v))
+    return out
+
+
+def varies_on_credentials(headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether a stored page says it depends on ``Cookie`` or ``Authorization``
+    (``Vary: Cookie``, as Django's session middleware sets): its copy, rendered without
+    them, is then only for visitors who send none."""
+    for k, v in headers:
+        if k.lower() == "vary":
+            for name in v.split(","):
+                if name.strip().lower() in UNKEYABLE:
+                    return True
+    return False
 
 
 def stored_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -51,7 +51,15 @@ MAX_BACKOFF = 300.0
 
 
 def lock_name(key: str) -> str:
+    """The lock of a foreground (miss) render of ``key``."""
     return "render:" + key
+
+
+def regen_lock_name(key: str) -> str:
+    """The lock of a background regeneration of ``key``: a lock of its own, so that a
+    visitor who must have a fresh page never waits behind a regeneration (perhaps hung,
+    or started before the hard invalidation that made the page expire)."""
+    return "regen:" + key
 
 
 def backoff_name(key: str) -> str:
@@ -97,9 +105,9 @@ class Regenerator:
             store, lease=self.lease, limit=lock_timeout, on_error=on_store_error
         )
 
-    def lock(self, key: str) -> str | None:
-        """Take the render lock of ``key`` for one lease (``StoreError`` propagates)."""
-        return self.store.acquire(lock_name(key), self.lease)
+    def lock(self, name: str) -> str | None:
+        """Take the lock ``name`` for one lease (``StoreError`` propagates)."""
+        return self.store.acquire(name, self.lease)
 
     def unlock(self, lock: str, token: str) -> None:
         try:
@@ -134,13 +142,15 @@ class Regenerator:
             decision = self.decide(captured)
         if decision.failed:
             if foreground:  # a first fill failed: nothing good is lost by a short marker
-                self.put(key, PassMarker(decision.reason), REFUSED_PASS_TTL)
+                self.mark_failed(key, decision.reason, started)
             log.warning("wsgi_isr: render of %s failed: %s", key, decision.reason)
             return Settled(None, key, decision)
         if not decision.store:
-            # a healthy answer is the truth: whatever was stored goes
+            # a healthy answer is the truth: whatever was stored before it goes (a page
+            # that a later render stored meanwhile is newer truth, and stays)
             pass_ttl = REFUSED_PASS_TTL if decision.opted_in else self.pass_ttl
-            self.put(key, PassMarker(decision.reason), pass_ttl)
+            if self._newer_entry(key, started) is None:
+                self.put(key, PassMarker(decision.reason), pass_ttl)
             log.info("wsgi_isr: not storing %s: %s", key, decision.reason)
             return Settled(None, key, decision)
         if decision.vary != vary:
@@ -155,6 +165,12 @@ class Regenerator:
         ttl = None if decision.expire is None else decision.expire + 60
         stored = self.put(key, entry, ttl)
         return Settled(entry if stored else None, key, decision)
+
+    def mark_failed(self, key: str, reason: str, started: float) -> None:
+        """After a failed first fill: a marker of a second, unless a render that started
+        later (a waiter that took over from this hung leader) stored a page meanwhile."""
+        if self._newer_entry(key, started) is None:
+            self.put(key, PassMarker(reason), REFUSED_PASS_TTL)
 
     def _newer_entry(self, key: str, started: float) -> Entry | None:
         try:
@@ -214,9 +230,9 @@ class Regenerator:
         """Start a background regeneration of ``key`` unless one is running somewhere,
         the key is backing off after a failure, or a render newer than the one the
         visitor saw (created at ``seen``; ``None``: none) has landed."""
-        lock = lock_name(key)
+        lock = regen_lock_name(key)
         try:
-            token = self.lock(key)
+            token = self.lock(lock)
             if token is None:
                 return  # someone, somewhere, is already on it
             if self._backing_off(key) or self._newer_entry(
@@ -271,9 +287,11 @@ class Regenerator:
                     decision.reason,
                 )
                 return
-            if not self._still_ours(lock, token):
-                # it ran past lock_timeout: another regeneration may have started since,
-                # and this older render must not replace what that one stores
+            if time.monotonic() - timer > self.lock_timeout:
+                # hung past lock_timeout: its lease was given up, other regenerations
+                # may have run since; what it saw is too old to be worth storing. (A lease
+                # that lapsed sooner — a gevent hub blocked by a C driver — is no reason
+                # to drop it: settle() keeps any page a later render stored meanwhile.)
                 log.warning("wsgi_isr: regeneration of %s outlived its lock; dropped", key)
                 return
             settled = self.settle(
@@ -292,13 +310,6 @@ class Regenerator:
             else:
                 self.back_off(key)
             self.unlock(lock, token)
-
-    def _still_ours(self, lock: str, token: str) -> bool:
-        try:
-            return self.store.extend(lock, token, self.lease)
-        except StoreError as exc:
-            self._store_failed(exc)
-            return False
 
     def back_off(self, key: str) -> float:
         """Count a failed regeneration and hold further background attempts of ``key``

@@ -41,10 +41,12 @@ class Captured:
     def drain(self) -> None:
         """Read and drop what was left unread past the limit, and close (a background
         render has nobody to stream it to)."""
-        for _ in self.rest or ():
-            pass
-        self.rest = None
-        self.close()
+        try:
+            for _ in self.rest or ():
+                pass
+        finally:
+            self.rest = None
+            self.close()
 
     def stream(self) -> Body:
         """The whole body as a WSGI iterable, buffered part first; its ``close()``

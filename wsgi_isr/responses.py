@@ -34,6 +34,7 @@ _NO_BODY_STATUS = frozenset(("204", "304"))
 #: announced with ``s-maxage=0`` (a cache in front fetching it now missed the purge).
 LANDED_STALE = "invalidated-while-rendering"
 
+CS_MISS = "wsgi-isr; fwd=uri-miss"
 CS_BYPASS = "wsgi-isr; fwd=bypass"
 CS_STORE_ERROR = "wsgi-isr; fwd=bypass; detail=store-error"
 CS_UNCACHEABLE = "wsgi-isr; fwd=bypass; detail=uncacheable"

@@ -88,7 +88,7 @@ def _parse_state(raw: bytes | str) -> TagState:
 def _parse_seq(raw: Any) -> int:
     try:
         seq = int(raw or 0)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a score of inf
         raise StoreError(f"garbage invalidation sequence in redis: {raw!r:.80}") from exc
     if seq < 0:
         raise StoreError(f"garbage invalidation sequence in redis: {raw!r:.80}")
