@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import make
+from helpers import CountingApp, make
 from werkzeug.test import EnvironBuilder
 
-from wsgi_isr import keys, responses
+from wsgi_isr import ISRMiddleware, keys, responses
 from wsgi_isr.bounded import ByteLRU, Memo, parse_size
 from wsgi_isr.entry import Entry, PassMarker
 from wsgi_isr.stores import FileStore, LocalLayer, MemoryStore, RedisStore, open_store, shelf
@@ -312,3 +312,19 @@ def test_pages_removed_by_hand_are_noticed_and_the_bound_still_holds(tmp_path: P
         assert len(_files(store)) <= 5
     assert store.pages.count() == len(_files(store)) == 5
     assert store.lookup("p19")[0] == ENTRY
+
+
+def test_local_layer_bounds_from_the_url_and_the_options(redis_url: str) -> None:
+    store = open_store(f"{redis_url}&local_ttl=1&local_max_entries=7&local_max_bytes=1MB")
+    assert isinstance(store, LocalLayer) and store.ttl == 1.0
+    assert (store._pages.max_entries, store._pages.max_bytes) == (7, 10**6)
+    store.close()
+    mw = ISRMiddleware(
+        CountingApp(), store="memory://", local_ttl=1, local_max_entries=3, local_max_bytes="2KB"
+    )
+    assert isinstance(mw.store, LocalLayer)
+    assert (mw.store._pages.max_entries, mw.store._pages.max_bytes) == (3, 2000)
+    with pytest.raises(ValueError, match="local_ttl"):
+        open_store("memory://?local_max_bytes=1MB")
+    with pytest.raises(ValueError, match="local layer"):
+        open_store("memory://?local_ttl=soon")

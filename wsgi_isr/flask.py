@@ -58,6 +58,8 @@ CONFIG: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ISR_PASS_TTL": ("pass_ttl", float),
     "ISR_MAX_PENDING": ("max_pending", int),
     "ISR_LOCAL_TTL": ("local_ttl", float),
+    "ISR_LOCAL_MAX_ENTRIES": ("local_max_entries", int),
+    "ISR_LOCAL_MAX_BYTES": ("local_max_bytes", str),
     # caches in front (wsgi_isr.purge): a list of targets, or one string of them
     "ISR_PURGE": (
         "purge",

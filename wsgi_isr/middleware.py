@@ -108,6 +108,8 @@ class ISRMiddleware:
     :param local_ttl: keep records in process for this many seconds in front of a
         shared store (hits then cost no round trip); invalidations reach every process
         through Redis pub/sub, and this TTL bounds what a lost message can cost.
+    :param local_max_entries: how many records the local layer keeps at most.
+    :param local_max_bytes: how many bytes of records it keeps at most (``"64MB"``).
     :param max_pending: background regenerations at most in flight per process.
     :param runner: where regenerations run (default: greenlets under gevent, else threads).
     :param clock: time source for a store built from a URL (tests pass a fake one).
@@ -136,6 +138,8 @@ class ISRMiddleware:
         max_pending: int = 32,
         max_request_bytes: int = 64 * 1024,
         local_ttl: float | None = None,
+        local_max_entries: int = 10_000,
+        local_max_bytes: int | str = "64MiB",
         runner: Runner | None = None,
         clock: Callable[[], float] = time.time,
         purge: Any = None,
@@ -171,7 +175,9 @@ class ISRMiddleware:
         self.local_ttl = local_ttl
         self.store: Store = open_store(store, clock=clock)
         if local_ttl is not None:
-            self.store = LocalLayer(self.store, ttl=local_ttl)
+            self.store = LocalLayer(
+                self.store, ttl=local_ttl, max_entries=local_max_entries, max_bytes=local_max_bytes
+            )
         self.secret = secret
         self.endpoint = endpoint
         self.trusted_hosts = list(trusted_hosts) if trusted_hosts is not None else None

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..bounded import parse_size
 from .base import Store
@@ -88,7 +88,35 @@ def _bound_options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, 
     return options
 
 
+#: Query options of any store URL that put an in-process layer in front of it.
+_LOCAL_OPTIONS = ("local_ttl", "local_max_entries", "local_max_bytes", "local_max_markers")
+
+
 def _from_url(url: str, clock: Callable[[], float]) -> Store:
+    """``...?local_ttl=1&local_max_bytes=64MB`` on any URL: the store behind a
+    :class:`LocalLayer` so bounded."""
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    local = {k[len("local_") :]: v for k, v in pairs if k in _LOCAL_OPTIONS}
+    if not local:
+        return _backend(url, clock)
+    rest = urlencode([(k, v) for k, v in pairs if k not in _LOCAL_OPTIONS])
+    backend = _backend(base + ("?" + rest if rest else ""), clock)
+    if "ttl" not in local:
+        raise ValueError(f"local_max_* options need local_ttl in store URL {url!r}")
+    try:
+        return LocalLayer(
+            backend,
+            ttl=float(local["ttl"]),
+            max_entries=int(local.get("max_entries", 10_000)),
+            max_bytes=parse_size(local.get("max_bytes", "64MiB")),
+            max_markers=int(local.get("max_markers", 1_000)),
+        )
+    except ValueError as exc:
+        raise ValueError(f"bad local layer option in store URL {url!r}: {exc}") from exc
+
+
+def _backend(url: str, clock: Callable[[], float]) -> Store:
     parts = urlsplit(url)
     if parts.scheme == "memory":
         options = _bound_options(url, parts.query, ("max_entries", "max_bytes", "max_markers"))
