@@ -25,8 +25,46 @@ class State(enum.Enum):
 TagState = tuple[float, float]
 
 
+class Freshness:
+    """Freshness of a stored value (a page or a cached function result): its fields
+    ``created`` (when its render started), ``revalidate``, ``expire`` and ``tags``."""
+
+    __slots__ = ()
+    created: float
+    revalidate: float | None
+    expire: float | None
+    tags: tuple[str, ...]
+
+    def state(self, now: float, tag_states: Any, extra_tags: tuple[str, ...] = ()) -> State:
+        """Classify the value at ``now`` given the store's tag states (a mapping);
+        ``extra_tags`` are checked too (a cached function result read while a page
+        renders: that page's implicit path tags, so ``revalidate_path`` reaches the
+        data it used)."""
+        created = self.created
+        age = now - created
+        if self.expire is not None and age >= self.expire:
+            return State.EXPIRED
+        stale = self.revalidate is not None and age >= self.revalidate
+        get = tag_states.get
+        for tag in self.tags + extra_tags if extra_tags else self.tags:
+            st = get(tag)
+            if st is None:
+                continue
+            if st[1] > created:
+                return State.EXPIRED
+            if st[0] > created:
+                stale = True
+        return State.STALE if stale else State.FRESH
+
+    def remaining(self, now: float) -> float:
+        """Seconds of freshness left by the clock (may be negative, ``inf`` for no limit)."""
+        if self.revalidate is None:
+            return math.inf
+        return self.revalidate - (now - self.created)
+
+
 @dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
-class Entry:
+class Entry(Freshness):
     """A cached response.
 
     ``revalidate`` is ``None`` for "until invalidated" (``X-ISR-Revalidate: false``);
@@ -42,29 +80,6 @@ class Entry:
     tags: tuple[str, ...]
     etag: str
     last_modified: str
-
-    def state(self, now: float, tag_states: Any) -> State:
-        """Classify the entry at ``now`` given the store's tag states (a mapping)."""
-        age = now - self.created
-        if self.expire is not None and age >= self.expire:
-            return State.EXPIRED
-        stale = self.revalidate is not None and age >= self.revalidate
-        get = tag_states.get
-        for tag in self.tags:
-            st = get(tag)
-            if st is None:
-                continue
-            if st[1] > self.created:
-                return State.EXPIRED
-            if st[0] > self.created:
-                stale = True
-        return State.STALE if stale else State.FRESH
-
-    def remaining(self, now: float) -> float:
-        """Seconds of freshness left by the clock (may be negative, ``inf`` for no limit)."""
-        if self.revalidate is None:
-            return math.inf
-        return self.revalidate - (now - self.created)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,7 +101,7 @@ class VaryMarker:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class DataEntry:
+class DataEntry(Freshness):
     """A cached function result (:mod:`wsgi_isr.datacache`): the value as canonical JSON
     text, with the same freshness fields as a page (``created`` is when the call started)."""
 
@@ -95,30 +110,6 @@ class DataEntry:
     revalidate: float | None
     expire: float | None
     tags: tuple[str, ...]
-
-    def state(self, now: float, tag_states: Any, extra_tags: tuple[str, ...] = ()) -> State:
-        """As :meth:`Entry.state`; ``extra_tags`` are checked too (the implicit path tags
-        of the page being rendered, so ``revalidate_path`` reaches the data it used)."""
-        age = now - self.created
-        if self.expire is not None and age >= self.expire:
-            return State.EXPIRED
-        stale = self.revalidate is not None and age >= self.revalidate
-        get = tag_states.get
-        for tag in self.tags + extra_tags:
-            st = get(tag)
-            if st is None:
-                continue
-            if st[1] > self.created:
-                return State.EXPIRED
-            if st[0] > self.created:
-                stale = True
-        return State.STALE if stale else State.FRESH
-
-    def remaining(self, now: float) -> float:
-        """Seconds of freshness left by the clock (``inf`` for no limit)."""
-        if self.revalidate is None:
-            return math.inf
-        return self.revalidate - (now - self.created)
 
 
 Record = Entry | PassMarker | VaryMarker | DataEntry

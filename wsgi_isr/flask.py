@@ -18,7 +18,6 @@ $ flask isr status
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -33,14 +32,14 @@ from flask import Flask, abort, current_app, make_response
 from flask.cli import AppGroup
 
 from .datacache import CachedFunction, make_cached
-from .invalidation import Mode, PathType
+from .invalidation import Mode, PathType, revalidate_many
 from .middleware import ISRMiddleware
-from .profiles import Revalidate, lifetime
+from .pages import PageSpec, Params
+from .profiles import Revalidate
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
 T = TypeVar("T")
-Params = Iterable[dict[str, Any]]
 
 #: app.config key -> (ISRMiddleware keyword, converter)
 CONFIG: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -69,21 +68,6 @@ CONFIG: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class PageSpec:
-    """What ``@isr.page`` recorded about a view."""
-
-    revalidate: int | float | bool
-    tags: Iterable[str] | Callable[..., Iterable[str]]
-    expire: int | float | None
-    static_params: Callable[[], Params] | None
-    dynamic_params: bool
-
-
-def _param_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, str(v)) for k, v in params.items()))
-
-
 class ISR:
     """The Flask extension. Reads ``ISR_*`` keys from ``app.config`` (see :data:`CONFIG`)
     and installs :class:`~wsgi_isr.ISRMiddleware` on ``app.wsgi_app``.
@@ -94,7 +78,6 @@ class ISR:
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
         self.options = options
-        self._known_params: dict[Callable[..., Any], set[tuple[tuple[str, str], ...]]] = {}
         self._app: Flask | None = None
         if app is not None:
             self.init_app(app)
@@ -182,45 +165,31 @@ class ISR:
         :param dynamic_params: ``False`` turns arguments outside ``static_params`` into a
             404 without running the view.
         """
-        if isinstance(revalidate, str):
-            seconds, expire = lifetime(revalidate, expire)
-            revalidate = cast(float, seconds)
-        if revalidate is True or (not isinstance(revalidate, bool) and revalidate < 0):
-            raise ValueError("revalidate must be a number of seconds >= 0, or False")
-        if expire is not None and expire <= 0:
-            raise ValueError("expire must be positive")
-        if not dynamic_params and static_params is None:
-            raise ValueError("dynamic_params=False needs static_params")
-        spec = PageSpec(revalidate, tags, expire, static_params, dynamic_params)
-        header = "false" if revalidate is False else f"{revalidate:g}"
+        spec = PageSpec.make(
+            revalidate,
+            tags=tags,
+            expire=expire,
+            static_params=static_params,
+            dynamic_params=dynamic_params,
+        )
 
         def decorator(view: F) -> F:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not spec.dynamic_params and _param_key(kwargs) not in self._allowed(wrapper):
+                if not spec.allows(kwargs):
                     abort(404)
                 response = make_response(view(*args, **kwargs))
-                response.headers["X-ISR-Revalidate"] = header
-                page_tags = list(spec.tags(**kwargs) if callable(spec.tags) else spec.tags)
-                if page_tags:
-                    response.headers.add("X-ISR-Tags", ", ".join(page_tags))
-                if spec.expire is not None:
-                    response.headers["X-ISR-Expire"] = f"{spec.expire:g}"
+                for name, value in spec.headers(kwargs):
+                    if name == "X-ISR-Tags":  # added to any the view set itself
+                        response.headers.add(name, value)
+                    else:
+                        response.headers[name] = value
                 return response
 
             wrapper._isr_page = spec  # type: ignore[attr-defined]
             return cast(F, wrapper)
 
         return decorator
-
-    def _allowed(self, view: Callable[..., Any]) -> set[tuple[tuple[str, str], ...]]:
-        known = self._known_params.get(view)
-        if known is None:
-            spec: PageSpec = view._isr_page  # type: ignore[attr-defined]
-            assert spec.static_params is not None
-            known = {_param_key(p) for p in spec.static_params()}
-            self._known_params[view] = known
-        return known
 
     # -- pre-building ------------------------------------------------------------------------
 
@@ -305,12 +274,8 @@ def revalidate_command(
     ext, mw = _state()
     if not tags and not paths:
         raise click.UsageError("give at least one --tag or --path")
-    mode: Mode = "hard" if hard else "soft"
     try:
-        if tags:
-            mw.revalidate_tag(*tags, mode=mode)
-        for path in paths:
-            mw.revalidate_path(path, "layout" if layout else "page", mode=mode)
+        mode = revalidate_many(mw, tags, paths, layout=layout, hard=hard)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     click.echo(f"revalidated ({mode}): tags={list(tags)} paths={list(paths)}")

@@ -76,6 +76,19 @@ def path_tag(path: object, type: object = "page") -> str:
     raise ValueError(f"type must be 'page' or 'layout', got {type!r}")
 
 
+def revalidate_many(
+    mw: ISRMiddleware, tags: Iterable[str], paths: Iterable[str], *, layout: bool, hard: bool
+) -> Mode:
+    """Tags and paths (pages, or layouts) invalidated in one store call, as the CLI
+    commands take them; a ``ValueError`` names the first bad one. Returns the mode."""
+    mode: Mode = "hard" if hard else "soft"
+    kind = "layout" if layout else "page"
+    tags = list(tags)
+    targets = (checked_tags(tags) if tags else []) + [path_tag(p, kind) for p in paths]
+    mw.invalidate(targets, mode)
+    return mode
+
+
 def current() -> ISRMiddleware:
     """The middleware handling the current request or render, else the only one in
     the process. With none, or several and no request to tell them apart (two sites

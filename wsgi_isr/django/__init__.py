@@ -18,8 +18,9 @@ def article(request, slug): ...
 $ python manage.py isr build | revalidate --tag articles | status
 """
 
+from ..pages import PageSpec
 from .application import get_wsgi_application, install, middleware, revalidate_path, revalidate_tag
-from .pages import PageSpec, isr_page, static_paths
+from .pages import isr_page, static_paths
 
 # The data cache (wsgi_isr.cached) bound to this project's middleware belongs here:
 # cached = <middleware().cached>, once the core has it.

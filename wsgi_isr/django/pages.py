@@ -13,34 +13,20 @@ class ArticleList(ListView): ...
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from django.http import Http404, HttpRequest, HttpResponseBase
 
+from ..pages import PageSpec, Params
+from ..profiles import Revalidate
+
 F = TypeVar("F", bound=Callable[..., Any])
-Params = Iterable[dict[str, Any]]
-
-
-@dataclasses.dataclass(frozen=True)
-class PageSpec:
-    """What ``@isr_page`` recorded about a view."""
-
-    revalidate: int | float | bool
-    tags: Iterable[str] | Callable[..., Iterable[str]]
-    expire: int | float | None
-    static_params: Callable[[], Params] | None
-    dynamic_params: bool
-
-
-def _param_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, str(v)) for k, v in params.items()))
 
 
 def isr_page(
-    revalidate: int | float | bool = False,
+    revalidate: Revalidate = False,
     *,
     tags: Iterable[str] | Callable[..., Iterable[str]] = (),
     expire: int | float | None = None,
@@ -49,7 +35,9 @@ def isr_page(
 ) -> Callable[[F], F]:
     """Cache the view's responses (it sets the ``X-ISR-*`` headers).
 
-    :param revalidate: seconds the page stays fresh; ``False`` until invalidated.
+    :param revalidate: seconds the page stays fresh; ``False`` until invalidated; or a
+        profile (``"minutes"``, ``"hours"``, ... as for :func:`wsgi_isr.cached`), which
+        sets ``expire`` too unless it is given.
     :param tags: tags, or a callable taking the view's keyword arguments (the URL
         pattern's named groups).
     :param expire: past this age a stale copy is not served.
@@ -58,35 +46,23 @@ def isr_page(
     :param dynamic_params: ``False`` raises ``Http404`` for arguments outside
         ``static_params`` without running the view.
     """
-    if revalidate is True or (not isinstance(revalidate, bool) and revalidate < 0):
-        raise ValueError("revalidate must be a number of seconds >= 0, or False")
-    if expire is not None and expire <= 0:
-        raise ValueError("expire must be positive")
-    if not dynamic_params and static_params is None:
-        raise ValueError("dynamic_params=False needs static_params")
-    spec = PageSpec(revalidate, tags, expire, static_params, dynamic_params)
-    header = "false" if revalidate is False else f"{revalidate:g}"
-    known: list[set[tuple[tuple[str, str], ...]]] = []  # filled on first use
-
-    def allowed() -> set[tuple[tuple[str, str], ...]]:
-        if not known:
-            assert spec.static_params is not None
-            known.append({_param_key(p) for p in spec.static_params()})
-        return known[0]
+    spec = PageSpec.make(
+        revalidate,
+        tags=tags,
+        expire=expire,
+        static_params=static_params,
+        dynamic_params=dynamic_params,
+    )
 
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            if not spec.dynamic_params and _param_key(kwargs) not in allowed():
+            if not spec.allows(kwargs):
                 raise Http404("not one of this page's static_params")
             response = view(request, *args, **kwargs)
             if isinstance(response, HttpResponseBase):
-                response["X-ISR-Revalidate"] = header
-                page_tags = list(spec.tags(**kwargs) if callable(spec.tags) else spec.tags)
-                if page_tags:
-                    response["X-ISR-Tags"] = ", ".join(page_tags)
-                if spec.expire is not None:
-                    response["X-ISR-Expire"] = f"{spec.expire:g}"
+                for name, value in spec.headers(kwargs):
+                    response[name] = value
             return response
 
         wrapper._isr_page = spec  # type: ignore[attr-defined]

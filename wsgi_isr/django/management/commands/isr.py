@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ....invalidation import Mode
+from ....invalidation import revalidate_many
 from ...application import middleware
 from ...pages import static_paths
 
@@ -95,12 +95,8 @@ class Command(BaseCommand):  # type: ignore[misc]  # django ships no types
         if not tags and not paths:
             raise CommandError("give at least one --tag or --path")
         mw = middleware()
-        mode: Mode = "hard" if hard else "soft"
         try:
-            if tags:
-                mw.revalidate_tag(*tags, mode=mode)
-            for path in paths:
-                mw.revalidate_path(path, "layout" if layout else "page", mode=mode)
+            mode = revalidate_many(mw, tags, paths, layout=layout, hard=hard)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"revalidated ({mode}): tags={tags} paths={paths}")
