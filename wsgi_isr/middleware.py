@@ -206,6 +206,8 @@ class ISRMiddleware:
             pass_ttl=self.pass_ttl,
             backoff=self.regeneration_backoff,
             on_store_error=self._store_failed,
+            fill_limit=self.coalesce_timeout,
+            on_landed=self.landings.notify,
         )
         instances.add(self)
 

@@ -85,7 +85,7 @@ def personal_miss(
     def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         decision = decide(status, headers, 0, max_entry_bytes=mw.max_entry_bytes)
         if decision.store:
-            mw.regen.schedule(environ, rk, key, vary, seen)
+            mw.regen.schedule(environ, rk, key, vary, seen, fill=True)
         headers = private_headers(client_headers(headers))
         headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", R.CS_CREDENTIALS)]
         return start_response(status, headers, exc_info)

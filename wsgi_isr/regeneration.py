@@ -89,8 +89,12 @@ class Regenerator:
         pass_ttl: float,
         backoff: float,
         on_store_error: Callable[[StoreError], None],
+        fill_limit: float | None = None,
+        on_landed: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
+        self.fill_limit = fill_limit
+        self._landed = on_landed
         self.store = store
         self.runner = runner
         self.stats = stats
@@ -226,11 +230,17 @@ class Regenerator:
         key: str,
         vary: tuple[str, ...],
         seen: float | None,
+        *,
+        fill: bool = False,
     ) -> None:
         """Start a background regeneration of ``key`` unless one is running somewhere,
         the key is backing off after a failure, or a render newer than the one the
-        visitor saw (created at ``seen``; ``None``: none) has landed."""
-        lock = regen_lock_name(key)
+        visitor saw (created at ``seen``; ``None``: none) has landed.
+
+        ``fill``: the key holds nothing servable (a visitor with cookies got a page of
+        their own): the render takes the foreground lock, so that anonymous misses
+        meanwhile wait for it, and keeps it no longer than a miss leader would."""
+        lock = lock_name(key) if fill else regen_lock_name(key)
         try:
             token = self.lock(lock)
             if token is None:
@@ -246,7 +256,8 @@ class Regenerator:
         env = render_environ(rk, environ, vary)
         # the render runs elsewhere but in this request's context (the current middleware)
         ctx = contextvars.copy_context()
-        task = lambda: ctx.run(self.regenerate, rk, key, vary, env, lock, token)  # noqa: E731
+        limit = self.fill_limit if fill else None
+        task = lambda: ctx.run(self.regenerate, rk, key, vary, env, lock, token, limit)  # noqa: E731
         if self.runner.submit(task):
             self.stats.incr("regenerations_started")
         else:
@@ -268,12 +279,13 @@ class Regenerator:
         env: dict[str, Any],
         lock: str,
         token: str,
+        limit: float | None = None,
     ) -> None:
         ok = False
         try:
             timer = time.monotonic()
             try:
-                captured, started = self.render(lock, token, env)
+                captured, started = self.render(lock, token, env, limit)
             except Exception:
                 log.exception("wsgi_isr: regeneration of %s raised; keeping the stale page", key)
                 return
@@ -310,6 +322,8 @@ class Regenerator:
             else:
                 self.back_off(key)
             self.unlock(lock, token)
+            if self._landed is not None:
+                self._landed(key)  # misses of this process waiting on a fill look now
 
     def back_off(self, key: str) -> float:
         """Count a failed regeneration and hold further background attempts of ``key``
