@@ -24,7 +24,6 @@ from helpers import FakeClock
 from werkzeug.test import Client
 
 import wsgi_isr
-import wsgi_isr.datacache as datacache
 from wsgi_isr import ISRMiddleware, cached, codec
 from wsgi_isr.entry import DataEntry
 from wsgi_isr.flask import ISR
@@ -530,7 +529,7 @@ def test_values_over_max_entry_bytes_are_returned_not_stored(
 @pytest.fixture
 def no_instances(monkeypatch: pytest.MonkeyPatch) -> Iterator[weakref.WeakSet[Any]]:
     alive: weakref.WeakSet[Any] = weakref.WeakSet()
-    monkeypatch.setattr(datacache, "instances", alive)
+    monkeypatch.setattr("wsgi_isr.invalidation.instances", alive)
     yield alive
 
 

@@ -268,8 +268,8 @@ def test_a_target_that_keeps_failing_is_logged_once_and_the_origin_still_invalid
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert client.get("/p").headers["X-ISR-Cache"] == "MISS"  # hard-invalidated at the origin
     metrics = client.get("/_isr/metrics", headers={"Authorization": f"Bearer {SECRET}"}).text
-    assert 'target="recording://test",result="failed"} 2' in metrics
-    assert 'target="recording://test",result="retried"} 2' in metrics
+    assert 'result="failed",target="recording://test"} 2.0' in metrics
+    assert 'result="retried",target="recording://test"} 2.0' in metrics
 
 
 def test_a_refused_call_is_not_retried() -> None:
@@ -312,7 +312,7 @@ def test_status_lists_targets_without_tokens_and_metrics_count_purges() -> None:
         mw.purges.join(10)  # type: ignore[union-attr]
         metrics = client.get("/_isr/metrics", headers=auth).text
         assert TOKEN not in metrics
-        assert f'target="fastly://SVC?api={api.url}",result="ok"}} 1' in metrics
+        assert f'result="ok",target="fastly://SVC?api={api.url}"}} 1.0' in metrics
 
 
 # -- the vendors' APIs ------------------------------------------------------------------

@@ -18,8 +18,10 @@ unpickling did (see ``benchmarks`` section ``stores`` for the figures).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import struct
 from typing import Any
 
@@ -94,6 +96,31 @@ def _none(x: float) -> float | None:
     return None if x != x else x  # NaN stands for None
 
 
+def _times_ok(created: float, reval: float, expire: float) -> bool:
+    """A creation time and two durations (NaN: none) a hit can compute with: finite,
+    not negative — anything else was planted or corrupted."""
+    return (
+        0.0 <= created < math.inf
+        and (reval != reval or 0.0 <= reval < math.inf)
+        and (expire != expire or 0.0 <= expire < math.inf)
+    )
+
+
+#: What a server will send: a three-digit status with its reason phrase, header names
+#: that are RFC 9110 tokens, values without CR, LF or NUL (gunicorn refuses others
+#: with a 500; a stored record carrying them was planted).
+_STATUS = re.compile(r"[1-5][0-9]{2}(?: [^\x00-\x1f\x7f]*)?")
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+
+
+def _headers_ok(status: str, flat: list[str]) -> bool:
+    if not _STATUS.fullmatch(status):
+        return False
+    names, values = flat[0::2], flat[1::2]
+    return all(_NAME.fullmatch(n) for n in names) and all(_VALUE.fullmatch(v) for v in values)
+
+
 def loads(data: Any) -> Record | None:
     """Decode bytes written by :func:`dumps`; anything else is ``None`` (a miss)."""
     if type(data) is not bytes or data[:5] != _PREFIX or len(data) < HEAD_SIZE:
@@ -106,8 +133,12 @@ def loads(data: Any) -> Record | None:
         parts = data[HEAD_SIZE:end].decode("utf-8", "surrogatepass").split(_SEP)
         if kind == _VARY and not tlen:
             parts = []  # no headers at all, not one empty header
+        if not _times_ok(created, reval, expire):
+            return None
         if kind == _ENTRY:
-            if len(parts) != 3 + 2 * nh + nt or created != created:
+            if len(parts) != 3 + 2 * nh + nt:
+                return None
+            if not _headers_ok(parts[0], parts[3 : 3 + 2 * nh]):
                 return None
             flat = iter(parts[3 : 3 + 2 * nh])
             return Entry(
@@ -124,8 +155,12 @@ def loads(data: Any) -> Record | None:
         if blen:
             return None
         if kind == _DATA:
-            if len(parts) != 1 + nt or created != created:
+            if len(parts) != 1 + nt:
                 return None
+            try:
+                json.loads(parts[0])
+            except (ValueError, RecursionError):
+                return None  # planted: a cached function never stores anything but JSON
             return DataEntry(parts[0], created, _none(reval), _none(expire), tuple(parts[1:]))
         if kind == _PASS and len(parts) == 1:
             return PassMarker(parts[0])

@@ -29,6 +29,7 @@ at the data's remaining freshness.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import inspect
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from .datascope import Scope, current_scope, report
 from .entry import DataEntry, State
 from .errors import StoreError
-from .invalidation import current_middleware, instances
+from .invalidation import current_middleware, live_instances
 from .policy import _render_tags, valid_tags
 from .profiles import Revalidate, lifetime
 from .stores import LocalLayer
@@ -67,7 +68,7 @@ def the_middleware() -> ISRMiddleware:
     mw = current_middleware.get()
     if mw is not None:
         return mw
-    alive = list(instances)
+    alive = live_instances()
     if len(alive) == 1:
         return alive[0]
     raise RuntimeError(
@@ -79,6 +80,34 @@ def the_middleware() -> ISRMiddleware:
 
 
 # -- keys and values -------------------------------------------------------------------------
+
+#: Which function each cached name (module + qualified name) keys, by its code.
+_claimed: dict[str, Any] = {}
+
+
+def _claim_name(name: str, fn: Callable[..., Any]) -> None:
+    """Two different functions under one name (two lambdas of a module, two defs of
+    one name in a class body) would share their stored values: a ``TypeError``, saying
+    to give one ``key=``. The same function decorated again (an app factory called
+    twice) is fine."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return
+    claimed = _claimed.setdefault(name, code)
+    if claimed is not code:
+        raise TypeError(
+            f"another cached function is already named {name}: their values would be "
+            "shared; give one of them key=..."
+        )
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 _JSON = (str, int, float, bool, type(None))
 
@@ -148,6 +177,8 @@ class CachedFunction(Generic[P, R]):
         self._middleware = middleware
         self._background = background
         self.name = f"{fn.__module__}.{fn.__qualname__}"
+        if key is None:
+            _claim_name(self.name, fn)
         self._signature = inspect.signature(fn) if key is None else None
         self._failures: dict[str, int] = {}
         functools.update_wrapper(self, fn)
@@ -170,6 +201,9 @@ class CachedFunction(Generic[P, R]):
             except TypeError as exc:
                 raise TypeError(f"{self.name}(): {exc}") from None
             bound.apply_defaults()  # f(1) and f(1, b=2) with b=2 by default: one key
+            for n, p in self._signature.parameters.items():
+                if p.kind is inspect.Parameter.VAR_POSITIONAL and n in bound.arguments:
+                    bound.arguments[n] = list(bound.arguments[n])  # *ids: a JSON list
             part = (
                 "{"
                 + ",".join(
@@ -178,7 +212,8 @@ class CachedFunction(Generic[P, R]):
                 )
                 + "}"
             )
-        if len(part) > MAX_ARGS_KEY:
+        if len(part) > MAX_ARGS_KEY or not _encodes(part):
+            # long, or a lone surrogate (valid JSON, not UTF-8, which a store may need)
             part = "#" + hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()
         return f"data:{self.name}:{part}"
 
@@ -223,6 +258,7 @@ class CachedFunction(Generic[P, R]):
     # -- what a call reports to its render ------------------------------------------------
 
     def _use(self, entry: DataEntry, now: float) -> Any:
+        # (a stored value that is not JSON never gets here: the codec reads it as a miss)
         report(entry.tags, entry.remaining(now))
         return json.loads(entry.value)
 
@@ -330,14 +366,16 @@ class CachedFunction(Generic[P, R]):
             return
         if token is None:
             return
-        # what the body needs around it (Flask: the app context), taken in the caller
+        # what the body needs around it (Flask: the app context), taken in the caller,
+        # and the caller's context variables (which middleware is current)
         context = self._background() if self._background is not None else nullcontext()
+        variables = contextvars.copy_context()
 
         def refresh() -> None:
             with context:
                 self._refresh(mw, key, seen, args, kwargs, lock, token)
 
-        if not mw.runner.submit(refresh):
+        if not mw.runner.submit(lambda: variables.run(refresh)):
             _release(mw, lock, token)
 
     def _refresh(

@@ -173,10 +173,7 @@ def handle(
                 if mw.purges is not None:
                     status["purge"] = mw.purges.descriptions
                 return _json(start_response, 200, status)
-            text = mw.stats.prometheus()
-            if mw.purges is not None:
-                text += mw.purges.prometheus()
-            body = text.encode()
+            body = mw.stats.prometheus().encode()
             start_response("200 OK", [*_METRICS_HEADERS, ("Content-Length", str(len(body)))])
             return [body]
         raise _Reject(404, f"unknown endpoint; use {mw.endpoint}/revalidate, /status or /metrics")

@@ -89,6 +89,15 @@ def revalidate_many(
     return mode
 
 
+def live_instances() -> list[ISRMiddleware]:
+    """Every middleware alive in this process. One that was dropped can live on in a
+    reference cycle until the next collection: when there seem to be several, collect
+    first (holding no strong reference meanwhile)."""
+    if len(instances) > 1:
+        gc.collect()
+    return list(instances)
+
+
 def current() -> ISRMiddleware:
     """The middleware handling the current request or render, else the only one in
     the process. With none, or several and no request to tell them apart (two sites
@@ -96,10 +105,7 @@ def current() -> ISRMiddleware:
     mw = current_middleware.get()
     if mw is not None:
         return mw
-    alive = list(instances)
-    if len(alive) > 1:  # some may be garbage that only a collection frees (cycles)
-        gc.collect()
-        alive = list(instances)
+    alive = live_instances()
     if len(alive) == 1:
         return alive[0]
     if not alive:

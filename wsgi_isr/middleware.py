@@ -194,6 +194,10 @@ class ISRMiddleware:
             runner if runner is not None else AutoRunner(max_pending, self.lock_timeout)
         )
         self.stats = Stats()
+        if self.purges is not None:
+            self.purges.on_count = lambda target, result: self.stats.count(
+                "purges", target=target, result=result
+            )
         self.landings = Landings()
         self._last_store_error = 0.0
         self.regen = Regenerator(

@@ -28,7 +28,14 @@ from . import responses as R
 from .entry import Entry, PassMarker, State
 from .errors import StoreError
 from .keys import RequestKey, render_environ, variant_key
-from .policy import client_headers, decide, header_values, private_headers
+from .policy import (
+    NOT_OPTED_IN,
+    client_headers,
+    decide,
+    header_values,
+    private_headers,
+    unshared_headers,
+)
 from .regeneration import Settled, lock_name
 from .render import Captured, capture
 
@@ -177,7 +184,8 @@ def _lead(
         captured.close()
         return mw._pass(environ, start_response, R.MISS, R.CS_MISS)
     if settled.entry is None or (last and settled.key != _visitor_key(rk, settled, environ)):
-        return send_captured(environ, start_response, captured, R.CS_MISS)
+        opted_in = settled.decision.reason != NOT_OPTED_IN
+        return send_captured(environ, start_response, captured, R.CS_MISS, opted_in=opted_in)
     if settled.key != _visitor_key(rk, settled, environ):
         captured.close()
         return None
@@ -226,8 +234,15 @@ def send_captured(
     start_response: StartResponse,
     captured: Captured,
     status_value: str,
+    *,
+    opted_in: bool = True,
 ) -> Iterable[bytes]:
+    """A render sent as it is, not stored: without the app's shared-cache promises
+    (no tags went out with it, so no purge could reach a copy kept in front), unless
+    the page never asked to be cached (its own headers are then the app's business)."""
     headers = client_headers(captured.headers)
+    if opted_in:
+        headers = unshared_headers(headers)
     headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", status_value)]
     start_response(captured.status, headers)
     if environ.get("REQUEST_METHOD") == "HEAD":

@@ -31,6 +31,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "invalidations": ("Tags and paths invalidated through this process.", ()),
     "store_errors": ("Store operations that failed (served by the app).", ()),
     "data_calls": ("Cached function calls by state.", ("state",)),
+    "purges": ("Purge calls to CDNs and caches in front, by result.", ("target", "result")),
     "data_refreshes_failed": ("Background data refreshes that raised.", ()),
 }
 #: The names ``/status`` reports (and :meth:`Stats.incr` takes) -> (metric, labels).

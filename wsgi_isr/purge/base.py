@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -49,6 +50,10 @@ def edge_key(tag: str) -> str:
     '11ac81f3726ea4c7'
     """
     return hashlib.blake2b(tag.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+#: The most of a purge answer read (its status is what counts).
+MAX_REPLY_BYTES = 64 * 1024
 
 
 class PurgeError(ISRError):
@@ -122,10 +127,23 @@ class Purger:
             raise PurgeError(f"no host in {url!r}", retry=False)
         conn = conn_type(parts.hostname, parts.port, timeout=self.timeout)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # the socket timeout bounds each read; a target that trickles its answer a byte
+        # at a time is bounded by this deadline for the whole call, and its body by size
+        deadline = time.monotonic() + self.timeout
         try:
             conn.request(method, path, body=body, headers=dict(headers))
             resp = conn.getresponse()
-            data = resp.read()
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_REPLY_BYTES:
+                if time.monotonic() > deadline:
+                    raise PurgeError(f"{method} {self.description}: no full answer in time")
+                chunk = resp.read1(16384)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            data = b"".join(chunks)
             reply = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
         except (OSError, http.client.HTTPException) as exc:
             raise PurgeError(f"{method} {self.description}: {exc!r}") from exc

@@ -179,6 +179,9 @@ class PurgeQueue:
         self._counts: dict[tuple[str, str], int] = {
             (t.description, r): 0 for t in self.targets for r in RESULTS
         }
+        #: Also told of every count: the middleware's metrics (``wsgi_isr_purges_total``,
+        #: summed across workers in prometheus_client's multiprocess mode).
+        self.on_count: Callable[[str, str], None] | None = None
 
     @property
     def descriptions(self) -> list[str]:
@@ -209,22 +212,10 @@ class PurgeQueue:
         with self._lock:
             key = (target.description, result)
             self._counts[key] = self._counts.get(key, 0) + 1
+        if self.on_count is not None:
+            self.on_count(target.description, result)
 
     def counts(self) -> dict[tuple[str, str], int]:
         """``(target, result) -> count`` for this process."""
         with self._lock:
             return dict(self._counts)
-
-    def prometheus(self) -> str:
-        """``wsgi_isr_purges_total{pid,target,result}`` in the Prometheus text format."""
-        pid = os.getpid()
-        out = [
-            "# HELP wsgi_isr_purges_total Purge calls to CDNs and caches in front, by result.",
-            "# TYPE wsgi_isr_purges_total counter",
-        ]
-        for (target, result), n in sorted(self.counts().items()):
-            label = target.replace("\\", "\\\\").replace('"', '\\"')
-            out.append(
-                f'wsgi_isr_purges_total{{pid="{pid}",target="{label}",result="{result}"}} {n}'
-            )
-        return "\n".join(out) + "\n"

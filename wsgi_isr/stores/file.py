@@ -39,7 +39,7 @@ from ..bounded import ByteLRU, parse_size
 from ..entry import PassMarker, Record, TagState
 from ..errors import StoreError
 from .base import Store, merge_tag_state, new_token, record_ttl
-from .shelf import FILE_HEAD, Shelf, _replace_private
+from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular
 
 log = logging.getLogger("wsgi_isr")
 
@@ -187,9 +187,12 @@ class FileStore(Store):
 
     def _load(self, filename: str) -> tuple[float, Record | None]:
         try:
-            with open(filename, "rb") as f:
+            with open_regular(filename) as f:
                 data = f.read()
         except FileNotFoundError:
+            return 0.0, None
+        except NotRegular as exc:  # planted: a miss (the next write replaces it)
+            log.warning("wsgi_isr: %s; treated as a miss", exc)
             return 0.0, None
         except OSError as exc:
             raise StoreError(f"cannot read {filename}: {exc}") from exc
@@ -257,7 +260,7 @@ class FileStore(Store):
             return self._tags
         with self._refresh_mutex:
             try:
-                with open(self._log_path, "rb") as f:
+                with open_regular(self._log_path) as f:
                     generation = f.readline()
                     if not generation.endswith(b"\n"):
                         return self._tags  # being created: next call

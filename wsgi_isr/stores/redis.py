@@ -110,6 +110,12 @@ def config_warnings(maxmemory: str | None, policy: str | None) -> list[str]:
             "redis maxmemory is 0 (unbounded): cached pages can fill the server's memory. "
             "Set maxmemory (e.g. maxmemory 2gb) with maxmemory-policy volatile-lru"
         )
+    elif policy == "noeviction":
+        out.append(
+            "redis maxmemory-policy is noeviction: once maxmemory is reached every write "
+            "fails, invalidations included (pages then stay stale). Set maxmemory-policy "
+            "volatile-lru (or volatile-ttl): every page has a TTL, tag state has none"
+        )
     if policy is not None and policy.startswith("allkeys-"):
         out.append(
             f"redis maxmemory-policy is {policy}: it can evict tag invalidation state, so an "
@@ -164,7 +170,11 @@ class RedisStore(Store):
                 client = _redis.Redis(connection_pool=pool)
             except ValueError as exc:
                 raise ValueError(f"bad redis URL {url!r}: {exc}") from exc
-            safe = parts._replace(netloc=parts.hostname or "", query="")
+            host = parts.hostname or ""
+            if ":" in host:  # IPv6
+                host = f"[{host}]"
+            port = parts.port
+            safe = parts._replace(netloc=host + (f":{port}" if port else ""), query="")
             self.description = f"redis: {urlunsplit(safe)} (prefix {prefix!r})"
         else:
             self.description = f"redis client {client!r} (prefix {prefix!r})"

@@ -24,11 +24,13 @@ unreadable, or contradicted by the files (someone removed them by hand).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
 import os
 import secrets
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -44,6 +46,29 @@ _PAIR = struct.Struct(">32sQ")
 #: Compact the journal when it holds this many pairs more than twice the records.
 COMPACT_PAIRS = 65_536
 _TEMP_PREFIX = ".tmp-"
+
+
+class NotRegular(OSError):
+    """What stands at a record's path is no regular file (planted)."""
+
+
+def open_regular(path: str) -> BinaryIO:
+    """Open a file of the store for reading, refusing what was planted instead of a
+    file: a symbolic link (to ``/dev/zero``, say) or a FIFO that would block the reader
+    forever, a directory, a device (:class:`NotRegular`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegular(f"a symbolic link: {path}") from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(f"not a regular file: {path}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _replace_private(path: str, data: bytes) -> None:
@@ -108,7 +133,7 @@ class Shelf:
                 try:
                     digest = bytes.fromhex(entry.name)
                     st = entry.stat()
-                    with open(entry.path, "rb") as f:
+                    with open_regular(entry.path) as f:
                         head = f.read(FILE_HEAD.size)
                 except (ValueError, OSError):
                     continue
@@ -122,7 +147,7 @@ class Shelf:
 
     def read(self, key: str) -> bytes | None:
         try:
-            with open(self.filename(key), "rb") as f:
+            with open_regular(self.filename(key)) as f:
                 return f.read()
         except FileNotFoundError:
             return None
@@ -214,10 +239,12 @@ class Shelf:
                 digest, wid = _PAIR.unpack(pair)
                 path = os.path.join(self.path, digest.hex())
                 try:
-                    with open(path, "rb") as f:
+                    with open_regular(path) as f:
                         head = f.read(FILE_HEAD.size)
                         size = os.fstat(f.fileno()).st_size
                 except FileNotFoundError:
+                    continue
+                except OSError:  # planted: not a record file
                     continue
                 if len(head) == FILE_HEAD.size and FILE_HEAD.unpack(head)[1] == wid:
                     with contextlib.suppress(FileNotFoundError):

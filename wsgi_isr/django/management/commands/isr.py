@@ -53,6 +53,11 @@ class Command(BaseCommand):  # type: ignore[misc]  # django ships no types
         build.add_argument("--concurrency", type=int, default=4, help="Pages rendered at once.")
         build.add_argument("--host", default=None, help="Host visitors use (keys include it).")
         build.add_argument("--scheme", default="http", choices=["http", "https"])
+        build.add_argument(
+            "--script-name",
+            default=None,
+            help="Where the site is mounted, e.g. /app (default: FORCE_SCRIPT_NAME).",
+        )
         reval = sub.add_parser("revalidate", help="Invalidate tags and paths.")
         reval.add_argument("--tag", dest="tags", action="append", default=[], help="Repeatable.")
         reval.add_argument("--path", dest="paths", action="append", default=[], help="Repeatable.")
@@ -64,24 +69,41 @@ class Command(BaseCommand):  # type: ignore[misc]  # django ships no types
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
         if action == "build":
-            self.build(options["concurrency"], options["host"] or default_host(), options["scheme"])
+            host = options["host"] or default_host()
+            self.build(options["concurrency"], host, options["scheme"], options["script_name"])
         elif action == "revalidate":
             self.revalidate(options["tags"], options["paths"], options["layout"], options["hard"])
         else:
             self.status(options["url"])
 
-    def build(self, concurrency: int, host: str, scheme: str) -> None:
+    def build(self, concurrency: int, host: str, scheme: str, script_name: str | None) -> None:
+        from django.urls import get_script_prefix
+
+        if concurrency < 1:
+            raise CommandError("--concurrency must be at least 1")
         mw = middleware()
         try:
             paths = static_paths()
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        # reverse() spells URLs with the mount point (FORCE_SCRIPT_NAME): a render sees
+        # the path below it, SCRIPT_NAME the rest, as it will for visitors
+        prefix = get_script_prefix().rstrip("/")
+        script = (prefix if script_name is None else script_name).rstrip("/")
+        if prefix:
+            paths = [p[len(prefix) :] or "/" if p.startswith(prefix + "/") else p for p in paths]
+        where = f"{scheme}://{host}{script}"
         self.stdout.write(
-            f"Pre-rendering {len(paths)} pages as {scheme}://{host} into {mw.store.description}"
+            f"Pre-rendering {len(paths)} pages as {where} into {mw.store.description}"
         )
         bar = ProgressBar(len(paths), self.stderr)
         report = mw.prebuild(
-            paths, host=host, scheme=scheme, concurrency=concurrency, progress=bar.update
+            paths,
+            host=host,
+            scheme=scheme,
+            concurrency=concurrency,
+            progress=bar.update,
+            script_name=script,
         )
         for path, reason in report.failed:
             self.stderr.write(f"FAILED {path}: {reason}")
