@@ -112,11 +112,16 @@ class Stats:
         for name, (metric, labels) in COUNTERS.items():
             counter = self._metrics.counters[metric]
             self._children[name] = counter.labels(**labels) if labels else counter
+        # what the prometheus counters were last told (single-process mode: they are
+        # brought up to date at each scrape, not on every request — a hit is a few µs,
+        # and prometheus_client's lock and float add were a fifth of it)
+        self._exported = dict.fromkeys(COUNTERS, 0)
 
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._values[name] += n
-        self._children[name].inc(n)
+        if self._multiprocess:  # other processes' scrapes read this one's file
+            self._children[name].inc(n)
 
     def count(self, metric: str, n: float = 1, **labels: str) -> None:
         """Add ``n`` to the counter ``wsgi_isr_<metric>_total`` with these labels."""
@@ -136,4 +141,11 @@ class Stats:
     def prometheus(self) -> str:
         """The metrics in the Prometheus text exposition format (version 0.0.4): this
         middleware's, or with ``PROMETHEUS_MULTIPROC_DIR`` every process's, summed."""
+        if not self._multiprocess:
+            with self._lock:
+                for name, value in self._values.items():
+                    delta = value - self._exported[name]
+                    if delta:
+                        self._children[name].inc(delta)
+                        self._exported[name] = value
         return generate_latest(self._registry).decode()
