@@ -401,8 +401,7 @@ class ISRMiddleware:
                 record, tag_states, key, vary = self._find(environ, rk, through=True)
                 state = record.state(now, tag_states) if isinstance(record, Entry) else None
         except StoreError as exc:
-            self._store_failed(exc)
-            return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR, unshared=True)
+            return self._store_down(environ, start_response, exc)
         if isinstance(record, PassMarker):
             return self._hit_for_pass(environ, start_response, record)
         if (
@@ -425,6 +424,14 @@ class ISRMiddleware:
             seen = record.created if isinstance(record, Entry) else None
             return personal_miss(self, environ, start_response, rk, key, vary, seen)
         return coalesced_miss(self, environ, start_response, rk, key, vary)
+
+    def _store_down(
+        self, environ: WSGIEnvironment, start_response: StartResponse, exc: StoreError
+    ) -> Iterable[bytes]:
+        """Fail open: the app answers the visitor's own request, logged once per interval;
+        the answer was not rendered from the key, so it promises no shared caching."""
+        self._store_failed(exc)
+        return self._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR, unshared=True)
 
     def _hit_for_pass(
         self, environ: WSGIEnvironment, start_response: StartResponse, marker: PassMarker

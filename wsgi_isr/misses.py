@@ -120,8 +120,7 @@ def coalesced_miss(
             # taken or not, a render may have landed since our lookup: look first
             landed, lkey, lvary = _landed(mw, environ, rk)
         except StoreError as exc:
-            mw._store_failed(exc)
-            return mw._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
+            return mw._store_down(environ, start_response, exc)
         if (landed is not None or lkey != key) and token is not None:
             regen.unlock(lock, token)
             token = None
