@@ -227,14 +227,28 @@ class SentinelSet:
         return self
 
     def _replica_in_sync(self) -> bool:
-        info = self.primary.client().info("replication")
+        port = self.current_primary_port() if self.sentinels[0].proc else self.primary.port
+        try:
+            info = self.node(port or self.primary.port).client().info("replication")
+        except redis.RedisError:
+            return False
         return info.get("connected_slaves") == 1 and info.get("slave0", {}).get("state") == "online"
+
+    def heal(self) -> None:
+        """Start again a node that was killed (the Sentinels make it the new primary's
+        replica) and wait until the replica is in sync: the set can fail over again."""
+        for n in (self.primary, self.replica):
+            if n.proc is None:
+                n.start()
+        assert wait_for(self._replica_in_sync, 30), [n.log() for n in self.sentinels]
+        assert wait_for(self._sentinels_agree, 20), [s.log() for s in self.sentinels]
 
     def _sentinels_agree(self) -> bool:
         try:
             for s in self.sentinels:
                 c = s.client()
-                if len(c.sentinel_slaves(SERVICE)) < 1 or len(c.sentinel_sentinels(SERVICE)) < 2:
+                up = [r for r in c.sentinel_slaves(SERVICE) if not r.get("is_sdown")]
+                if not up or len(c.sentinel_sentinels(SERVICE)) < 2:
                     return False
             return True
         except redis.RedisError:
