@@ -111,10 +111,13 @@ def test_tls_wrong_password_is_a_store_error(
         store.lookup("k")
 
 
-def test_invalidations_wake_other_instances_under_the_acl(
-    redis_tls: TLSServer, stores: list[RedisStore]
+@pytest.mark.parametrize("topology", ["redis_tls", "redis_cluster"])
+def test_invalidations_wake_other_instances(
+    topology: str, request: pytest.FixtureRequest, stores: list[RedisStore]
 ) -> None:
-    url = redis_tls.url(f"{ACL_PREFIX}ps-{uuid.uuid4().hex[:6]}:")
+    """Pub/sub through the ACL (its channel pattern) and through a cluster."""
+    prefix = f"{ACL_PREFIX}ps-{uuid.uuid4().hex[:6]}:"
+    url = request.getfixturevalue(topology).url(prefix)
     listener, sender = _open(stores, url), _open(stores, url)
     woken = threading.Event()
     assert listener.subscribe(woken.set)
