@@ -36,7 +36,7 @@ ACL_PREFIX = "acl-app:"
 SERVICE = "mymaster"
 
 
-def redis_binary(name: str = "redis-server") -> str:
+def redis_binary(name: str = "redis-server") -> str:  # or redis-sentinel, redis-cli, openssl
     """The binary's path; skips without it, except on CI (``CI=true``): a failure."""
     found = shutil.which(name) or (
         f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None
@@ -78,23 +78,43 @@ class Node:
         except redis.RedisError:
             return False
 
-    def start(self, timeout: float = 10.0) -> Node:
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> Node:
+        """Start and wait until it answers PING. ``{port}`` and ``{bus}`` in the
+        arguments are this node's port and a free one; a port taken meanwhile (the
+        race of :func:`free_port`) means another free port (see :meth:`restart`)."""
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout, self.port, free_port())
+            except RuntimeError:
+                if attempt == attempts - 1 or "already in use" not in self.log():
+                    raise
+                self.port = free_port()
+                self.client_options["port"] = self.port
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float, port: int, bus: int) -> Node:
         argv = [self.binary]
+        (self.workdir / "log").unlink(missing_ok=True)
         if self.config is not None:
             conf = self.workdir / "node.conf"
-            conf.write_text(self.config.format(port=self.port, dir=self.workdir))
+            conf.write_text(self.config.format(port=port))
             argv.append(str(conf))
         argv += ["--bind", "127.0.0.1", "--dir", str(self.workdir), "--daemonize", "no"]
-        argv += ["--logfile", str(self.workdir / "log"), *self.args]
+        argv += ["--logfile", str(self.workdir / "log")]
+        argv += [a.format(port=port, bus=bus) for a in self.args]
         if "--tls-port" not in self.args:
-            argv += ["--port", str(self.port)]
+            argv += ["--port", str(port)]
         proc = self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=self.workdir)
         if not wait_for(lambda: proc.poll() is not None or self.answers(), timeout, 0.05) or (
             proc.poll() is not None
         ):
             self.stop()
-            raise RuntimeError(f"{self.binary} did not come up on {self.port}:\n{self.log()}")
+            raise RuntimeError(f"{self.binary} did not come up on {port}:\n{self.log()}")
         return self
+
+    def restart(self) -> Node:
+        """Start again on the same port (replicas and Sentinels know it)."""
+        return self._start(10.0, self.port, free_port())
 
     def log(self) -> str:
         path = self.workdir / "log"
@@ -123,8 +143,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_certificates(root: Path) -> dict[str, str]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, with the
     ``openssl`` CLI; returns their paths by name."""
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl binary not found", pytrace=False)
+    redis_binary("openssl")  # skipped without it, failed under CI
     root.mkdir(parents=True, exist_ok=True)
     days = ["-days", "2"]
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
@@ -148,7 +167,6 @@ class TLSServer:
 
     def __init__(self, workdir: Path) -> None:
         self.certs = make_certificates(workdir / "certs")
-        port = free_port()
         tls = {
             "ssl": True,
             "ssl_ca_certs": self.certs["ca.pem"],
@@ -157,7 +175,7 @@ class TLSServer:
         }
         self.admin_password = "admin-password-0123456789"
         args = [
-            "--port", "0", "--tls-port", str(port),
+            "--port", "0", "--tls-port", "{port}",
             "--tls-cert-file", self.certs["server.pem"], "--tls-key-file", self.certs["server.key"],
             "--tls-ca-cert-file", self.certs["ca.pem"], "--tls-auth-clients", "yes",
             "--user", *f"admin on >{self.admin_password} ~* &* +@all".split(),
@@ -165,8 +183,7 @@ class TLSServer:
             "--user", "default", "off", *_NO_DISK,
         ]  # fmt: skip
         admin = {"username": "admin", "password": self.admin_password, **tls}
-        self.node = Node(redis_binary(), workdir, args, port=port, client=admin)
-        self.port = port
+        self.node = Node(redis_binary(), workdir, args, client=admin)
 
     @staticmethod
     def acl_rule() -> str:
@@ -189,7 +206,7 @@ class TLSServer:
             }
         query |= extra
         qs = "&".join(f"{k}={v}" for k, v in query.items())
-        return f"rediss://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{self.port}/0?{qs}"
+        return f"rediss://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{self.node.port}/0?{qs}"
 
 
 _SENTINEL_CONF = """\
@@ -210,15 +227,16 @@ class SentinelSet:
     def __init__(self, workdir: Path) -> None:
         binary = redis_binary()
         self.primary = Node(binary, workdir, [*_NO_DISK])
-        self.replica = Node(binary, workdir, [*_NO_DISK, "--replicaof", "127.0.0.1", "0"])
-        self.replica.args[-1] = str(self.primary.port)
+        self.replica = Node(binary, workdir, [*_NO_DISK])
         sentinel = redis_binary("redis-sentinel")
-        conf = _SENTINEL_CONF.replace("{primary}", str(self.primary.port))
-        self.sentinels = [Node(sentinel, workdir, [], config=conf) for _ in range(3)]
+        self.sentinels = [Node(sentinel, workdir, []) for _ in range(3)]
 
     def start(self) -> SentinelSet:
         self.primary.start()
+        self.replica.args += ["--replicaof", "127.0.0.1", str(self.primary.port)]
         self.replica.start()
+        for s in self.sentinels:
+            s.config = _SENTINEL_CONF.replace("{primary}", str(self.primary.port))
         assert wait_for(self._replica_in_sync, 10), self.replica.log()
         for s in self.sentinels:
             s.start()
@@ -239,7 +257,7 @@ class SentinelSet:
         replica) and wait until the replica is in sync: the set can fail over again."""
         for n in (self.primary, self.replica):
             if n.proc is None:
-                n.start()
+                n.restart()
         assert wait_for(self._replica_in_sync, 30), [n.log() for n in self.sentinels]
         assert wait_for(self._sentinels_agree, 20), [s.log() for s in self.sentinels]
 
@@ -284,9 +302,7 @@ class Cluster:
         args = [*_NO_DISK, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
         args += ["--cluster-config-file", "nodes.conf"]
         # the bus port, explicit: port + 10000 would not fit for a free port above 55535
-        self.nodes = [
-            Node(binary, workdir, [*args, "--cluster-port", str(free_port())]) for _ in range(3)
-        ]
+        self.nodes = [Node(binary, workdir, [*args, "--cluster-port", "{bus}"]) for _ in range(3)]
 
     def start(self) -> Cluster:
         for n in self.nodes:
