@@ -11,6 +11,9 @@ number moved. Locks are ``SET NX PX`` with a random token, released by an
 atomic compare-and-delete.
 
     store = RedisStore("redis://127.0.0.1:6379/0?prefix=myapp:")
+
+Sentinel, Cluster, TLS and durable invalidations: see :mod:`.redis_connect` (the URL
+grammar and the connection setup).
 """
 
 from __future__ import annotations
