@@ -195,6 +195,13 @@ def test_durable_invalidation_fails_when_the_replica_does_not_acknowledge(
     assert plain.tag_states(["posts", "other"]) == {"posts": (2.0, 0.0), "other": (2.0, 0.0)}
 
 
+def test_durable_as_a_keyword(redis_url: str, stores: list[RedisStore]) -> None:
+    store = _open(stores, redis_url, durable=True, durable_timeout=0.1)
+    with pytest.raises(DurabilityError):
+        store.invalidate(["t"], 1.0, hard=False)
+    assert _open(stores, redis_url).durability is None
+
+
 def test_durable_store_without_a_replica_answers_503_with_the_reason(redis_url: str) -> None:
     mw = ISRMiddleware(_app, store=redis_url + "&durable=1&durable_timeout=0.2", secret=SECRET)
     try:
@@ -242,6 +249,8 @@ def test_store_options_are_split_off_the_url(url: str, expected: Any) -> None:
         pytest.param("redis+cluster://127.0.0.1:1/3", id="cluster-db"),
         pytest.param("redis://127.0.0.1:1/0?durable=1&durable_timeout=5", id="durable-too-long"),
         pytest.param("redis://127.0.0.1:1/0?durable_timeout=soon", id="durable-not-a-number"),
+        pytest.param("redis://127.0.0.1:1/0?durable=1&durable_replicas=0", id="durable-no-replica"),
+        pytest.param("redis+cluster://127.0.0.1:1/?prefix=a{b}:", id="cluster-braces-prefix"),
     ],
 )
 def test_bad_production_urls_are_refused(url: str) -> None:

@@ -142,13 +142,18 @@ def connect(
         timeout = ours.get("durable_timeout", durable_timeout)
         if not 0 < timeout < socket_timeout:
             raise ValueError(f"durable_timeout must be above 0 and below {socket_timeout} s")
-        durability = Durability(ours.get("durable_replicas", 1), timeout)
+        replicas = ours.get("durable_replicas", 1)
+        if replicas < 1:
+            raise ValueError("durable_replicas must be at least 1")
+        durability = Durability(replicas, timeout)
     common = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_connect_timeout}
     cluster = False
     try:
         if scheme == "redis+sentinel":
             client, where = _sentinel(url, common, max_connections)
         elif scheme == "redis+cluster":
+            if "{" in prefix or "}" in prefix:  # it would move the keys' hash tags
+                raise ValueError(f"a cluster prefix cannot hold braces: {prefix!r}")
             client, where, cluster = _cluster(url, common, max_connections), "", True
         else:
             # a bounded pool that makes callers wait their turn: 500 greenlets on a
