@@ -134,6 +134,12 @@ def test_primary_killed_mid_traffic_fails_over_without_a_5xx_or_a_lost_invalidat
     assert {o.cache for o in outcomes if o.started > resumed_at} <= {"HIT", "MISS"}
 
     statuses = [s for _, s in acked]
+    print(  # the figures, with -s
+        f"\nfailover: promoted {promoted_at - killed_at:.2f} s and caching again "
+        f"{resumed_at - killed_at:.2f} s after the kill; {len(outcomes)} requests, "
+        f"{sum(o.cache == 'BYPASS' for o in outcomes)} served by the app (store away); "
+        f"invalidations: {statuses.count(200)} acknowledged, {statuses.count(503)} refused"
+    )
     assert set(statuses) <= {200, 503}, set(statuses)
     ok = [tag for tag, s in acked if s == 200]
     assert len(ok) >= 5 and 503 in statuses, statuses
