@@ -17,10 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_topologies import redis_cluster, redis_sentinels, redis_tls
 from servers import free_port, stop_process, wait_for
 
+__all__ = ["redis_cluster", "redis_sentinels", "redis_tls"]  # session topologies
+
 #: Fixtures whose users need a real redis-server; such tests get the ``redis`` marker.
-_REDIS_FIXTURES = frozenset({"redis_server", "redis_url"})
+_REDIS_FIXTURES = frozenset(
+    {"redis_server", "redis_url", "redis_tls", "redis_sentinels", "redis_cluster"}
+)
 
 
 class FakeClock:

@@ -17,6 +17,7 @@ import os
 import pickle
 import struct
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 from cachelib import FileSystemCache, NullCache, RedisCache, SimpleCache
 from helpers import CountingApp
+from redis_topologies import ACL_PREFIX
 from werkzeug.test import Client
 
 import wsgi_isr.stores.file as file_module
@@ -61,6 +63,9 @@ ALL = [
     pytest.param("memory", id="memory"),
     pytest.param("file", id="file"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    # an ACL user allowed exactly the README's commands, over TLS with a client certificate
+    pytest.param("redis-tls-acl", id="redis-tls-acl", marks=pytest.mark.redis),
+    pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.redis),
 ]
 SHARED = ALL[1:]  # two instances on one backend see the same data
 BOUNDED = ALL[:2]  # take max_entries
@@ -79,6 +84,11 @@ class Backend:
         elif kind == "file":
             self.root = tmp_path / "store"
             self.url = f"file://{self.root}"
+        elif kind == "redis-tls-acl":
+            prefix = f"{ACL_PREFIX}{uuid.uuid4().hex[:8]}:"
+            self.url = request.getfixturevalue("redis_tls").url(prefix)
+        elif kind == "redis-cluster":
+            self.url = request.getfixturevalue("redis_cluster").url(f"c{uuid.uuid4().hex[:8]}:")
         else:
             self.url = request.getfixturevalue("redis_url")
 
@@ -95,7 +105,7 @@ class Backend:
 
     def elapse(self, seconds: float) -> None:
         """Let lock TTLs run: Redis expires keys by its own real clock."""
-        if self.kind == "redis":
+        if self.kind.startswith("redis"):
             time.sleep(seconds)
         else:
             self.clock.advance(seconds)

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import StoreError
+from .errors import DurabilityError, StoreError
 from .invalidation import check_mode, checked_tags, path_tag
 from .policy import same_secret
 
@@ -181,4 +181,6 @@ def handle(
         return _json(start_response, r.code, {"error": r.message}, r.headers)
     except StoreError as exc:
         mw._store_failed(exc)
-        return _json(start_response, 503, {"error": "the cache store is unavailable"})
+        # a durability failure says what happened (no server details in it); others do not
+        message = str(exc) if isinstance(exc, DurabilityError) else "the cache store is unavailable"
+        return _json(start_response, 503, {"error": message})

@@ -13,3 +13,8 @@ class StoreError(ISRError):
     The middleware catches it, logs it and calls the application instead
     (fail open); it never becomes a 500.
     """
+
+
+class DurabilityError(StoreError):
+    """A durable store (``?durable=1``) could not confirm that an invalidation reached
+    its replicas in time. The revalidation endpoint answers 503 with this message."""

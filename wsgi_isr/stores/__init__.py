@@ -131,8 +131,9 @@ def _backend(url: str, clock: Callable[[], float]) -> Store:
             url, parts.query, ("max_entries", "max_bytes", "max_markers", "allow_shared_dir")
         )
         return FileStore(path, clock=clock, **options)
-    if parts.scheme in ("redis", "rediss", "unix"):
+    if parts.scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         return RedisStore(url, clock=clock)
     raise ValueError(
-        f"unknown store URL {url!r}: expected memory://, file:///path or redis://host:port/db"
+        f"unknown store URL {url!r}: expected memory://, file:///path, redis://host:port/db, "
+        "redis+sentinel://host:port/service or redis+cluster://host:port"
     )

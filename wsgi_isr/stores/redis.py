@@ -11,6 +11,9 @@ number moved. Locks are ``SET NX PX`` with a random token, released by an
 atomic compare-and-delete.
 
     store = RedisStore("redis://127.0.0.1:6379/0?prefix=myapp:")
+
+Sentinel, Cluster, TLS and durable invalidations: see :mod:`.redis_connect` (the URL
+grammar and the connection setup).
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .. import codec
 from ..entry import Record, TagState
 from ..errors import StoreError
 from .base import Store, new_token, record_ttl
+from .redis_connect import Durability, connect, disconnect, tag_keys
 
 log = logging.getLogger("wsgi_isr")
 
@@ -137,6 +140,8 @@ class RedisStore(Store):
         socket_timeout: float = 2.0,
         socket_connect_timeout: float = 1.0,
         max_connections: int = 64,
+        durable: bool = False,
+        durable_timeout: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(clock=clock)
@@ -147,43 +152,28 @@ class RedisStore(Store):
         except ImportError as exc:  # pragma: no cover - redis is an install requirement
             raise ImportError("the redis store needs redis-py: pip install redis") from exc
         self._errors: type[Exception] = _redis.RedisError
+        self.cluster = False
+        self.durability: Durability | None = None
         if client is None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("redis", "rediss", "unix"):
-                raise ValueError(f"not a redis URL: {url!r}")
-            query = dict(parse_qsl(parts.query))
-            prefix = query.pop("prefix", prefix)
-            # rebuilt by hand: urlunsplit drops the "//" of "unix:///path"
-            url = url.split("?", 1)[0] + ("?" + urlencode(query) if query else "")
-            try:
-                # a bounded pool that makes callers wait their turn: 500 greenlets on a
-                # stale page must not open 500 connections at once (connect timeouts would
-                # turn into fail-open renders: a stampede)
-                pool = _redis.BlockingConnectionPool.from_url(
-                    url,
-                    max_connections=max_connections,
-                    timeout=socket_timeout,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=socket_connect_timeout,
-                    health_check_interval=30,
-                )
-                client = _redis.Redis(connection_pool=pool)
-            except ValueError as exc:
-                raise ValueError(f"bad redis URL {url!r}: {exc}") from exc
-            host = parts.hostname or ""
-            if ":" in host:  # IPv6
-                host = f"[{host}]"
-            port = parts.port
-            safe = parts._replace(netloc=host + (f":{port}" if port else ""), query="")
-            self.description = f"redis: {urlunsplit(safe)} (prefix {prefix!r})"
+            conn = connect(
+                url,
+                prefix=prefix,
+                durable=durable,
+                durable_timeout=durable_timeout,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_connect_timeout,
+                max_connections=max_connections,
+            )
+            client, prefix, self.description = conn.client, conn.prefix, conn.description
+            self.cluster, self.durability = conn.cluster, conn.durability
         else:
             self.description = f"redis client {client!r} (prefix {prefix!r})"
+            if durable:
+                self.durability = Durability(timeout=durable_timeout)
         self.client = client
         self.prefix = prefix
         self._config_checked = False
-        self._seq_key = prefix + "tagseq"
-        self._state_key = prefix + "tagstate"
-        self._changes_key = prefix + "tagchanges"
+        self._seq_key, self._state_key, self._changes_key = tag_keys(prefix, self.cluster)
         self._invalidate = client.register_script(_INVALIDATE)
         self._release = client.register_script(_RELEASE)
         self._extend = client.register_script(_EXTEND)
@@ -317,10 +307,12 @@ class RedisStore(Store):
         if not names:
             return
         try:
-            seq = self._invalidate(
-                keys=[self._seq_key, self._state_key, self._changes_key],
-                args=[repr(float(at)), "1" if hard else "0", *names],
-            )
+            keys = [self._seq_key, self._state_key, self._changes_key]
+            args = [repr(float(at)), "1" if hard else "0", *names]
+            if self.durability is not None:  # + WAIT for the replicas, on one connection
+                seq = self.durability.run(self.client, self._invalidate, keys, args)
+            else:
+                seq = self._invalidate(keys=keys, args=args)
             self.client.publish(self._channel, seq)
         except self._errors as exc:
             raise StoreError(f"redis invalidation failed: {exc}") from exc
@@ -357,7 +349,7 @@ class RedisStore(Store):
         if self._subscriber is not None:
             self._subscriber.stop()
         self.client.close()
-        self.client.connection_pool.disconnect()  # a pool we built is ours to close
+        disconnect(self.client)  # a pool we built is ours to close
 
 
 class _Subscriber:
