@@ -107,18 +107,17 @@ def _times_ok(created: float, reval: float, expire: float) -> bool:
 
 
 #: What a server will send: a three-digit status with its reason phrase, header names
-#: that are RFC 9110 tokens, values without CR, LF or NUL (gunicorn refuses others
-#: with a 500; a stored record carrying them was planted).
+#: that are RFC 9110 tokens, no control characters but TAB in any string (gunicorn
+#: refuses others with a 500; a stored record carrying them was planted). Checked with
+#: one scan of the record's text and one match of its header names.
 _STATUS = re.compile(r"[1-5][0-9]{2}(?: [^\x00-\x1f\x7f]*)?")
-_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+_CONTROL = bytes([*range(0x01, 0x09), *range(0x0A, 0x20), 0x7F])
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_NAMES = re.compile(rf"(?:{_TOKEN}(?:\x00{_TOKEN})*)?")
 
 
-def _headers_ok(status: str, flat: list[str]) -> bool:
-    if not _STATUS.fullmatch(status):
-        return False
-    names, values = flat[0::2], flat[1::2]
-    return all(_NAME.fullmatch(n) for n in names) and all(_VALUE.fullmatch(v) for v in values)
+def _headers_ok(status: str, names: list[str]) -> bool:
+    return bool(_STATUS.fullmatch(status) and _NAMES.fullmatch(_SEP.join(names)))
 
 
 def loads(data: Any) -> Record | None:
@@ -130,7 +129,10 @@ def loads(data: Any) -> Record | None:
         end = HEAD_SIZE + tlen
         if end + blen != len(data):
             return None
-        parts = data[HEAD_SIZE:end].decode("utf-8", "surrogatepass").split(_SEP)
+        text = data[HEAD_SIZE:end]
+        if len(text.translate(None, _CONTROL)) != tlen:  # (a C loop: cheaper than a regex)
+            return None
+        parts = text.decode("utf-8", "surrogatepass").split(_SEP)
         if kind == _VARY and not tlen:
             parts = []  # no headers at all, not one empty header
         if not _times_ok(created, reval, expire):
@@ -138,7 +140,7 @@ def loads(data: Any) -> Record | None:
         if kind == _ENTRY:
             if len(parts) != 3 + 2 * nh + nt:
                 return None
-            if not _headers_ok(parts[0], parts[3 : 3 + 2 * nh]):
+            if not _headers_ok(parts[0], parts[3 : 3 + 2 * nh : 2]):
                 return None
             flat = iter(parts[3 : 3 + 2 * nh])
             return Entry(
