@@ -237,3 +237,12 @@ def test_prebuild_for_any_wsgi_app(tmp_path: Any, monkeypatch: pytest.MonkeyPatc
     assert store.count() == 2  # /skip did not opt in
     paths.write_text("/boom\n")
     assert module_main(["prebuild", "plain_site:application", "--paths-file", str(paths)]) == 1
+
+
+def test_cli_status_of_a_server_that_does_not_answer_is_a_clear_error(tmp_path: Any) -> None:
+    app, _, _ = make_app(tmp_path)
+    result = app.test_cli_runner().invoke(args=["isr", "status", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "store:" not in result.output or "cannot read the counters" in result.output
+    assert "cannot read the counters of http://127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output

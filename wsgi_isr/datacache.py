@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from .datascope import Scope, current_scope, report
 from .entry import DataEntry, State
 from .errors import StoreError
-from .invalidation import current_middleware, live_instances
+from .invalidation import only_middleware
 from .policy import _render_tags, valid_tags
 from .profiles import Revalidate, lifetime
 from .stores import LocalLayer
@@ -65,17 +65,8 @@ MAX_ARGS_KEY = 200
 def the_middleware() -> ISRMiddleware:
     """The middleware handling the current request or render, else the only one in the
     process; ``RuntimeError`` when there is none, or several."""
-    mw = current_middleware.get()
-    if mw is not None:
-        return mw
-    alive = live_instances()
-    if len(alive) == 1:
-        return alive[0]
-    raise RuntimeError(
-        "wsgi_isr.cached found "
-        + ("no ISRMiddleware" if not alive else f"{len(alive)} ISRMiddleware instances")
-        + " in this process and none is handling the current request; bind the function"
-        " to one with mw.cached(...) (Flask: isr.cached(...))"
+    return only_middleware(
+        "wsgi_isr.cached", "bind the function to one with mw.cached(...) (Flask: isr.cached(...))"
     )
 
 

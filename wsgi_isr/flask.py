@@ -19,10 +19,8 @@ $ flask isr status
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
-import urllib.request
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ParamSpec, TypeVar, cast
@@ -36,6 +34,7 @@ from .invalidation import Mode, PathType, revalidate_many
 from .middleware import ISRMiddleware
 from .pages import PageSpec, Params
 from .profiles import Revalidate
+from .status import status_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -288,22 +287,12 @@ def revalidate_command(
 def status_command(url: str | None) -> None:
     """Show the store, how many pages it holds, and (with --url) a server's counters."""
     ext, mw = _state()
-    count = mw.store.count()
-    click.echo(f"store:   {mw.store.description}")
-    click.echo(f"entries: {count if count is not None else 'unknown'}")
-    if mw.purges is not None:
-        click.echo(f"purge:   {', '.join(mw.purges.descriptions)}")
-    if url:
-        if mw.secret is None:
-            raise click.ClickException("ISR_SECRET is not set: the status endpoint is off")
-        req = urllib.request.Request(
-            url.rstrip("/") + mw.endpoint + "/status",
-            headers={"Authorization": f"Bearer {mw.secret}"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            data = json.load(resp)
-        for name, value in data["counters"].items():
-            click.echo(f"{name + ':':24}{value}")
+    try:
+        lines = status_lines(mw, url)
+    except ValueError as exc:
+        raise click.ClickException(f"{exc} (ISR_SECRET, --url)") from None
+    for line in lines:
+        click.echo(line)
 
 
 __all__ = ["ISR", "PageSpec", "cli"]

@@ -98,23 +98,29 @@ def live_instances() -> list[ISRMiddleware]:
     return list(instances)
 
 
-def current() -> ISRMiddleware:
+def only_middleware(
+    what: str = "wsgi_isr.revalidate_tag()",
+    instead: str = "call mw.revalidate_tag() / mw.revalidate_path() on the right one "
+    "(Flask: isr.revalidate_tag())",
+) -> ISRMiddleware:
     """The middleware handling the current request or render, else the only one in
     the process. With none, or several and no request to tell them apart (two sites
-    in one process), a ``RuntimeError``: call the methods of the right instance."""
+    in one process), a ``RuntimeError`` naming ``what`` and saying what to do ``instead``."""
     mw = current_middleware.get()
     if mw is not None:
         return mw
     alive = live_instances()
     if len(alive) == 1:
         return alive[0]
-    if not alive:
-        raise RuntimeError("no ISRMiddleware has been created in this process")
+    found = f"{len(alive)} ISRMiddleware instances exist" if alive else "no ISRMiddleware exists"
     raise RuntimeError(
-        f"{len(alive)} ISRMiddleware instances exist in this process and none is handling "
-        "the current request: call mw.revalidate_tag() / mw.revalidate_path() on the right "
-        "one (Flask: isr.revalidate_tag())"
+        f"{what}: {found} in this process and none is handling the current request; {instead}"
     )
+
+
+def current() -> ISRMiddleware:
+    """The middleware module-level helpers act on (see :func:`only_middleware`)."""
+    return only_middleware()
 
 
 def revalidate_tag(*tags: str, mode: Mode = "soft") -> float:

@@ -7,14 +7,13 @@ python manage.py isr status [--url http://127.0.0.1:8000]
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ....invalidation import revalidate_many
+from ....status import status_lines
 from ...application import middleware
 from ...pages import static_paths
 
@@ -124,18 +123,9 @@ class Command(BaseCommand):  # type: ignore[misc]  # django ships no types
         self.stdout.write(f"revalidated ({mode}): tags={tags} paths={paths}")
 
     def status(self, url: str | None) -> None:
-        mw = middleware()
-        count = mw.store.count()
-        self.stdout.write(f"store:   {mw.store.description}")
-        self.stdout.write(f"entries: {count if count is not None else 'unknown'}")
-        if url:
-            if mw.secret is None:
-                raise CommandError("ISR['SECRET'] is not set: the status endpoint is off")
-            req = urllib.request.Request(
-                url.rstrip("/") + mw.endpoint + "/status",
-                headers={"Authorization": f"Bearer {mw.secret}"},
-            )
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                data = json.load(resp)
-            for name, value in data["counters"].items():
-                self.stdout.write(f"{name + ':':24}{value}")
+        try:
+            lines = status_lines(middleware(), url)
+        except ValueError as exc:
+            raise CommandError(f"{exc} (ISR['SECRET'], --url)") from None
+        for line in lines:
+            self.stdout.write(line)
