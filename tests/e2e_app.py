@@ -37,6 +37,9 @@ Routes:
     ``revalidate``.
 ``GET /plain/<name>``
     never opts in.
+``GET /content/<name>?delay=<seconds>``
+    shows ``<counter dir>/content-<name>.txt`` as read when the render starts, tagged
+    ``content-<name>``, cached until revalidated.
 ``GET /article/<slug>``
     cached until invalidated and declares no tags of its own: it shows
     ``load_post(slug)`` (a cached function tagged ``post-<slug>``) and ``sidebar()``
@@ -150,6 +153,27 @@ def page(name: str) -> tuple[str, dict[str, str]]:
         "Content-Type": "text/plain",
         "X-ISR-Revalidate": revalidate,
         "X-ISR-Tags": f"page-{name}",
+    }
+
+
+@app.get("/content/<name>")
+def content(name: str) -> tuple[str, dict[str, str]]:
+    """Shows ``<counter dir>/content-<name>.txt`` as read when the render *starts*
+    (then takes ``delay`` seconds), tagged ``content-<name>``, cached until revalidated:
+    a render in flight when the file changes and the tag is revalidated has old content."""
+    name = _checked(name)
+    delay = min(float(request.args.get("delay", "0")), 10.0)
+    try:
+        with open(os.path.join(COUNTER_DIR, f"content-{name}.txt")) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    record_render(f"content-{name}")
+    time.sleep(delay)
+    return f"{name} {text}", {
+        "Content-Type": "text/plain",
+        "X-ISR-Revalidate": "false",
+        "X-ISR-Tags": f"content-{name}",
     }
 
 

@@ -224,8 +224,8 @@ class ISRMiddleware:
     def invalidate(self, tags: list[str], mode: Mode) -> float:
         """Record the invalidation of already-checked tags (explicit or implicit)."""
         hard = check_mode(mode) == "hard"
-        at = self.store.now()
-        self.store.invalidate(tags, at, hard=hard)
+        # stamped by the store, on the clock that stamps render starts (DESIGN 7)
+        at = self.store.invalidate(tags, hard=hard)
         self.stats.incr("invalidations", len(tags))
         if self.purges is not None:  # recorded: now tell the caches in front (background)
             self.purges.submit(tags, hard=hard)

@@ -109,15 +109,15 @@ def coalesced_miss(
     while True:
         lock = lock_name(key)
         try:
-            token = regen.lock(lock)
+            held = regen.lock(lock)
             # taken or not, a render may have landed since our lookup: look first
             landed, lkey, lvary = _landed(mw, environ, rk)
         except StoreError as exc:
             mw._store_failed(exc)
             return mw._pass(environ, start_response, R.BYPASS, R.CS_STORE_ERROR)
-        if (landed is not None or lkey != key) and token is not None:
-            regen.unlock(lock, token)
-            token = None
+        if (landed is not None or lkey != key) and held is not None:
+            regen.unlock(lock, held[0])
+            held = None
         if isinstance(landed, PassMarker):
             return mw._hit_for_pass(environ, start_response, landed)
         if isinstance(landed, Entry):
@@ -126,9 +126,9 @@ def coalesced_miss(
         if lkey != key:  # the page varies: coalesce on this visitor's variant instead
             key, vary = lkey, lvary
             continue
-        if token is not None:
+        if held is not None:
             leads += 1
-            served = _lead(mw, environ, start_response, rk, key, vary, token, leads > 2)
+            served = _lead(mw, environ, start_response, rk, key, vary, held, leads > 2)
             if served is not None:
                 return served
             # stored under another variant than this visitor's: look again
@@ -149,23 +149,24 @@ def _lead(
     rk: RequestKey,
     key: str,
     vary: tuple[str, ...],
-    token: str,
+    held: tuple[str, float],
     last: bool,
 ) -> Iterable[bytes] | None:
-    """Render ``key`` holding its lock, and store it. ``None`` when the render was
-    stored under another variant than the visitor's (the caller looks again),
-    unless this is the ``last`` try (a page whose ``Vary`` keeps changing)."""
+    """Render ``key`` holding its lock (``held``: the token, and the store-clock time
+    it was taken, when the render counts as started), and store it. ``None`` when the
+    render was stored under another variant than the visitor's (the caller looks
+    again), unless this is the ``last`` try (a page whose ``Vary`` keeps changing)."""
     regen, lock = mw.regen, lock_name(key)
+    token, started = held
     env = render_environ(rk, environ, vary)
-    before = mw.store.now()
     try:
         try:
             # renewed while waiters wait: past coalesce_timeout a hung leader's lease
             # lapses, and a waiter that came later takes over and stores its render
-            captured, started = regen.render(lock, token, env, mw.coalesce_timeout)
+            captured = regen.render(lock, token, env, mw.coalesce_timeout)
         except Exception:
             # a first fill that raises leaves a marker of a second, not pass_ttl
-            regen.mark_failed(key, "the application raised", before)
+            regen.mark_failed(key, "the application raised", started)
             raise
         settled = regen.settle(rk, key, vary, captured, started, env, foreground=True)
     finally:

@@ -107,12 +107,19 @@ class LocalLayer(Store):
     def known_tag_states(self) -> Mapping[str, TagState]:
         return self.backend.known_tag_states()
 
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
-        self.backend.invalidate(tags, at, hard=hard)
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
+        at = self.backend.invalidate(tags, at, hard=hard)
         self._on_invalidation()
+        return at
 
     def acquire(self, name: str, ttl: float) -> str | None:
         return self.backend.acquire(name, ttl)
+
+    def acquire_stamped(self, name: str, ttl: float) -> tuple[str, float] | None:
+        return self.backend.acquire_stamped(name, ttl)
+
+    def stamp(self) -> float:
+        return self.backend.stamp()
 
     def release(self, name: str, token: str) -> bool:
         return self.backend.release(name, token)

@@ -102,10 +102,13 @@ class MemoryStore(Store):
     def known_tag_states(self) -> Mapping[str, TagState]:
         return self._tags
 
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
         with self._mutex:
+            if at is None:
+                at = self.clock()
             for tag in tags:
                 self._tags[tag] = merge_tag_state(self._tags.get(tag), at, hard)
+            return at
 
     def acquire(self, name: str, ttl: float) -> str | None:
         now = self.clock()

@@ -34,12 +34,21 @@ log = logging.getLogger("wsgi_isr")
 CLOCK_CHECK_INTERVAL = 30.0
 
 _INVALIDATE = """
-local at = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local stamp = ARGV[1]
+if stamp == '' then
+  -- one clock (the server's), and Redis' serial order decides: one microsecond later
+  -- than now, so a render lock taken within this same microsecond, before this
+  -- script ran (_ACQUIRE_STAMPED), still counts as started before the invalidation
+  local sec, usec = tonumber(t[1]), tonumber(t[2]) + 1
+  if usec >= 1000000 then sec, usec = sec + 1, usec - 1000000 end
+  stamp = string.format('%d.%06d', sec, usec)
+end
+local at = tonumber(stamp)
 local hard = ARGV[2] == '1'
 -- the sequence only moves forward, even across a restart that lost it: it is at
 -- least the server's time in milliseconds, so readers notice a reset (seq goes back)
 -- instead of mistaking new invalidations for ones they have already seen
-local t = redis.call('TIME')
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now_ms > seq then seq = now_ms end
@@ -58,7 +67,16 @@ for i = 3, #ARGV do
   redis.call('HSET', KEYS[2], tag, string.format('%.6f %.6f', stale, expired))
   redis.call('ZADD', KEYS[3], seq, tag)
 end
-return seq
+return {seq, stamp}
+"""
+
+# a render lock, and the server's time it was taken: the render's start on the one clock
+_ACQUIRE_STAMPED = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local t = redis.call('TIME')
+  return string.format('%d.%06d', tonumber(t[1]), tonumber(t[2]))
+end
+return false
 """
 
 _RELEASE = """
@@ -83,6 +101,18 @@ def _parse_state(raw: bytes | str) -> TagState:
     if not (math.isfinite(state[0]) and math.isfinite(state[1])):
         raise StoreError(f"garbage tag state in redis: {raw!r:.80}")
     return state
+
+
+def _parse_stamp(raw: Any) -> float:
+    """``b"1764600000.123456"``, a time on the server's clock as the scripts write it
+    (parsed like the tag states, so equal stamps compare equal)."""
+    try:
+        stamp = float(raw.decode("ascii") if isinstance(raw, bytes) else raw)
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+        raise StoreError(f"garbage time from redis: {raw!r:.80}") from exc
+    if not math.isfinite(stamp):
+        raise StoreError(f"garbage time from redis: {raw!r:.80}")
+    return stamp
 
 
 def _parse_seq(raw: Any) -> int:
@@ -175,13 +205,17 @@ class RedisStore(Store):
         self._state_key = prefix + "tagstate"
         self._changes_key = prefix + "tagchanges"
         self._invalidate = client.register_script(_INVALIDATE)
+        self._acquire_stamped = client.register_script(_ACQUIRE_STAMPED)
         self._release = client.register_script(_RELEASE)
         self._extend = client.register_script(_EXTEND)
         self._tags: dict[str, TagState] = {}
         self._seq = 0
         self._mutex = threading.Lock()
         self._channel = prefix + "invalidations"
-        # one clock for the cluster: the server's, as an offset to ours, refreshed now and then
+        # one clock for the cluster, the server's: render starts and invalidations are
+        # stamped by the server (TIME in the scripts); ages are counted on an estimate of
+        # it (an offset to ours, refreshed now and then). A clock passed in (tests) is
+        # used for everything instead.
         self._server_clock = clock is time.time
         self._offset = 0.0
         self._offset_checked = -math.inf
@@ -302,18 +336,21 @@ class RedisStore(Store):
             raise StoreError(f"redis read failed: {exc}") from exc
         return {t: _parse_state(r) for t, r in zip(names, raws, strict=True) if r is not None}
 
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
         names = list(tags)
+        if at is None and not self._server_clock:
+            at = self.clock()  # a clock of the caller's (tests): it stamps everything
         if not names:
-            return
+            return self.now() if at is None else at
         try:
-            seq = self._invalidate(
+            seq, stamp = self._invalidate(
                 keys=[self._seq_key, self._state_key, self._changes_key],
-                args=[repr(float(at)), "1" if hard else "0", *names],
+                args=["" if at is None else repr(float(at)), "1" if hard else "0", *names],
             )
             self.client.publish(self._channel, seq)
         except self._errors as exc:
             raise StoreError(f"redis invalidation failed: {exc}") from exc
+        return _parse_stamp(stamp)
 
     def acquire(self, name: str, ttl: float) -> str | None:
         token = new_token()
@@ -322,6 +359,27 @@ class RedisStore(Store):
         except self._errors as exc:
             raise StoreError(f"redis lock failed: {exc}") from exc
         return token if ok else None
+
+    def acquire_stamped(self, name: str, ttl: float) -> tuple[str, float] | None:
+        if not self._server_clock:  # a clock of the caller's (tests): it stamps everything
+            return super().acquire_stamped(name, ttl)
+        token = new_token()
+        try:
+            stamp = self._acquire_stamped(
+                keys=[self._lock_key(name)], args=[token, max(1, int(ttl * 1000))]
+            )
+        except self._errors as exc:
+            raise StoreError(f"redis lock failed: {exc}") from exc
+        return None if stamp is None else (token, _parse_stamp(stamp))
+
+    def stamp(self) -> float:
+        if not self._server_clock:
+            return self.now()
+        try:
+            seconds, micros = self.client.time()
+        except self._errors as exc:
+            raise StoreError(f"redis TIME failed: {exc}") from exc
+        return _parse_stamp(f"{int(seconds)}.{int(micros):06d}")
 
     def release(self, name: str, token: str) -> bool:
         try:
