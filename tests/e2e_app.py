@@ -22,6 +22,8 @@ Configuration comes from the environment:
     how long ``/slow/<name>`` and ``/post/<slug>`` take to render.
 ``ISR_LOCK_TIMEOUT``
     the middleware's ``lock_timeout`` (small, so a killed renderer's lock expires soon).
+``ISR_LOCAL_TTL``
+    when set, the middleware's ``local_ttl`` (an in-process layer in front of the store).
 
 Routes:
 
@@ -224,5 +226,6 @@ app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]
         store=os.environ["ISR_STORE"],
         secret=os.environ["ISR_SECRET"],
         lock_timeout=float(os.environ.get("ISR_LOCK_TIMEOUT", "60")),  # the default
+        local_ttl=float(os.environ["ISR_LOCAL_TTL"]) if "ISR_LOCAL_TTL" in os.environ else None,
     )
 )

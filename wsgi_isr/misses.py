@@ -19,6 +19,7 @@ visitors cause one render per variant, not one each.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -47,13 +48,17 @@ class Landings:
     """Wakes the misses of this process that wait on a key when its leader lands.
 
     Events are made when first waited on (so, in a gunicorn gevent worker, after
-    gevent patched ``threading``) and dropped when set.
+    gevent patched ``threading``), per process (a forked child starts with none) and
+    dropped when set.
     """
 
     def __init__(self) -> None:
         self._events: dict[str, threading.Event] = {}
+        self._pid = os.getpid()
 
     def wait(self, key: str, timeout: float) -> None:
+        if self._pid != os.getpid():
+            self._events, self._pid = {}, os.getpid()
         event = self._events.get(key)
         if event is None:
             if len(self._events) >= MAX_WAITED_KEYS:

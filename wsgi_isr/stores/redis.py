@@ -210,7 +210,6 @@ class RedisStore(Store):
         self._extend = client.register_script(_EXTEND)
         self._tags: dict[str, TagState] = {}
         self._seq = 0
-        self._mutex = threading.Lock()
         self._channel = prefix + "invalidations"
         # one clock for the cluster, the server's: render starts and invalidations are
         # stamped by the server (TIME in the scripts); ages are counted on an estimate of
@@ -284,35 +283,34 @@ class RedisStore(Store):
         return codec.loads_logged(raw, f"redis key {self._record_key(key)!r:.200}"), tags
 
     def _sync_tags(self, seq: int) -> Mapping[str, TagState]:
-        if seq == self._seq:
-            return self._tags
-        with self._mutex:
-            if seq == self._seq:
-                return self._tags
-            if seq < self._seq:  # the server lost its data (restart without persistence)
-                self._tags, self._seq = {}, 0
-            tags = dict(self._tags)
-            if self._seq == 0:
-                changed = self.client.zrangebyscore(
-                    self._changes_key, "-inf", "+inf", withscores=True
-                )
-                states = self.client.hgetall(self._state_key)
-                for tag, raw in states.items():
-                    tags[_tag_name(tag)] = _parse_state(raw)
-            else:
-                changed = self.client.zrangebyscore(
-                    self._changes_key, f"({self._seq}", "+inf", withscores=True
-                )
-                names = [t for t, _ in changed]
-                if names:
-                    for tag, raw in zip(
-                        names, self.client.hmget(self._state_key, names), strict=True
-                    ):
-                        if raw is not None:
-                            tags[_tag_name(tag)] = _parse_state(raw)
-            top = max((_parse_seq(s) for _, s in changed), default=seq)
-            self._tags, self._seq = tags, max(top, seq)
-            return tags
+        # no lock: one held across this I/O would, under gevent, block every greenlet of
+        # the worker behind one waiting for Redis (and one made before gevent patched
+        # threading, under --preload, deadlocks it). Concurrent catch-ups each build a
+        # complete view from their own base; the one reaching further wins.
+        base_seq, base = self._seq, self._tags
+        if seq == base_seq:
+            return base
+        reset = seq < base_seq  # the server lost its data (restart without persistence)
+        if reset:
+            base_seq, base = 0, {}
+        tags = dict(base)
+        if base_seq == 0:
+            changed = self.client.zrangebyscore(self._changes_key, "-inf", "+inf", withscores=True)
+            states = self.client.hgetall(self._state_key)
+            tags = {_tag_name(tag): _parse_state(raw) for tag, raw in states.items()}
+        else:
+            changed = self.client.zrangebyscore(
+                self._changes_key, f"({base_seq}", "+inf", withscores=True
+            )
+            names = [t for t, _ in changed]
+            if names:
+                for tag, raw in zip(names, self.client.hmget(self._state_key, names), strict=True):
+                    if raw is not None:
+                        tags[_tag_name(tag)] = _parse_state(raw)
+        top = max(max((_parse_seq(s) for _, s in changed), default=seq), seq)
+        if reset or top >= self._seq:  # ours goes at least as far as what is there now
+            self._tags, self._seq = tags, top
+        return tags
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         try:
