@@ -28,6 +28,7 @@ from .. import codec
 from ..entry import Record, TagState
 from ..errors import StoreError
 from .base import Store, new_token, record_ttl
+from .breaker import Breaker, BreakerOpen, guarded
 
 log = logging.getLogger("wsgi_isr")
 
@@ -132,6 +133,16 @@ def _tag_name(raw: Any) -> str:
         raise StoreError(f"garbage tag name in redis: {raw!r:.80}") from exc
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """A command that waited for the socket timeout (or for a pooled connection that
+    never came back): what the breaker counts."""
+    import redis as _redis
+
+    return isinstance(exc, _redis.TimeoutError) or (
+        isinstance(exc, _redis.ConnectionError) and "No connection available" in str(exc)
+    )
+
+
 def config_warnings(maxmemory: str | None, policy: str | None) -> list[str]:
     """What is wrong with a server's eviction settings for this store, in words."""
     out = []
@@ -170,7 +181,7 @@ class RedisStore(Store):
             import redis as _redis
         except ImportError as exc:  # pragma: no cover - redis is an install requirement
             raise ImportError("the redis store needs redis-py: pip install redis") from exc
-        self._errors: type[Exception] = _redis.RedisError
+        self._errors: tuple[type[Exception], ...] = (_redis.RedisError, BreakerOpen)
         if client is None:
             parts = urlsplit(url)
             if parts.scheme not in ("redis", "rediss", "unix"):
@@ -198,16 +209,19 @@ class RedisStore(Store):
             self.description = f"redis: {urlunsplit(safe)} (prefix {prefix!r})"
         else:
             self.description = f"redis client {client!r} (prefix {prefix!r})"
-        self.client = client
+        # a hung server costs a few requests the socket timeout, then is not asked for a
+        # short, growing interval (wsgi_isr.stores.breaker)
+        self.breaker = Breaker(probe_window=socket_timeout + 0.5, is_timeout=_timed_out)
+        self.client = guarded(client, self.breaker)
         self.prefix = prefix
         self._config_checked = False
         self._seq_key = prefix + "tagseq"
         self._state_key = prefix + "tagstate"
         self._changes_key = prefix + "tagchanges"
-        self._invalidate = client.register_script(_INVALIDATE)
-        self._acquire_stamped = client.register_script(_ACQUIRE_STAMPED)
-        self._release = client.register_script(_RELEASE)
-        self._extend = client.register_script(_EXTEND)
+        self._invalidate = self.client.register_script(_INVALIDATE)
+        self._acquire_stamped = self.client.register_script(_ACQUIRE_STAMPED)
+        self._release = self.client.register_script(_RELEASE)
+        self._extend = self.client.register_script(_EXTEND)
         self._tags: dict[str, TagState] = {}
         self._seq = 0
         self._channel = prefix + "invalidations"
