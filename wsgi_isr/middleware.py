@@ -188,7 +188,7 @@ class ISRMiddleware:
             runner if runner is not None else AutoRunner(max_pending, self.lock_timeout)
         )
         self.stats = Stats()
-        self.landings = Landings()
+        self.landings = Landings(self.store)
         self._last_store_error = 0.0
         self.regen = Regenerator(
             app,

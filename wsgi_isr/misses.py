@@ -8,8 +8,10 @@ renders (and stores) in its place; a leader whose render hangs keeps its lease
 for ``coalesce_timeout`` at most, then the same happens. Each wait is bounded by
 ``coalesce_timeout``: past it a waiter renders for itself without storing.
 
-Waiters in the same process are woken the moment the leader's render lands
-(an event per key); across processes they look again at growing intervals.
+Waiters are woken the moment the leader's render lands: in the same process by an
+event per key, in other processes through the store (Redis pub/sub); they also look
+again at growing intervals, up to the store's ``landing_poll`` (a short one for the
+file store, which has no way to wake them), should the wake-up be lost.
 
 A page that turns out to vary on request headers (``Vary: Accept-Encoding``
 from a compression middleware) leaves a marker under its base key; waiters
@@ -19,6 +21,7 @@ visitors cause one render per variant, not one each.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -37,37 +40,54 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .middleware import ISRMiddleware
+    from .stores import Store
 
-#: First and longest pause between two looks of a waiting miss.
+#: First pause between two looks of a waiting miss (it doubles up to the store's
+#: ``landing_poll``), and the longest between two tries of the leader's lock.
 FIRST_POLL, MAX_POLL = 0.005, 0.1
 #: Keys with waiters at most tracked per process (more: they fall back to polling).
 MAX_WAITED_KEYS = 10_000
 
 
 class Landings:
-    """Wakes the misses of this process that wait on a key when its leader lands.
+    """Wakes the misses that wait on a key when its leader lands: those of this process
+    through an event per key, those of other processes through the store (Redis
+    pub/sub: the leader announces the landing, every process' subscriber sets its
+    event). Without such a wake-up, waiters look again every ``landing_poll`` seconds.
 
     Events are made when first waited on (so, in a gunicorn gevent worker, after
-    gevent patched ``threading``), per process (a forked child starts with none) and
-    dropped when set.
+    gevent patched ``threading``), per process (a forked child starts with none, and
+    starts its own subscriber) and dropped when set.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
         self._events: dict[str, threading.Event] = {}
-        self._pid = os.getpid()
+        self._pid = 0
 
-    def wait(self, key: str, timeout: float) -> None:
+    def wait(self, key: str, timeout: float) -> bool:
+        """Wait until ``key`` lands or ``timeout`` passes; True if woken."""
         if self._pid != os.getpid():
             self._events, self._pid = {}, os.getpid()
+            if self.store is not None:
+                self.store.watch_landings(self._wake)
         event = self._events.get(key)
         if event is None:
             if len(self._events) >= MAX_WAITED_KEYS:
                 time.sleep(timeout)
-                return
+                return False
             event = self._events.setdefault(key, threading.Event())
-        event.wait(timeout)
+        return event.wait(timeout)
 
     def notify(self, key: str) -> None:
+        """The render of ``key`` landed here: wake the waiters, here and elsewhere."""
+        self._wake(key)
+        if self.store is not None:
+            # a hint: without it the waiters elsewhere look by themselves
+            with contextlib.suppress(StoreError):
+                self.store.announce_landing(key)
+
+    def _wake(self, key: str) -> None:
         event = self._events.pop(key, None)
         if event is not None:
             event.set()
@@ -111,10 +131,14 @@ def coalesced_miss(
     deadline = time.monotonic() + mw.coalesce_timeout
     delay = FIRST_POLL
     leads = 0
+    next_try = 0.0  # when to try the lock again (a look in between costs much less)
     while True:
         lock = lock_name(key)
         try:
-            held = regen.lock(lock)
+            held = None
+            if time.monotonic() >= next_try:
+                held = regen.lock(lock)
+                next_try = time.monotonic() + MAX_POLL
             # taken or not, a render may have landed since our lookup: look first
             landed, lkey, lvary = _landed(mw, environ, rk)
         except StoreError as exc:
@@ -129,7 +153,7 @@ def coalesced_miss(
             mw.stats.incr("coalesced")
             return mw._respond(environ, start_response, landed, store.now(), R.HIT, "coalesced")
         if lkey != key:  # the page varies: coalesce on this visitor's variant instead
-            key, vary = lkey, lvary
+            key, vary, next_try = lkey, lvary, 0.0
             continue
         if held is not None:
             leads += 1
@@ -143,8 +167,9 @@ def coalesced_miss(
             mw.stats.incr("coalesce_timeouts")
             captured = capture(mw.app, render_environ(rk, environ, vary), mw.max_entry_bytes)
             return send_captured(environ, start_response, captured, R.CS_TIMEOUT)
-        mw.landings.wait(key, delay)
-        delay = min(delay * 2, MAX_POLL)
+        if mw.landings.wait(key, delay):
+            next_try = 0.0  # landed: if nothing servable is there, take the lock at once
+        delay = min(delay * 2, store.landing_poll)
 
 
 def _lead(

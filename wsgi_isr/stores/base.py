@@ -117,6 +117,21 @@ class Store(abc.ABC):
         """
         return False
 
+    #: The longest pause between two looks of a miss waiting for another process' render
+    #: (the fallback when no wake-up comes; see :meth:`watch_landings`).
+    landing_poll: float = 0.1
+
+    def announce_landing(self, key: str) -> None:
+        """Tell the misses waiting for ``key`` in other processes that its render
+        landed (stored, refused or failed). A hint; the default does nothing."""
+        return None
+
+    def watch_landings(self, callback: Callable[[str], None]) -> bool:
+        """Call ``callback(key)`` when another process announces a landing. False if
+        the backend cannot tell (the default): waiters then look every
+        :attr:`landing_poll` seconds at most."""
+        return False
+
     def count(self) -> int | None:
         """Number of cached records, or ``None`` if the backend cannot tell cheaply."""
         return None

@@ -109,6 +109,10 @@ class FileStore(Store):
         Dangerous: any user who can write to it can replace the pages you serve.
     """
 
+    #: No way to wake a waiter in another process: it looks again often, cheaply (a
+    #: ``stat`` and a decoded-record memo; the lock is tried only every 0.1 s).
+    landing_poll = 0.02
+
     def __init__(
         self,
         path: str,

@@ -54,6 +54,7 @@ class LocalLayer(Store):
         )
         self._others: ByteLRU[tuple[Record | None, float]] = ByteLRU(max_markers, 0)
         self._subscribed_pid = 0
+        self.landing_poll = backend.landing_poll
 
     def now(self) -> float:
         return self.backend.now()
@@ -126,6 +127,12 @@ class LocalLayer(Store):
 
     def extend(self, name: str, token: str, ttl: float) -> bool:
         return self.backend.extend(name, token, ttl)
+
+    def announce_landing(self, key: str) -> None:
+        self.backend.announce_landing(key)
+
+    def watch_landings(self, callback: Callable[[str], None]) -> bool:
+        return self.backend.watch_landings(callback)
 
     def count(self) -> int | None:
         return self.backend.count()

@@ -225,6 +225,9 @@ class RedisStore(Store):
         self._tags: dict[str, TagState] = {}
         self._seq = 0
         self._channel = prefix + "invalidations"
+        self._landings_channel = prefix + "landings"
+        self._on_invalidation: Callable[[], None] | None = None
+        self._on_landing: Callable[[str], None] | None = None
         # one clock for the cluster, the server's: render starts and invalidations are
         # stamped by the server (TIME in the scripts); ages are counted on an estimate of
         # it (an offset to ours, refreshed now and then). A clock passed in (tests) is
@@ -261,9 +264,37 @@ class RedisStore(Store):
             raise StoreError(f"redis read failed: {exc}") from exc
 
     def subscribe(self, callback: Callable[[], None]) -> bool:
-        if self._subscriber is None or not self._subscriber.alive():
-            self._subscriber = _Subscriber(self.client, self._channel, callback)
+        self._on_invalidation = callback
+        self._listen()
         return True
+
+    # waiters woken at once: a miss leader's landing is published, every process'
+    # subscriber wakes its waiters for that key (polling stays the fallback)
+    landing_poll = 0.1
+
+    def announce_landing(self, key: str) -> None:
+        try:
+            self.client.publish(self._landings_channel, key)
+        except self._errors as exc:
+            raise StoreError(f"redis publish failed: {exc}") from exc
+
+    def watch_landings(self, callback: Callable[[str], None]) -> bool:
+        self._on_landing = callback
+        self._listen()
+        return True
+
+    def _listen(self) -> None:
+        """Start this process' subscriber (both channels) unless it runs."""
+        if self._subscriber is None or not self._subscriber.alive():
+            channels = [self._channel, self._landings_channel]
+            self._subscriber = _Subscriber(self.client, channels, self._heard)
+
+    def _heard(self, channel: str | None, data: Any) -> None:
+        if channel == self._landings_channel:
+            if self._on_landing is not None:
+                self._on_landing(_tag_name(data))
+        elif self._on_invalidation is not None:  # an invalidation, or (re)connected
+            self._on_invalidation()
 
     def _record_key(self, key: str) -> str:
         return f"{self.prefix}e:{key}"
@@ -421,14 +452,18 @@ class RedisStore(Store):
 
 
 class _Subscriber:
-    """Listens for invalidation messages in a background thread (a greenlet when the
-    process is gevent-patched) and calls back; reconnects by itself, quietly.
+    """Listens to ``channels`` in a background thread (a greenlet when the process is
+    gevent-patched) and calls ``callback(channel, data)`` for each message, and
+    ``callback(None, None)`` on every (re)connection (to catch up with what was missed);
+    reconnects by itself, quietly.
 
     Started lazily and per process: a subscriber inherited through ``fork`` is dead.
     """
 
-    def __init__(self, client: Any, channel: str, callback: Callable[[], None]) -> None:
-        self.client, self.channel, self.callback = client, channel, callback
+    def __init__(
+        self, client: Any, channels: list[str], callback: Callable[[str | None, Any], None]
+    ) -> None:
+        self.client, self.channels, self.callback = client, channels, callback
         self.pid = os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wsgi_isr-pubsub", daemon=True)
@@ -447,11 +482,12 @@ class _Subscriber:
             try:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 try:
-                    pubsub.subscribe(self.channel)
-                    self.callback()  # catch up with what happened while not listening
+                    pubsub.subscribe(*self.channels)
+                    self.callback(None, None)  # catch up with what happened while not listening
                     while not self._stop.is_set():
-                        if pubsub.get_message(timeout=1.0) is not None:
-                            self.callback()
+                        message = pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            self.callback(_tag_name(message["channel"]), message["data"])
                 finally:
                     pubsub.close()
             except Exception:  # Redis down or restarting: wait, then listen again
