@@ -56,8 +56,6 @@ def _until(check: Any, timeout: float = 5.0) -> bool:
 def test_a_waiter_elsewhere_is_woken_by_the_landing(
     redis_url: str, stores: list[RedisStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a waiter's first pause is 30 s: only a wake-up brings it back sooner
-    monkeypatch.setattr(wsgi_isr.misses, "FIRST_POLL", 30.0)
     gate = threading.Event()
 
     def slow(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -66,6 +64,9 @@ def test_a_waiter_elsewhere_is_woken_by_the_landing(
         return [b"the leader's render"]
 
     stores += [RedisStore(redis_url), RedisStore(redis_url)]
+    # a waiter's pauses are 30 s: only a wake-up brings it back sooner
+    monkeypatch.setattr(wsgi_isr.misses, "FIRST_POLL", 30.0)
+    stores[1].landing_poll = 30.0
     leader = ISRMiddleware(slow, store=stores[0])
     waiter = ISRMiddleware(CountingApp(), store=stores[1])
     replies: dict[str, Any] = {}
@@ -81,7 +82,7 @@ def test_a_waiter_elsewhere_is_woken_by_the_landing(
     wait.start()
     admin = _admin(redis_url)
     landings = _prefix(redis_url) + "landings"
-    assert _until(lambda: bool(waiter.landings._events) and _subscribers(admin, landings) >= 1)
+    assert _until(lambda: bool(waiter.landings._waiting) and _subscribers(admin, landings) >= 1)
     gate.set()
     lead.join(10)
     wait.join(10)  # woken: well before its 30 s pause ends

@@ -42,9 +42,11 @@ if TYPE_CHECKING:
     from .middleware import ISRMiddleware
     from .stores import Store
 
-#: First pause between two looks of a waiting miss (it doubles up to the store's
-#: ``landing_poll``), and the longest between two tries of the leader's lock.
-FIRST_POLL, MAX_POLL = 0.005, 0.1
+#: First pause between two looks of a waiting miss that only polling can tell of a
+#: landing elsewhere (it doubles up to the store's ``landing_poll``).
+FIRST_POLL = 0.005
+#: Pause between two tries of the leader's lock (a dead leader's lease lasts seconds).
+LOCK_RETRY = 0.5
 #: Keys with waiters at most tracked per process (more: they fall back to polling).
 MAX_WAITED_KEYS = 10_000
 
@@ -62,35 +64,56 @@ class Landings:
 
     def __init__(self, store: Store | None = None) -> None:
         self.store = store
-        self._events: dict[str, threading.Event] = {}
+        self._waiting: dict[str, _Landing] = {}
         self._pid = 0
+        self._woken_by_store = False
 
-    def wait(self, key: str, timeout: float) -> bool:
-        """Wait until ``key`` lands or ``timeout`` passes; True if woken."""
-        if self._pid != os.getpid():
-            self._events, self._pid = {}, os.getpid()
-            if self.store is not None:
-                self.store.watch_landings(self._wake)
-        event = self._events.get(key)
-        if event is None:
-            if len(self._events) >= MAX_WAITED_KEYS:
+    def wait(self, key: str, timeout: float) -> _Landing | None:
+        """Wait until ``key`` lands or ``timeout`` passes: the landing if woken (its
+        ``entry``, when the leader was in this process and stored one under ``key``)."""
+        self.first_pause()  # this process listens to the store
+        landing = self._waiting.get(key)
+        if landing is None:
+            if len(self._waiting) >= MAX_WAITED_KEYS:
                 time.sleep(timeout)
-                return False
-            event = self._events.setdefault(key, threading.Event())
-        return event.wait(timeout)
+                return None
+            landing = self._waiting.setdefault(key, _Landing())
+        return landing if landing.event.wait(timeout) else None
 
-    def notify(self, key: str) -> None:
-        """The render of ``key`` landed here: wake the waiters, here and elsewhere."""
-        self._wake(key)
+    def first_pause(self) -> float:
+        """How long a waiter first waits before it looks by itself: short if nothing
+        but polling tells it of a landing elsewhere, the store's ``landing_poll`` if
+        the store wakes it (every look costs a round trip that the leader, landing,
+        waits behind too)."""
+        if self._pid != os.getpid():
+            self._waiting, self._pid = {}, os.getpid()
+            self._woken_by_store = self.store is not None and self.store.watch_landings(self._wake)
+        if self._woken_by_store and self.store is not None:
+            return self.store.landing_poll
+        return FIRST_POLL
+
+    def notify(self, key: str, entry: Entry | None = None) -> None:
+        """The render of ``key`` landed here (``entry``: what was stored under ``key``):
+        wake the waiters, here (handing them the entry) and elsewhere."""
+        self._wake(key, entry)
         if self.store is not None:
             # a hint: without it the waiters elsewhere look by themselves
             with contextlib.suppress(StoreError):
                 self.store.announce_landing(key)
 
-    def _wake(self, key: str) -> None:
-        event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
+    def _wake(self, key: str, entry: Entry | None = None) -> None:
+        landing = self._waiting.pop(key, None)
+        if landing is not None:
+            landing.entry = entry
+            landing.event.set()
+
+
+class _Landing:
+    __slots__ = ("entry", "event")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.entry: Entry | None = None
 
 
 def personal_miss(
@@ -129,7 +152,7 @@ def coalesced_miss(
     """Render in the foreground, one request per key at a time (see the module)."""
     store, regen = mw.store, mw.regen
     deadline = time.monotonic() + mw.coalesce_timeout
-    delay = FIRST_POLL
+    delay = mw.landings.first_pause()
     leads = 0
     next_try = 0.0  # when to try the lock again (a look in between costs much less)
     while True:
@@ -138,7 +161,7 @@ def coalesced_miss(
             held = None
             if time.monotonic() >= next_try:
                 held = regen.lock(lock)
-                next_try = time.monotonic() + MAX_POLL
+                next_try = time.monotonic() + LOCK_RETRY
             # taken or not, a render may have landed since our lookup: look first
             landed, lkey, lvary = _landed(mw, environ, rk)
         except StoreError as exc:
@@ -167,8 +190,13 @@ def coalesced_miss(
             mw.stats.incr("coalesce_timeouts")
             captured = capture(mw.app, render_environ(rk, environ, vary), mw.max_entry_bytes)
             return send_captured(environ, start_response, captured, R.CS_TIMEOUT)
-        if mw.landings.wait(key, delay):
-            next_try = 0.0  # landed: if nothing servable is there, take the lock at once
+        landing = mw.landings.wait(key, delay)
+        if landing is not None and landing.entry is not None:
+            # the leader was in this process and handed over what it stored: no lookup
+            mw.stats.incr("coalesced")
+            return mw._respond(
+                environ, start_response, landing.entry, store.now(), R.HIT, "coalesced"
+            )
         delay = min(delay * 2, store.landing_poll)
 
 
@@ -189,6 +217,7 @@ def _lead(
     regen, lock = mw.regen, lock_name(key)
     token, started = held
     env = render_environ(rk, environ, vary)
+    settled: Settled | None = None
     try:
         try:
             # renewed while waiters wait: past coalesce_timeout a hung leader's lease
@@ -201,7 +230,10 @@ def _lead(
         settled = regen.settle(rk, key, vary, captured, started, env, foreground=True)
     finally:
         regen.unlock(lock, token)
-        mw.landings.notify(key)  # stored, refused or failed: the waiters look now
+        # stored, refused or failed: the waiters look now (those in this process get the
+        # entry, if it was stored under the key they wait on)
+        handed = settled.entry if settled is not None and settled.key == key else None
+        mw.landings.notify(key, handed)
     if settled.entry is None and not _rendered_as_asked(captured, env, environ):
         # not stored, and it varies on a request header the clean render did not have
         # as this visitor sent it: the visitor gets the app's answer to their own request

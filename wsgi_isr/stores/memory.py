@@ -139,6 +139,9 @@ class MemoryStore(Store):
             self._locks[name] = (token, now + ttl)
             return True
 
+    def watch_landings(self, callback: Callable[[str], None]) -> bool:
+        return True  # every waiter is in this process: the middleware's events wake it
+
     def count(self) -> int | None:
         if self.cache is not None:
             return len(getattr(self.cache, "_cache", ()))
