@@ -66,6 +66,7 @@ class MemoryStore(Store):
         self._tags: dict[str, TagState] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._mutex = threading.Lock()
+        self._landing_watchers: list[Callable[[str], None]] = []
         bounds = f"max_entries={max_entries}" + (f", max_bytes={max_bytes}" if max_bytes else "")
         self.description = f"memory ({bounds})"
 
@@ -139,8 +140,14 @@ class MemoryStore(Store):
             self._locks[name] = (token, now + ttl)
             return True
 
+    def announce_landing(self, key: str) -> None:
+        for callback in self._landing_watchers:  # every waiter is in this process
+            callback(key)
+
     def watch_landings(self, callback: Callable[[str], None]) -> bool:
-        return True  # every waiter is in this process: the middleware's events wake it
+        if callback not in self._landing_watchers:
+            self._landing_watchers = [*self._landing_watchers, callback]
+        return True
 
     def count(self) -> int | None:
         if self.cache is not None:
