@@ -160,7 +160,7 @@ def test_invalidations_during_regenerations_are_never_lost_to_a_skewed_clock(
     content. A's wall clock is stepped while it runs (after its first requests), +2 s
     when it renders, -2 s when it invalidates: per-process clocks, or estimates of
     the server's made before the step, would keep the old content FRESH forever."""
-    render = 0.3
+    render = 0.2
     path = f"/content/news?delay={render}"
     pair.content("news", "v0")
     first = pair.a.fetch(path)
