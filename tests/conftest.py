@@ -102,6 +102,11 @@ class RedisServer:
             log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             raise RuntimeError(f"redis-server did not come up on port {self.port}:\n{log}")
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the server (``SIGSTOP``: it hangs, connections still open)."""
+        assert self._proc is not None, "redis-server is not running"
+        self._proc.send_signal(sig)
+
     def stop(self) -> None:
         """Stop the server; everything it held is lost."""
         proc, self._proc = self._proc, None

@@ -22,6 +22,8 @@ Configuration comes from the environment:
     how long ``/slow/<name>`` and ``/post/<slug>`` take to render.
 ``ISR_LOCK_TIMEOUT``
     the middleware's ``lock_timeout`` (small, so a killed renderer's lock expires soon).
+``ISR_LOCAL_TTL``
+    when set, the middleware's ``local_ttl`` (an in-process layer in front of the store).
 
 Routes:
 
@@ -37,6 +39,9 @@ Routes:
     ``revalidate``.
 ``GET /plain/<name>``
     never opts in.
+``GET /content/<name>?delay=<seconds>``
+    shows ``<counter dir>/content-<name>.txt`` as read when the render starts, tagged
+    ``content-<name>``, cached until revalidated.
 ``GET /article/<slug>``
     cached until invalidated and declares no tags of its own: it shows
     ``load_post(slug)`` (a cached function tagged ``post-<slug>``) and ``sidebar()``
@@ -153,6 +158,27 @@ def page(name: str) -> tuple[str, dict[str, str]]:
     }
 
 
+@app.get("/content/<name>")
+def content(name: str) -> tuple[str, dict[str, str]]:
+    """Shows ``<counter dir>/content-<name>.txt`` as read when the render *starts*
+    (then takes ``delay`` seconds), tagged ``content-<name>``, cached until revalidated:
+    a render in flight when the file changes and the tag is revalidated has old content."""
+    name = _checked(name)
+    delay = min(float(request.args.get("delay", "0")), 10.0)
+    try:
+        with open(os.path.join(COUNTER_DIR, f"content-{name}.txt")) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    record_render(f"content-{name}")
+    time.sleep(delay)
+    return f"{name} {text}", {
+        "Content-Type": "text/plain",
+        "X-ISR-Revalidate": "false",
+        "X-ISR-Tags": f"content-{name}",
+    }
+
+
 @app.get("/plain/<name>")
 def plain(name: str) -> tuple[str, dict[str, str]]:
     """Does not opt in: always rendered by the application."""
@@ -200,5 +226,6 @@ app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]
         store=os.environ["ISR_STORE"],
         secret=os.environ["ISR_SECRET"],
         lock_timeout=float(os.environ.get("ISR_LOCK_TIMEOUT", "60")),  # the default
+        local_ttl=float(os.environ["ISR_LOCAL_TTL"]) if "ISR_LOCAL_TTL" in os.environ else None,
     )
 )

@@ -132,12 +132,20 @@ class Instance:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def command(
-        self, *, workers: int, config: Path | None, graceful_timeout: int | None, app: str
+        self,
+        *,
+        workers: int,
+        config: Path | None,
+        graceful_timeout: int | None,
+        app: str,
+        worker_class: str = "gevent",
+        args: tuple[str, ...] = (),
     ) -> list[str]:
         cmd = [sys.executable, "-m", "gunicorn"]
         if config is not None:
             cmd += ["-c", str(config)]
-        cmd += ["-k", "gevent", "-w", str(workers), "--bind", f"127.0.0.1:{self.port}"]
+        cmd += ["-k", worker_class, "-w", str(workers), "--bind", f"127.0.0.1:{self.port}"]
+        cmd += args
         if graceful_timeout is not None:
             cmd += ["--graceful-timeout", str(graceful_timeout)]
         cmd += ["--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT]
@@ -180,16 +188,23 @@ def start_gunicorn(
     graceful_timeout: int | None = 3,
     app: str = APP,
     ready_timeout: float = 20.0,
+    worker_class: str = "gevent",
+    args: tuple[str, ...] = (),
 ) -> Iterator[None]:
-    """Run ``gunicorn -k gevent -w <workers>`` for every instance (the environment is
-    ``os.environ`` plus ``env``; ``config`` is passed as ``-c``), wait until all their
-    workers answer, and stop them all on exit. Fails the test with the gunicorn log if
-    an instance does not come up within ``ready_timeout``."""
+    """Run ``gunicorn -k <worker_class> -w <workers> <args>`` for every instance (the
+    environment is ``os.environ`` plus ``env``; ``config`` is passed as ``-c``), wait
+    until all their workers answer, and stop them all on exit. Fails the test with the
+    gunicorn log if an instance does not come up within ``ready_timeout``."""
     full_env = {**os.environ, **env}
     try:
         for instance in instances:
             cmd = instance.command(
-                workers=workers, config=config, graceful_timeout=graceful_timeout, app=app
+                workers=workers,
+                config=config,
+                graceful_timeout=graceful_timeout,
+                app=app,
+                worker_class=worker_class,
+                args=args,
             )
             with open(instance.log_path, "wb") as log_file:
                 instance.proc = subprocess.Popen(

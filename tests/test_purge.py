@@ -223,7 +223,7 @@ def test_the_caller_does_not_wait_for_the_target() -> None:
 
 def test_nothing_is_purged_when_the_store_did_not_record_it() -> None:
     class Broken(MemoryStore):
-        def invalidate(self, tags: Any, at: float, *, hard: bool) -> None:
+        def invalidate(self, tags: Any, at: float | None = None, *, hard: bool) -> float:
             raise StoreError("down")
 
     target = Recording()

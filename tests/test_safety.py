@@ -206,7 +206,7 @@ class BrokenStore(MemoryStore):
     def acquire(self, name: str, ttl: float) -> str | None:
         raise StoreError("connection refused")
 
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
         raise StoreError("connection refused")
 
 

@@ -277,10 +277,13 @@ class CachedFunction(Generic[P, R]):
         own = math.inf if self.revalidate is None else self.revalidate
         return value, tags, min(own, inner.cap)
 
-    def _compute(self, mw: ISRMiddleware, key: str, args: Any, kwargs: Any, path_tags: Any) -> Any:
-        """Call the function and store its value; returns the value and reports it."""
+    def _compute(
+        self, mw: ISRMiddleware, key: str, args: Any, kwargs: Any, path_tags: Any, started: float
+    ) -> Any:
+        """Call the function and store its value; returns the value and reports it.
+        ``started``: the store-clock time its lock was taken, when the call counts as
+        started (compared with invalidation times)."""
         store = mw.store
-        started = store.now()
         value, tags, cap = self._run(args, kwargs, path_tags)
         text = _dumps(value)
         revalidate = None if math.isinf(cap) else cap
@@ -323,23 +326,24 @@ class CachedFunction(Generic[P, R]):
         delay = 0.002
         while True:
             try:
-                token = mw.store.acquire(lock, mw.lock_timeout)
+                held = mw.store.acquire_stamped(lock, mw.lock_timeout)
                 landed = self._landed(mw, key, seen)
             except StoreError as exc:
                 mw._store_failed(exc)
                 return self._call_uncached(args, kwargs)
             if landed is not None:
-                if token is not None:
-                    _release(mw, lock, token)
+                if held is not None:
+                    _release(mw, lock, held[0])
                 return self._use(landed, mw.store.now())
-            if token is not None:
+            if held is not None:
                 break
             if time.monotonic() >= deadline:
                 return self._call_uncached(args, kwargs)  # the holder is too slow
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+        token, started = held
         try:
-            return self._compute(mw, key, args, kwargs, path_tags)
+            return self._compute(mw, key, args, kwargs, path_tags, started)
         finally:  # an exception propagates, never cached: the next caller tries again
             _release(mw, lock, token)
 
@@ -383,12 +387,13 @@ class CachedFunction(Generic[P, R]):
         call_lock = "data:" + key
         call_token: str | None = None
         try:
-            call_token = mw.store.acquire(call_lock, mw.lock_timeout)
-            if call_token is None or self._landed(mw, key, seen) is not None:
+            held = mw.store.acquire_stamped(call_lock, mw.lock_timeout)
+            call_token = None if held is None else held[0]
+            if held is None or self._landed(mw, key, seen) is not None:
                 return  # a foreground call is on it, or has just stored a newer value
             outer = current_scope.set(None)
             try:
-                self._compute(mw, key, args, kwargs, ())
+                self._compute(mw, key, args, kwargs, (), held[1])
             finally:
                 current_scope.reset(outer)
             self._failures.pop(key, None)

@@ -198,7 +198,7 @@ class ISRMiddleware:
             self.purges.on_count = lambda target, result: self.stats.count(
                 "purges", target=target, result=result
             )
-        self.landings = Landings()
+        self.landings = Landings(self.store)
         self._last_store_error = 0.0
         self.regen = Regenerator(
             app,
@@ -236,8 +236,8 @@ class ISRMiddleware:
     def invalidate(self, tags: list[str], mode: Mode) -> float:
         """Record the invalidation of already-checked tags (explicit or implicit)."""
         hard = check_mode(mode) == "hard"
-        at = self.store.now()
-        self.store.invalidate(tags, at, hard=hard)
+        # stamped by the store, on the clock that stamps render starts (DESIGN 7)
+        at = self.store.invalidate(tags, hard=hard)
         self.stats.incr("invalidations", len(tags))
         if self.purges is not None:  # recorded: now tell the caches in front (background)
             self.purges.submit(tags, hard=hard)

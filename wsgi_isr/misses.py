@@ -8,8 +8,10 @@ renders (and stores) in its place; a leader whose render hangs keeps its lease
 for ``coalesce_timeout`` at most, then the same happens. Each wait is bounded by
 ``coalesce_timeout``: past it a waiter renders for itself without storing.
 
-Waiters in the same process are woken the moment the leader's render lands
-(an event per key); across processes they look again at growing intervals.
+Waiters are woken the moment the leader's render lands: in the same process by an
+event per key, in other processes through the store (Redis pub/sub); they also look
+again at growing intervals, up to the store's ``landing_poll`` (a short one for the
+file store, which has no way to wake them), should the wake-up be lost.
 
 A page that turns out to vary on request headers (``Vary: Accept-Encoding``
 from a compression middleware) leaves a marker under its base key; waiters
@@ -19,6 +21,8 @@ visitors cause one render per variant, not one each.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -43,36 +47,80 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .middleware import ISRMiddleware
+    from .stores import Store
 
-#: First and longest pause between two looks of a waiting miss.
-FIRST_POLL, MAX_POLL = 0.005, 0.1
+#: First pause between two looks of a waiting miss that only polling can tell of a
+#: landing elsewhere (it doubles up to the store's ``landing_poll``).
+FIRST_POLL = 0.005
+#: Pause between two tries of the leader's lock (a dead leader's lease lasts seconds).
+LOCK_RETRY = 0.5
 #: Keys with waiters at most tracked per process (more: they fall back to polling).
 MAX_WAITED_KEYS = 10_000
 
 
 class Landings:
-    """Wakes the misses of this process that wait on a key when its leader lands.
+    """Wakes the misses that wait on a key when its leader lands: those of this process
+    through an event per key, those of other processes through the store (Redis
+    pub/sub: the leader announces the landing, every process' subscriber sets its
+    event). Without such a wake-up, waiters look again every ``landing_poll`` seconds.
 
     Events are made when first waited on (so, in a gunicorn gevent worker, after
-    gevent patched ``threading``) and dropped when set.
+    gevent patched ``threading``), per process (a forked child starts with none, and
+    starts its own subscriber) and dropped when set.
     """
 
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
+        self._waiting: dict[str, _Landing] = {}
+        self._pid = 0
+        self._woken_by_store = False
 
-    def wait(self, key: str, timeout: float) -> None:
-        event = self._events.get(key)
-        if event is None:
-            if len(self._events) >= MAX_WAITED_KEYS:
+    def wait(self, key: str, timeout: float) -> _Landing | None:
+        """Wait until ``key`` lands or ``timeout`` passes: the landing if woken (its
+        ``entry``, when the leader was in this process and stored one under ``key``)."""
+        self.first_pause()  # this process listens to the store
+        landing = self._waiting.get(key)
+        if landing is None:
+            if len(self._waiting) >= MAX_WAITED_KEYS:
                 time.sleep(timeout)
-                return
-            event = self._events.setdefault(key, threading.Event())
-        event.wait(timeout)
+                return None
+            landing = self._waiting.setdefault(key, _Landing())
+        return landing if landing.event.wait(timeout) else None
 
-    def notify(self, key: str) -> None:
-        event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
+    def first_pause(self) -> float:
+        """How long a waiter first waits before it looks by itself: short if nothing
+        but polling tells it of a landing elsewhere, the store's ``landing_poll`` if
+        the store wakes it (every look costs a round trip that the leader, landing,
+        waits behind too)."""
+        if self._pid != os.getpid():
+            self._waiting, self._pid = {}, os.getpid()
+            self._woken_by_store = self.store is not None and self.store.watch_landings(self._wake)
+        if self._woken_by_store and self.store is not None:
+            return self.store.landing_poll
+        return FIRST_POLL
+
+    def notify(self, key: str, entry: Entry | None = None) -> None:
+        """The render of ``key`` landed here (``entry``: what was stored under ``key``):
+        wake the waiters, here (handing them the entry) and elsewhere."""
+        self._wake(key, entry)
+        if self.store is not None:
+            # a hint: without it the waiters elsewhere look by themselves
+            with contextlib.suppress(StoreError):
+                self.store.announce_landing(key)
+
+    def _wake(self, key: str, entry: Entry | None = None) -> None:
+        landing = self._waiting.pop(key, None)
+        if landing is not None:
+            landing.entry = entry
+            landing.event.set()
+
+
+class _Landing:
+    __slots__ = ("entry", "event")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.entry: Entry | None = None
 
 
 def personal_miss(
@@ -111,30 +159,34 @@ def coalesced_miss(
     """Render in the foreground, one request per key at a time (see the module)."""
     store, regen = mw.store, mw.regen
     deadline = time.monotonic() + mw.coalesce_timeout
-    delay = FIRST_POLL
+    delay = mw.landings.first_pause()
     leads = 0
+    next_try = 0.0  # when to try the lock again (a look in between costs much less)
     while True:
         lock = lock_name(key)
         try:
-            token = regen.lock(lock)
+            held = None
+            if time.monotonic() >= next_try:
+                held = regen.lock(lock)
+                next_try = time.monotonic() + LOCK_RETRY
             # taken or not, a render may have landed since our lookup: look first
             landed, lkey, lvary = _landed(mw, environ, rk)
         except StoreError as exc:
             return mw._store_down(environ, start_response, exc)
-        if (landed is not None or lkey != key) and token is not None:
-            regen.unlock(lock, token)
-            token = None
+        if (landed is not None or lkey != key) and held is not None:
+            regen.unlock(lock, held[0])
+            held = None
         if isinstance(landed, PassMarker):
             return mw._hit_for_pass(environ, start_response, landed)
         if isinstance(landed, Entry):
             mw.stats.incr("coalesced")
             return mw._respond(environ, start_response, landed, store.now(), R.HIT, "coalesced")
         if lkey != key:  # the page varies: coalesce on this visitor's variant instead
-            key, vary = lkey, lvary
+            key, vary, next_try = lkey, lvary, 0.0
             continue
-        if token is not None:
+        if held is not None:
             leads += 1
-            served = _lead(mw, environ, start_response, rk, key, vary, token, leads > 2)
+            served = _lead(mw, environ, start_response, rk, key, vary, held, leads > 2)
             if served is not None:
                 return served
             # stored under another variant than this visitor's: look again
@@ -144,8 +196,14 @@ def coalesced_miss(
             mw.stats.incr("coalesce_timeouts")
             captured = capture(mw.app, render_environ(rk, environ, vary), mw.max_entry_bytes)
             return send_captured(environ, start_response, captured, R.CS_TIMEOUT)
-        mw.landings.wait(key, delay)
-        delay = min(delay * 2, MAX_POLL)
+        landing = mw.landings.wait(key, delay)
+        if landing is not None and landing.entry is not None:
+            # the leader was in this process and handed over what it stored: no lookup
+            mw.stats.incr("coalesced")
+            return mw._respond(
+                environ, start_response, landing.entry, store.now(), R.HIT, "coalesced"
+            )
+        delay = min(delay * 2, store.landing_poll)
 
 
 def _lead(
@@ -155,28 +213,33 @@ def _lead(
     rk: RequestKey,
     key: str,
     vary: tuple[str, ...],
-    token: str,
+    held: tuple[str, float],
     last: bool,
 ) -> Iterable[bytes] | None:
-    """Render ``key`` holding its lock, and store it. ``None`` when the render was
-    stored under another variant than the visitor's (the caller looks again),
-    unless this is the ``last`` try (a page whose ``Vary`` keeps changing)."""
+    """Render ``key`` holding its lock (``held``: the token, and the store-clock time
+    it was taken, when the render counts as started), and store it. ``None`` when the
+    render was stored under another variant than the visitor's (the caller looks
+    again), unless this is the ``last`` try (a page whose ``Vary`` keeps changing)."""
     regen, lock = mw.regen, lock_name(key)
+    token, started = held
     env = render_environ(rk, environ, vary)
-    before = mw.store.now()
+    settled: Settled | None = None
     try:
         try:
             # renewed while waiters wait: past coalesce_timeout a hung leader's lease
             # lapses, and a waiter that came later takes over and stores its render
-            captured, started = regen.render(lock, token, env, mw.coalesce_timeout)
+            captured = regen.render(lock, token, env, mw.coalesce_timeout)
         except Exception:
             # a first fill that raises leaves a marker of a second, not pass_ttl
-            regen.mark_failed(key, "the application raised", before)
+            regen.mark_failed(key, "the application raised", started)
             raise
         settled = regen.settle(rk, key, vary, captured, started, env, foreground=True)
     finally:
         regen.unlock(lock, token)
-        mw.landings.notify(key)  # stored, refused or failed: the waiters look now
+        # stored, refused or failed: the waiters look now (those in this process get the
+        # entry, if it was stored under the key they wait on)
+        handed = settled.entry if settled is not None and settled.key == key else None
+        mw.landings.notify(key, handed)
     if settled.entry is None and not _rendered_as_asked(captured, env, environ):
         # not stored, and it varies on a request header the clean render did not have
         # as this visitor sent it: the visitor gets the app's answer to their own request

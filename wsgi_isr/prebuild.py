@@ -59,7 +59,7 @@ def prebuild_one(
     if rk is None:
         return "failed", f"invalid host {host!r}"
     env = render_environ(rk, environ)
-    started = mw.store.now()
+    started = mw.store.stamp()  # the clock invalidations are stamped with
     current = current_middleware.set(mw)  # wsgi_isr.cached in the render uses this store
     try:
         captured = capture(mw.app, env, mw.max_entry_bytes)

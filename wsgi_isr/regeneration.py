@@ -109,9 +109,10 @@ class Regenerator:
             store, lease=self.lease, limit=lock_timeout, on_error=on_store_error
         )
 
-    def lock(self, name: str) -> str | None:
-        """Take the lock ``name`` for one lease (``StoreError`` propagates)."""
-        return self.store.acquire(name, self.lease)
+    def lock(self, name: str) -> tuple[str, float] | None:
+        """Take the lock ``name`` for one lease: its token and the store-clock time it
+        was taken, when a render under it counts as started (``StoreError`` propagates)."""
+        return self.store.acquire_stamped(name, self.lease)
 
     def unlock(self, lock: str, token: str) -> None:
         try:
@@ -121,13 +122,13 @@ class Regenerator:
 
     def render(
         self, lock: str, token: str, env: dict[str, Any], limit: float | None = None
-    ) -> tuple[Captured, float]:
+    ) -> Captured:
         """Render under the lock, renewing its lease meanwhile (for at most ``limit``
-        seconds, default ``lock_timeout``); returns the capture and the store-clock time
-        the render started (exceptions propagate)."""
+        seconds, default ``lock_timeout``); exceptions propagate. The render counts as
+        started when the lock was taken (:meth:`lock`): on the store's clock, before
+        anything it reads."""
         with self.leases.hold(lock, token, limit):
-            started = self.store.now()
-            return capture(self.app, env, self.max_entry_bytes), started
+            return capture(self.app, env, self.max_entry_bytes)
 
     def settle(
         self,
@@ -242,9 +243,10 @@ class Regenerator:
         meanwhile wait for it, and keeps it no longer than a miss leader would."""
         lock = lock_name(key) if fill else regen_lock_name(key)
         try:
-            token = self.lock(lock)
-            if token is None:
+            held = self.lock(lock)
+            if held is None:
                 return  # someone, somewhere, is already on it
+            token, started = held
             if self._backing_off(key) or self._newer_entry(
                 key, -math.inf if seen is None else seen
             ):
@@ -257,7 +259,9 @@ class Regenerator:
         # the render runs elsewhere but in this request's context (the current middleware)
         ctx = contextvars.copy_context()
         limit = self.fill_limit if fill else None
-        task = lambda: ctx.run(self.regenerate, rk, key, vary, env, lock, token, limit)  # noqa: E731
+        task = lambda: ctx.run(  # noqa: E731
+            self.regenerate, rk, key, vary, env, lock, token, started, limit
+        )
         if self.runner.submit(task):
             self.stats.incr("regenerations_started")
         else:
@@ -279,13 +283,14 @@ class Regenerator:
         env: dict[str, Any],
         lock: str,
         token: str,
+        started: float,
         limit: float | None = None,
     ) -> None:
         ok = False
         try:
             timer = time.monotonic()
             try:
-                captured, started = self.render(lock, token, env, limit)
+                captured = self.render(lock, token, env, limit)
             except Exception:
                 log.exception("wsgi_isr: regeneration of %s raised; keeping the stale page", key)
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,12 +48,21 @@ class ThreadRunner:
     def __init__(self, max_pending: int = 32, timeout: float = 60.0) -> None:
         self.max_pending = max_pending
         self.timeout = timeout
-        self._deadlines: dict[int, float] = {}
         self._ids = itertools.count()
-        self._cond = threading.Condition()
+        self._pid = 0
+        self._forked()
+
+    def _forked(self) -> threading.Condition:
+        """This process' condition: a forked child starts afresh (its parent's threads
+        did not come along, and must not count towards ``max_pending`` nor be joined)."""
+        if self._pid != os.getpid():
+            self._deadlines: dict[int, float] = {}
+            self._cond = threading.Condition()
+            self._pid = os.getpid()
+        return self._cond
 
     def submit(self, task: Task) -> bool:
-        with self._cond:
+        with self._forked():
             now = time.monotonic()
             counted = sum(1 for d in self._deadlines.values() if d > now)
             if counted >= self.max_pending:
@@ -81,7 +91,7 @@ class ThreadRunner:
 
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._forked():
             while self._deadlines:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -130,8 +140,9 @@ def gevent_patched() -> bool:
 
 
 class AutoRunner:
-    """Chooses greenlets or threads at the first submit, after the server had its
-    chance to monkey-patch (gunicorn's gevent worker patches after forking)."""
+    """Chooses greenlets or threads at the first submit in each process, after the
+    server had its chance to monkey-patch (gunicorn's gevent worker patches after
+    forking; under ``--preload`` the middleware is made in the unpatched master)."""
 
     def __init__(self, max_pending: int = 32, timeout: float = 60.0) -> None:
         if max_pending <= 0:
@@ -139,19 +150,23 @@ class AutoRunner:
         self.max_pending = max_pending
         self.timeout = timeout
         self._runner: Runner | None = None
-        self._lock = threading.Lock()
+        self._pid = 0
 
     @property
     def runner(self) -> Runner:
-        if self._runner is None:
-            with self._lock:
-                if self._runner is None:
-                    kind = GeventRunner if gevent_patched() else ThreadRunner
-                    self._runner = kind(self.max_pending, self.timeout)
-        return self._runner
+        runner = self._runner
+        if runner is None or self._pid != os.getpid():
+            # no lock: two threads racing here at a process' first submit at worst make
+            # a runner each, and one is forgotten with its task still running
+            kind = GeventRunner if gevent_patched() else ThreadRunner
+            runner = self._runner = kind(self.max_pending, self.timeout)
+            self._pid = os.getpid()
+        return runner
 
     def submit(self, task: Task) -> bool:
         return self.runner.submit(task)
 
     def join(self, timeout: float | None = None) -> bool:
-        return True if self._runner is None else self._runner.join(timeout)
+        if self._runner is None or self._pid != os.getpid():
+            return True
+        return self._runner.join(timeout)

@@ -64,9 +64,13 @@ class Store(abc.ABC):
         """Current state of the given tags (absent tags are left out)."""
 
     @abc.abstractmethod
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
-        """Record that ``tags`` were invalidated at ``at``.
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
+        """Record that ``tags`` were invalidated at ``at`` and return the time recorded.
 
+        ``at=None`` (what the middleware passes): the store stamps the invalidation
+        with its own clock at the moment it records it — for a store shared by
+        several hosts, the one clock that also stamps :meth:`acquire_stamped`, so
+        the store's own order of the two decides which render is stale.
         Soft sets ``stale_at``, hard sets both ``stale_at`` and ``expired_at``.
         Timestamps only move forward. Tag state is never evicted.
         """
@@ -75,6 +79,22 @@ class Store(abc.ABC):
     def acquire(self, name: str, ttl: float) -> str | None:
         """Take the lock ``name`` for ``ttl`` seconds. Return a token, or ``None``
         if someone else holds it. Atomic across every process sharing the store."""
+
+    def acquire_stamped(self, name: str, ttl: float) -> tuple[str, float] | None:
+        """:meth:`acquire`, and the store-clock time the lock was taken: a render done
+        under the lock counts as started then (compared with the times
+        :meth:`invalidate` records). ``None`` if someone else holds the lock.
+
+        Stores whose :meth:`now` is the clock :meth:`invalidate` stamps with need
+        not override this; a store shared by hosts takes both in one step.
+        """
+        token = self.acquire(name, ttl)
+        return None if token is None else (token, self.now())
+
+    def stamp(self) -> float:
+        """The store-clock time right now, as :meth:`invalidate` would record it (one
+        round trip for a remote store; :meth:`now` may be an estimate)."""
+        return self.now()
 
     @abc.abstractmethod
     def release(self, name: str, token: str) -> bool:
@@ -95,6 +115,21 @@ class Store(abc.ABC):
         Returns False if the backend has no way to tell (the default); a hint only,
         correctness never depends on it.
         """
+        return False
+
+    #: The longest pause between two looks of a miss waiting for another process' render
+    #: (the fallback when no wake-up comes; see :meth:`watch_landings`).
+    landing_poll: float = 0.1
+
+    def announce_landing(self, key: str) -> None:
+        """Tell the misses waiting for ``key`` in other processes that its render
+        landed (stored, refused or failed). A hint; the default does nothing."""
+        return None
+
+    def watch_landings(self, callback: Callable[[str], None]) -> bool:
+        """Call ``callback(key)`` when another process announces a landing. False if
+        the backend cannot tell (the default): waiters then look every
+        :attr:`landing_poll` seconds at most."""
         return False
 
     def count(self) -> int | None:

@@ -109,6 +109,10 @@ class FileStore(Store):
         Dangerous: any user who can write to it can replace the pages you serve.
     """
 
+    #: No way to wake a waiter in another process: it looks again often, cheaply (a
+    #: ``stat`` and a decoded-record memo; the lock is tried only every 0.1 s).
+    landing_poll = 0.02
+
     def __init__(
         self,
         path: str,
@@ -319,10 +323,12 @@ class FileStore(Store):
             finally:
                 os.close(fd)  # closing drops the flock, also when the process dies
 
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
         tags = list(tags)
         try:
             with self._flocked(self._log_lock_path):
+                if at is None:  # stamped while the log is ours: in the order of the log
+                    at = self.clock()
                 current = self._refresh_tags()
                 lines = []
                 for tag in tags:
@@ -338,6 +344,7 @@ class FileStore(Store):
                             lines.insert(0, b"\n")  # stays a malformed line of its own
                     f.write(b"".join(lines))
                 self._maybe_compact()
+                return at
         except OSError as exc:
             raise StoreError(f"cannot record invalidation in {self._log_path}: {exc}") from exc
 

@@ -54,6 +54,7 @@ class LocalLayer(Store):
         )
         self._others: ByteLRU[tuple[Record | None, float]] = ByteLRU(max_markers, 0)
         self._subscribed_pid = 0
+        self.landing_poll = backend.landing_poll
 
     def now(self) -> float:
         return self.backend.now()
@@ -107,18 +108,31 @@ class LocalLayer(Store):
     def known_tag_states(self) -> Mapping[str, TagState]:
         return self.backend.known_tag_states()
 
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
-        self.backend.invalidate(tags, at, hard=hard)
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
+        at = self.backend.invalidate(tags, at, hard=hard)
         self._on_invalidation()
+        return at
 
     def acquire(self, name: str, ttl: float) -> str | None:
         return self.backend.acquire(name, ttl)
+
+    def acquire_stamped(self, name: str, ttl: float) -> tuple[str, float] | None:
+        return self.backend.acquire_stamped(name, ttl)
+
+    def stamp(self) -> float:
+        return self.backend.stamp()
 
     def release(self, name: str, token: str) -> bool:
         return self.backend.release(name, token)
 
     def extend(self, name: str, token: str, ttl: float) -> bool:
         return self.backend.extend(name, token, ttl)
+
+    def announce_landing(self, key: str) -> None:
+        self.backend.announce_landing(key)
+
+    def watch_landings(self, callback: Callable[[str], None]) -> bool:
+        return self.backend.watch_landings(callback)
 
     def count(self) -> int | None:
         return self.backend.count()

@@ -66,6 +66,7 @@ class MemoryStore(Store):
         self._tags: dict[str, TagState] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._mutex = threading.Lock()
+        self._landing_watchers: list[Callable[[str], None]] = []
         bounds = f"max_entries={max_entries}" + (f", max_bytes={max_bytes}" if max_bytes else "")
         self.description = f"memory ({bounds})"
 
@@ -102,10 +103,13 @@ class MemoryStore(Store):
     def known_tag_states(self) -> Mapping[str, TagState]:
         return self._tags
 
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
         with self._mutex:
+            if at is None:
+                at = self.clock()
             for tag in tags:
                 self._tags[tag] = merge_tag_state(self._tags.get(tag), at, hard)
+            return at
 
     def acquire(self, name: str, ttl: float) -> str | None:
         now = self.clock()
@@ -135,6 +139,15 @@ class MemoryStore(Store):
                 return False
             self._locks[name] = (token, now + ttl)
             return True
+
+    def announce_landing(self, key: str) -> None:
+        for callback in self._landing_watchers:  # every waiter is in this process
+            callback(key)
+
+    def watch_landings(self, callback: Callable[[str], None]) -> bool:
+        if callback not in self._landing_watchers:
+            self._landing_watchers = [*self._landing_watchers, callback]
+        return True
 
     def count(self) -> int | None:
         if self.cache is not None:

@@ -30,6 +30,7 @@ from .. import codec
 from ..entry import Record, TagState
 from ..errors import StoreError
 from .base import Store, new_token, record_ttl
+from .breaker import Breaker, BreakerOpen, guarded
 from .redis_connect import Durability, connect, disconnect, tag_keys
 
 log = logging.getLogger("wsgi_isr")
@@ -37,12 +38,21 @@ log = logging.getLogger("wsgi_isr")
 CLOCK_CHECK_INTERVAL = 30.0
 
 _INVALIDATE = """
-local at = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local stamp = ARGV[1]
+if stamp == '' then
+  -- one clock (the server's), and Redis' serial order decides: one microsecond later
+  -- than now, so a render lock taken within this same microsecond, before this
+  -- script ran (_ACQUIRE_STAMPED), still counts as started before the invalidation
+  local sec, usec = tonumber(t[1]), tonumber(t[2]) + 1
+  if usec >= 1000000 then sec, usec = sec + 1, usec - 1000000 end
+  stamp = string.format('%d.%06d', sec, usec)
+end
+local at = tonumber(stamp)
 local hard = ARGV[2] == '1'
 -- the sequence only moves forward, even across a restart that lost it: it is at
 -- least the server's time in milliseconds, so readers notice a reset (seq goes back)
 -- instead of mistaking new invalidations for ones they have already seen
-local t = redis.call('TIME')
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now_ms > seq then seq = now_ms end
@@ -61,7 +71,16 @@ for i = 3, #ARGV do
   redis.call('HSET', KEYS[2], tag, string.format('%.6f %.6f', stale, expired))
   redis.call('ZADD', KEYS[3], seq, tag)
 end
-return seq
+return {seq, stamp}
+"""
+
+# a render lock, and the server's time it was taken: the render's start on the one clock
+_ACQUIRE_STAMPED = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local t = redis.call('TIME')
+  return string.format('%d.%06d', tonumber(t[1]), tonumber(t[2]))
+end
+return false
 """
 
 _RELEASE = """
@@ -88,6 +107,18 @@ def _parse_state(raw: bytes | str) -> TagState:
     return state
 
 
+def _parse_stamp(raw: Any) -> float:
+    """``b"1764600000.123456"``, a time on the server's clock as the scripts write it
+    (parsed like the tag states, so equal stamps compare equal)."""
+    try:
+        stamp = float(raw.decode("ascii") if isinstance(raw, bytes) else raw)
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+        raise StoreError(f"garbage time from redis: {raw!r:.80}") from exc
+    if not math.isfinite(stamp):
+        raise StoreError(f"garbage time from redis: {raw!r:.80}")
+    return stamp
+
+
 def _parse_seq(raw: Any) -> int:
     try:
         seq = int(raw or 0)
@@ -103,6 +134,16 @@ def _tag_name(raw: Any) -> str:
         return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     except UnicodeDecodeError as exc:
         raise StoreError(f"garbage tag name in redis: {raw!r:.80}") from exc
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A command that waited for the socket timeout (or for a pooled connection that
+    never came back): what the breaker counts."""
+    import redis as _redis
+
+    return isinstance(exc, _redis.TimeoutError) or (
+        isinstance(exc, _redis.ConnectionError) and "No connection available" in str(exc)
+    )
 
 
 def config_warnings(maxmemory: str | None, policy: str | None) -> list[str]:
@@ -151,7 +192,7 @@ class RedisStore(Store):
             import redis as _redis
         except ImportError as exc:  # pragma: no cover - redis is an install requirement
             raise ImportError("the redis store needs redis-py: pip install redis") from exc
-        self._errors: type[Exception] = _redis.RedisError
+        self._errors: tuple[type[Exception], ...] = (_redis.RedisError, BreakerOpen)
         self.cluster = False
         self.durability: Durability | None = None
         if client is None:
@@ -170,18 +211,28 @@ class RedisStore(Store):
             self.description = f"redis client {client!r} (prefix {prefix!r})"
             if durable:
                 self.durability = Durability(timeout=durable_timeout)
-        self.client = client
+        # a hung server costs a few requests the socket timeout, then is not asked for a
+        # short, growing interval (wsgi_isr.stores.breaker)
+        self.breaker = Breaker(probe_window=socket_timeout + 0.5, is_timeout=_timed_out)
+        self._raw = client  # for what needs the client's own type (pipelines, cluster nodes)
+        self.client = guarded(client, self.breaker)
         self.prefix = prefix
         self._config_checked = False
         self._seq_key, self._state_key, self._changes_key = tag_keys(prefix, self.cluster)
-        self._invalidate = client.register_script(_INVALIDATE)
-        self._release = client.register_script(_RELEASE)
-        self._extend = client.register_script(_EXTEND)
+        self._invalidate = self.client.register_script(_INVALIDATE)
+        self._acquire_stamped = self.client.register_script(_ACQUIRE_STAMPED)
+        self._release = self.client.register_script(_RELEASE)
+        self._extend = self.client.register_script(_EXTEND)
         self._tags: dict[str, TagState] = {}
         self._seq = 0
-        self._mutex = threading.Lock()
         self._channel = prefix + "invalidations"
-        # one clock for the cluster: the server's, as an offset to ours, refreshed now and then
+        self._landings_channel = prefix + "landings"
+        self._on_invalidation: Callable[[], None] | None = None
+        self._on_landing: Callable[[str], None] | None = None
+        # one clock for the cluster, the server's: render starts and invalidations are
+        # stamped by the server (TIME in the scripts); ages are counted on an estimate of
+        # it (an offset to ours, refreshed now and then). A clock passed in (tests) is
+        # used for everything instead.
         self._server_clock = clock is time.time
         self._offset = 0.0
         self._offset_checked = -math.inf
@@ -214,9 +265,37 @@ class RedisStore(Store):
             raise StoreError(f"redis read failed: {exc}") from exc
 
     def subscribe(self, callback: Callable[[], None]) -> bool:
-        if self._subscriber is None or not self._subscriber.alive():
-            self._subscriber = _Subscriber(self.client, self._channel, callback)
+        self._on_invalidation = callback
+        self._listen()
         return True
+
+    # waiters woken at once: a miss leader's landing is published, every process'
+    # subscriber wakes its waiters for that key (polling stays the fallback)
+    landing_poll = 0.1
+
+    def announce_landing(self, key: str) -> None:
+        try:
+            self.client.publish(self._landings_channel, key)
+        except self._errors as exc:
+            raise StoreError(f"redis publish failed: {exc}") from exc
+
+    def watch_landings(self, callback: Callable[[str], None]) -> bool:
+        self._on_landing = callback
+        self._listen()
+        return True
+
+    def _listen(self) -> None:
+        """Start this process' subscriber (both channels) unless it runs."""
+        if self._subscriber is None or not self._subscriber.alive():
+            channels = [self._channel, self._landings_channel]
+            self._subscriber = _Subscriber(self.client, channels, self._heard)
+
+    def _heard(self, channel: str | None, data: Any) -> None:
+        if channel == self._landings_channel:
+            if self._on_landing is not None:
+                self._on_landing(_tag_name(data))
+        elif self._on_invalidation is not None:  # an invalidation, or (re)connected
+            self._on_invalidation()
 
     def _record_key(self, key: str) -> str:
         return f"{self.prefix}e:{key}"
@@ -250,35 +329,34 @@ class RedisStore(Store):
         return codec.loads_logged(raw, f"redis key {self._record_key(key)!r:.200}"), tags
 
     def _sync_tags(self, seq: int) -> Mapping[str, TagState]:
-        if seq == self._seq:
-            return self._tags
-        with self._mutex:
-            if seq == self._seq:
-                return self._tags
-            if seq < self._seq:  # the server lost its data (restart without persistence)
-                self._tags, self._seq = {}, 0
-            tags = dict(self._tags)
-            if self._seq == 0:
-                changed = self.client.zrangebyscore(
-                    self._changes_key, "-inf", "+inf", withscores=True
-                )
-                states = self.client.hgetall(self._state_key)
-                for tag, raw in states.items():
-                    tags[_tag_name(tag)] = _parse_state(raw)
-            else:
-                changed = self.client.zrangebyscore(
-                    self._changes_key, f"({self._seq}", "+inf", withscores=True
-                )
-                names = [t for t, _ in changed]
-                if names:
-                    for tag, raw in zip(
-                        names, self.client.hmget(self._state_key, names), strict=True
-                    ):
-                        if raw is not None:
-                            tags[_tag_name(tag)] = _parse_state(raw)
-            top = max((_parse_seq(s) for _, s in changed), default=seq)
-            self._tags, self._seq = tags, max(top, seq)
-            return tags
+        # no lock: one held across this I/O would, under gevent, block every greenlet of
+        # the worker behind one waiting for Redis (and one made before gevent patched
+        # threading, under --preload, deadlocks it). Concurrent catch-ups each build a
+        # complete view from their own base; the one reaching further wins.
+        base_seq, base = self._seq, self._tags
+        if seq == base_seq:
+            return base
+        reset = seq < base_seq  # the server lost its data (restart without persistence)
+        if reset:
+            base_seq, base = 0, {}
+        tags = dict(base)
+        if base_seq == 0:
+            changed = self.client.zrangebyscore(self._changes_key, "-inf", "+inf", withscores=True)
+            states = self.client.hgetall(self._state_key)
+            tags = {_tag_name(tag): _parse_state(raw) for tag, raw in states.items()}
+        else:
+            changed = self.client.zrangebyscore(
+                self._changes_key, f"({base_seq}", "+inf", withscores=True
+            )
+            names = [t for t, _ in changed]
+            if names:
+                for tag, raw in zip(names, self.client.hmget(self._state_key, names), strict=True):
+                    if raw is not None:
+                        tags[_tag_name(tag)] = _parse_state(raw)
+        top = max(max((_parse_seq(s) for _, s in changed), default=seq), seq)
+        if reset or top >= self._seq:  # ours goes at least as far as what is there now
+            self._tags, self._seq = tags, top
+        return tags
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         try:
@@ -302,20 +380,24 @@ class RedisStore(Store):
             raise StoreError(f"redis read failed: {exc}") from exc
         return {t: _parse_state(r) for t, r in zip(names, raws, strict=True) if r is not None}
 
-    def invalidate(self, tags: Iterable[str], at: float, *, hard: bool) -> None:
+    def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
         names = list(tags)
+        if at is None and not self._server_clock:
+            at = self.clock()  # a clock of the caller's (tests): it stamps everything
         if not names:
-            return
+            return self.now() if at is None else at
         try:
             keys = [self._seq_key, self._state_key, self._changes_key]
-            args = [repr(float(at)), "1" if hard else "0", *names]
+            args = ["" if at is None else repr(float(at)), "1" if hard else "0", *names]
             if self.durability is not None:  # + WAIT for the replicas, on one connection
-                seq = self.durability.run(self.client, self._invalidate, keys, args)
+                self.breaker.check()
+                seq, stamp = self.durability.run(self._raw, self._invalidate, keys, args)
             else:
-                seq = self._invalidate(keys=keys, args=args)
+                seq, stamp = self._invalidate(keys=keys, args=args)
             self.client.publish(self._channel, seq)
         except self._errors as exc:
             raise StoreError(f"redis invalidation failed: {exc}") from exc
+        return _parse_stamp(stamp)
 
     def acquire(self, name: str, ttl: float) -> str | None:
         token = new_token()
@@ -324,6 +406,27 @@ class RedisStore(Store):
         except self._errors as exc:
             raise StoreError(f"redis lock failed: {exc}") from exc
         return token if ok else None
+
+    def acquire_stamped(self, name: str, ttl: float) -> tuple[str, float] | None:
+        if not self._server_clock:  # a clock of the caller's (tests): it stamps everything
+            return super().acquire_stamped(name, ttl)
+        token = new_token()
+        try:
+            stamp = self._acquire_stamped(
+                keys=[self._lock_key(name)], args=[token, max(1, int(ttl * 1000))]
+            )
+        except self._errors as exc:
+            raise StoreError(f"redis lock failed: {exc}") from exc
+        return None if stamp is None else (token, _parse_stamp(stamp))
+
+    def stamp(self) -> float:
+        if not self._server_clock:
+            return self.now()
+        try:
+            seconds, micros = self.client.time()
+        except self._errors as exc:
+            raise StoreError(f"redis TIME failed: {exc}") from exc
+        return _parse_stamp(f"{int(seconds)}.{int(micros):06d}")
 
     def release(self, name: str, token: str) -> bool:
         try:
@@ -349,18 +452,22 @@ class RedisStore(Store):
         if self._subscriber is not None:
             self._subscriber.stop()
         self.client.close()
-        disconnect(self.client)  # a pool we built is ours to close
+        disconnect(self._raw)  # a pool we built is ours to close
 
 
 class _Subscriber:
-    """Listens for invalidation messages in a background thread (a greenlet when the
-    process is gevent-patched) and calls back; reconnects by itself, quietly.
+    """Listens to ``channels`` in a background thread (a greenlet when the process is
+    gevent-patched) and calls ``callback(channel, data)`` for each message, and
+    ``callback(None, None)`` on every (re)connection (to catch up with what was missed);
+    reconnects by itself, quietly.
 
     Started lazily and per process: a subscriber inherited through ``fork`` is dead.
     """
 
-    def __init__(self, client: Any, channel: str, callback: Callable[[], None]) -> None:
-        self.client, self.channel, self.callback = client, channel, callback
+    def __init__(
+        self, client: Any, channels: list[str], callback: Callable[[str | None, Any], None]
+    ) -> None:
+        self.client, self.channels, self.callback = client, channels, callback
         self.pid = os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wsgi_isr-pubsub", daemon=True)
@@ -379,11 +486,12 @@ class _Subscriber:
             try:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 try:
-                    pubsub.subscribe(self.channel)
-                    self.callback()  # catch up with what happened while not listening
+                    pubsub.subscribe(*self.channels)
+                    self.callback(None, None)  # catch up with what happened while not listening
                     while not self._stop.is_set():
-                        if pubsub.get_message(timeout=1.0) is not None:
-                            self.callback()
+                        message = pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            self.callback(_tag_name(message["channel"]), message["data"])
                 finally:
                     pubsub.close()
             except Exception:  # Redis down or restarting: wait, then listen again

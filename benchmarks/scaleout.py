@@ -1,0 +1,284 @@
+"""Scale-out figures: how soon coalesced waiters get a page after their leader, and how
+long another host's local layer serves a page after an invalidation returned.
+
+    python -m benchmarks.scaleout                      # both sections, ~3 minutes
+    python -m benchmarks.scaleout waiters --baseline 321a328
+    python -m benchmarks.scaleout window --rounds 50
+
+``waiters``: N concurrent first requests (N = 50, 500) for a never-rendered page whose
+render takes 200 ms, on ``gunicorn -k gevent`` with 1 worker (every waiter in the
+leader's process) and 4 workers (most waiters in other processes), file and redis
+stores. Per burst: every coalesced waiter's ``X-Served-At`` (the time the cache
+answered it, on the host's clock, stamped by a wrapper outside the middleware) minus
+the leader's; p50 / p99 split into waiters in the leader's process and in others; and
+(``after_render``) minus the end of the leader's render (``X-Rendered-At``, stored with
+the page): the leader's own answer waits for its store round trips like everyone's.
+``--baseline REF`` runs the same on the wsgi_isr of git ``REF`` (``git archive``):
+the polling it replaced, side by side.
+
+``window``: two gunicorn instances on one Redis with ``local_ttl=1``; page cached and
+served by B; A revalidates its tag through the endpoint; from the moment that POST
+returned, 4 threads fetch from B until it stops answering the old copy as a HIT. The
+window is the start of the last such request minus the POST's return (0 if none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .load import percentile
+from .servers import HOST, REPO, Server, Servers, free_port
+
+SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+
+
+@contextmanager
+def gunicorn(
+    workdir: str, name: str, env: dict[str, str], workers: int, code: str | None
+) -> Iterator[Server]:
+    """``gunicorn -k gevent -w workers`` serving ``wakeup_app``, on this checkout's
+    wsgi_isr or (``code``: a directory holding an older ``wsgi_isr``) that one."""
+    port = free_port()
+    chdir = code or os.path.join(REPO, "benchmarks")
+    if code is not None:
+        with open(os.path.join(REPO, "benchmarks", "wakeup_app.py"), "rb") as f:
+            app_text = f.read()
+        with open(os.path.join(code, "wakeup_app.py"), "wb") as f:
+            f.write(app_text)
+    cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers)]
+    cmd += ["--worker-connections", "2000", "--backlog", "2048", "--graceful-timeout", "2"]
+    cmd += ["-b", f"{HOST}:{port}", "--chdir", chdir, "--log-level", "warning"]
+    cmd += ["wakeup_app:app"]
+    log_path = os.path.join(workdir, f"{name}.log")
+    with open(log_path, "ab") as log:
+        # PYTHONPATH: the chdir's wsgi_isr (the baseline) before the installed one
+        proc = subprocess.Popen(
+            cmd,
+            cwd=chdir,
+            env={**os.environ, **env, "PYTHONPATH": chdir},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = Server(name, port, proc, log_path)
+    try:
+        deadline = time.monotonic() + 30
+        pids: set[str] = set()
+        while len(pids) < workers:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{name} did not come up:\n{server.log_tail()}")
+            try:
+                pids.add(fetch(port, "/health")[1].get("x-worker-pid", ""))
+            except OSError:
+                time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
+
+
+def fetch(
+    port: int, path: str, method: str = "GET", body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {SECRET}"}
+        conn.request(method, path, body=body, headers=headers if body else {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def burst(port: int, path: str, n: int) -> list[dict[str, str]]:
+    """``n`` requests on ``n`` connections, connected first, then sent at once."""
+    barrier = threading.Barrier(n)
+    out: list[dict[str, str]] = []
+
+    def one() -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        try:
+            try:
+                conn.connect()
+            finally:
+                barrier.wait()
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            out.append({k.lower(): v for k, v in resp.getheaders()})
+        except (OSError, http.client.HTTPException):
+            out.append({})
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _ms(values: list[float]) -> dict[str, float | int]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+    return {
+        "n": len(ordered),
+        "p50": round(percentile(ordered, 50) * 1000, 1),
+        "p99": round(percentile(ordered, 99) * 1000, 1),
+    }
+
+
+def waiters(workdir: str, redis_url: str, code: str | None, reps: int) -> list[dict[str, Any]]:
+    rows = []
+    for store in ("file", "redis"):
+        for workers in (1, 4):
+            url = (
+                f"file://{workdir}/store-{uuid.uuid4().hex[:6]}"
+                if store == "file"
+                else f"{redis_url}{uuid.uuid4().hex[:6]}:"
+            )
+            env = {"BENCH_STORE": url, "BENCH_RENDER": "0.2"}
+            with gunicorn(workdir, f"w-{store}-{workers}", env, workers, code) as server:
+                for n in (50, 500):
+                    same: list[float] = []
+                    other: list[float] = []
+                    landed: list[float] = []  # waiter served - leader's render ended
+                    errors = 0
+                    for _ in range(reps):
+                        replies = burst(server.port, f"/w/{uuid.uuid4().hex}", n)
+                        errors += sum(1 for r in replies if not r)
+                        leaders = [r for r in replies if r.get("x-isr-cache") == "MISS"]
+                        if len(leaders) != 1:
+                            errors += 1
+                            continue
+                        lead = leaders[0]
+                        t0 = float(lead["x-served-at"])
+                        for r in replies:
+                            if "detail=coalesced" not in r.get("cache-status", ""):
+                                continue
+                            into = same if r["x-worker-pid"] == lead["x-worker-pid"] else other
+                            into.append(float(r["x-served-at"]) - t0)
+                            landed.append(float(r["x-served-at"]) - float(r["x-rendered-at"]))
+                        time.sleep(0.2)
+                    rows.append(
+                        {
+                            "store": store,
+                            "workers": workers,
+                            "n": n,
+                            "in_process": _ms(same),
+                            "other_processes": _ms(other),
+                            "after_render": _ms(landed),
+                            "errors": errors,
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _probe(port: int, path: str, old: set[bytes], returned: float) -> list[float]:
+    """4 threads fetch ``path`` until it is no longer the old copy as a HIT (or 3 s);
+    the start times of the requests that still got it."""
+    last_old: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            _, headers, data = fetch(port, path)
+            if headers.get("x-isr-cache") == "HIT" and data in old:
+                last_old.append(started)
+            elif started - returned > 0.05:
+                stop.set()
+
+    threads = [threading.Thread(target=probe) for _ in range(4)]
+    for t in threads:
+        t.start()
+    stop.wait(3.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    return last_old
+
+
+def window(workdir: str, redis_url: str, rounds: int) -> dict[str, Any]:
+    prefix = f"{redis_url}{uuid.uuid4().hex[:6]}:"
+    env = {"BENCH_STORE": prefix, "BENCH_LOCAL_TTL": "1", "BENCH_SECRET": SECRET}
+    windows: list[float] = []
+    with (
+        gunicorn(workdir, "win-a", env, 2, None) as a,
+        gunicorn(workdir, "win-b", env, 2, None) as b,
+    ):
+        for i in range(rounds):
+            path = f"/w/win-{i}"
+            fetch(a.port, path)
+            old = {fetch(b.port, path)[2] for _ in range(8)}  # both of B's workers hold it
+            if len(old) != 1:
+                raise RuntimeError("B did not serve A's render")
+            body = json.dumps({"tag": "w"}).encode()
+            status = fetch(a.port, "/_isr/revalidate", "POST", body)[0]
+            returned = time.monotonic()
+            if status != 200:
+                raise RuntimeError(f"revalidate answered {status}")
+            last_old = _probe(b.port, path, old, returned)
+            windows.append(max(0.0, max(last_old, default=returned) - returned))
+            time.sleep(1.1)  # past local_ttl: the next round starts from a clean layer
+    ordered = sorted(windows)
+    return {
+        "rounds": rounds,
+        "p50_ms": round(percentile(ordered, 50) * 1000, 1),
+        "p99_ms": round(percentile(ordered, 99) * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sections", nargs="*", default=["waiters", "window"])
+    parser.add_argument("--baseline", help="also run `waiters` on the wsgi_isr of this git ref")
+    parser.add_argument("--reps", type=int, default=3, help="bursts per row")
+    parser.add_argument("--rounds", type=int, default=30, help="invalidations in `window`")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="isr-scaleout-") as workdir,
+        Servers(workdir) as servers,
+    ):
+        redis = servers.redis()
+        servers.wait_ready()
+        redis_url = redis.redis_url("")
+        if "waiters" in args.sections:
+            results["waiters"] = waiters(workdir, redis_url, None, args.reps)
+            if args.baseline:
+                code = os.path.join(workdir, "baseline")
+                os.makedirs(code)
+                archive = subprocess.run(
+                    ["git", "-C", REPO, "archive", args.baseline, "wsgi_isr"],
+                    check=True,
+                    capture_output=True,
+                ).stdout
+                subprocess.run(["tar", "-x", "-C", code], input=archive, check=True)
+                results["baseline"] = waiters(workdir, redis_url, code, args.reps)
+        if "window" in args.sections:
+            results["window"] = window(workdir, redis_url, args.rounds)
+            print(json.dumps(results["window"]), flush=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

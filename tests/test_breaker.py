@@ -1,0 +1,156 @@
+"""The circuit breaker in front of Redis: a hung server costs a few requests the
+socket timeout, then is not asked for a short, growing interval; caching resumes by
+itself. The logic on a fake clock, then a real redis-server (started by the test,
+not the session's) stopped with ``SIGSTOP`` under a real gunicorn."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FakeClock, RedisServer
+from servers import Instance, Reply, free_port, require_binary, start_gunicorn, summary
+
+from wsgi_isr.stores.breaker import Breaker, BreakerOpen, guarded
+
+SECRET = "breaker-secret-0123456789abcdef0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {SECRET}"}
+
+
+class Flaky:
+    """A client whose ``get`` raises what ``errors`` holds next, else answers."""
+
+    def __init__(self) -> None:
+        self.errors: list[Exception] = []
+        self.calls = 0
+
+    def get(self, key: str) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "value"
+
+
+def _breaker(clock: FakeClock) -> Breaker:
+    return Breaker(threshold=3, first=0.5, longest=2.0, probe_window=1.0, monotonic=clock)
+
+
+def test_opens_after_timeouts_in_a_row_and_grows(clock: FakeClock) -> None:
+    flaky, breaker = Flaky(), _breaker(clock)
+    client = guarded(flaky, breaker)
+    flaky.errors = [TimeoutError()] * 3
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            client.get("k")
+    with pytest.raises(BreakerOpen, match="circuit open"):
+        client.get("k")  # not sent
+    assert flaky.calls == 3 and breaker.skipped == 1
+    intervals = []
+    for _ in range(4):  # each failed probe doubles the interval, up to `longest`
+        waited = 0.0
+        while True:
+            try:
+                flaky.errors = [TimeoutError()]
+                client.get("k")
+            except BreakerOpen:
+                clock.advance(0.25)
+                waited += 0.25
+                continue
+            except TimeoutError:
+                break
+        intervals.append(waited)
+    assert intervals == [0.5, 1.0, 2.0, 2.0]
+
+
+def test_one_probe_at_a_time_then_closed_by_a_success(clock: FakeClock) -> None:
+    flaky, breaker = Flaky(), _breaker(clock)
+    client = guarded(flaky, breaker)
+    flaky.errors = [TimeoutError()] * 3
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            client.get("k")
+    clock.advance(0.5)
+    breaker.check()  # a probe goes (as if it were still waiting for its answer) ...
+    with pytest.raises(BreakerOpen):
+        client.get("k")  # ... and nobody else while it runs
+    clock.advance(1.0)  # the probe's window is over without an answer: another may go
+    assert client.get("k") == "value"  # it answers: closed
+    assert not breaker.open and [client.get("k") for _ in range(3)] == ["value"] * 3
+
+
+def test_errors_answered_at_once_do_not_open_it(clock: FakeClock) -> None:
+    flaky, breaker = Flaky(), _breaker(clock)
+    client = guarded(flaky, breaker)
+    flaky.errors = [ConnectionRefusedError()] * 5 + [TimeoutError()] * 2
+    for _ in range(7):
+        with pytest.raises(OSError):
+            client.get("k")
+    assert client.get("k") == "value"  # a success between: the streak starts over
+    assert not breaker.open and breaker.streak == 0
+
+
+# -- a real hung Redis ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own: it gets stopped with SIGSTOP."""
+    binary = require_binary("redis-server", "/usr/bin/redis-server")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(binary, workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        try:
+            server.signal(signal.SIGCONT)
+        finally:
+            server.stop()
+
+
+@pytest.mark.server
+@pytest.mark.redis
+def test_a_hung_redis_is_skipped_then_caching_resumes(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    counter_dir = tmp_path / "renders"
+    counter_dir.mkdir()
+    instance = Instance(free_port(), counter_dir, tmp_path / "gunicorn.log")
+    env = {
+        "ISR_STORE": f"{own_redis.url}?socket_timeout=0.5&prefix=b-{uuid.uuid4().hex[:6]}:",
+        "ISR_SECRET": SECRET,
+        "ISR_COUNTER_DIR": str(counter_dir),
+    }
+    with start_gunicorn(instance, env=env, workers=1):
+        assert instance.fetch("/page/b").cache == "MISS"
+        assert instance.fetch("/page/b").cache == "HIT"
+        own_redis.signal(signal.SIGSTOP)
+        try:
+            during: list[Reply] = []
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                during.append(instance.fetch("/page/b", timeout=10.0))
+            refused = instance.revalidate({"tag": "page-b"}, AUTH)
+            log_while_hung = instance.log()
+        finally:
+            own_redis.signal(signal.SIGCONT)
+        seen: list[Reply] = []
+        deadline = time.monotonic() + 15.0
+        while not any(r.cache == "HIT" for r in seen[-1:]) and time.monotonic() < deadline:
+            seen.append(instance.fetch("/page/b"))
+            time.sleep(0.1)
+        log = instance.log()
+    # while Redis hung: every request answered by the application, none failed
+    assert {(r.status, r.cache) for r in during} == {(200, "BYPASS")}, summary(during)
+    assert "timed out 3 times in a row; not asking it for 0.5 s" in log_while_hung, log
+    assert refused.status == 503, refused.body  # the endpoint says so, at once or not
+    # Redis answers again: the breaker closes by itself and the page is a hit again
+    assert seen and seen[-1].cache == "HIT", summary(seen)
+    assert "the store answers again; circuit closed" in log
+    slow = [r for r in during if r.elapsed >= 0.4]
+    print(f"while hung: {len(during)} requests in 3 s, {len(slow)} waited for the timeout")

@@ -1,0 +1,134 @@
+"""A circuit breaker in front of a remote store: a hung server costs a few requests
+the socket timeout, not every request.
+
+A Redis server that hangs (stopped, swapping, a network black hole) still accepts
+connections, and every command waits for the socket timeout. After ``threshold``
+timeouts in a row the breaker opens: commands are refused at once (the middleware
+fails open, the revalidation endpoint answers 503) for ``first`` seconds, doubling
+at each further timeout up to ``longest``. When the interval ends one command goes
+through as a probe (the others are still refused while it runs); its success closes
+the breaker, and caching resumes by itself.
+
+    breaker = Breaker(is_timeout=lambda exc: isinstance(exc, redis.TimeoutError))
+    client = guarded(redis.Redis(...), breaker)   # every command passes the breaker
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("wsgi_isr")
+
+#: Commands that never pass the breaker (they do no I/O, or must always run).
+_UNGUARDED = frozenset({"close", "pubsub", "get_encoder", "connection_pool"})
+
+
+class BreakerOpen(Exception):
+    """Raised instead of sending a command while the breaker is open."""
+
+
+class Breaker:
+    """Counts timeouts in a row; open means "do not even ask"."""
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 3,
+        first: float = 0.5,
+        longest: float = 5.0,
+        probe_window: float = 2.0,
+        is_timeout: Callable[[BaseException], bool] = lambda exc: isinstance(exc, TimeoutError),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.first = first
+        self.longest = longest
+        self.probe_window = probe_window  # how long a probe may take (the socket timeout)
+        self.is_timeout = is_timeout
+        self.monotonic = monotonic
+        self.streak = 0  # timeouts in a row
+        self.skipped = 0  # commands refused while open
+        self._interval = first
+        self._open_until = 0.0
+        self._probe_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self.streak >= self.threshold
+
+    def check(self) -> None:
+        """Raise :class:`BreakerOpen` unless a command may be sent now."""
+        if self.streak < self.threshold:
+            return
+        now = self.monotonic()
+        if now < self._open_until or now < self._probe_until:
+            self.skipped += 1
+            raise BreakerOpen(
+                f"skipped: the server timed out {self.streak} times in a row (circuit open)"
+            )
+        self._probe_until = now + self.probe_window  # this one is the probe
+
+    def succeeded(self) -> None:
+        if self.streak:
+            if self.streak >= self.threshold:
+                log.warning("wsgi_isr: the store answers again; circuit closed")
+            self.streak, self._interval, self._probe_until = 0, self.first, 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.is_timeout(exc):
+            return  # refused, reset, an error reply: answered at once, nothing to save
+        self.streak += 1
+        if self.streak >= self.threshold:
+            self._open_until = self.monotonic() + self._interval
+            self._probe_until = 0.0
+            log.warning(
+                "wsgi_isr: the store timed out %d times in a row; not asking it for %g s",
+                self.streak,
+                self._interval,
+            )
+            self._interval = min(self._interval * 2, self.longest)
+
+
+class _Guarded:
+    """``client`` with every command passed through ``breaker``."""
+
+    def __init__(self, client: Any, breaker: Breaker) -> None:
+        self._client = client
+        self._breaker = breaker
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name in _UNGUARDED or name.startswith("_") or not callable(attr):
+            return attr
+        breaker = self._breaker
+
+        def command(*args: Any, **kwargs: Any) -> Any:
+            breaker.check()
+            try:
+                result = attr(*args, **kwargs)
+            except Exception as exc:
+                breaker.failed(exc)
+                raise
+            breaker.succeeded()
+            return result
+
+        self.__dict__[name] = command  # made once per command name
+        return command
+
+    def register_script(self, script: str) -> Any:
+        """A script whose calls (``EVALSHA``, ``SCRIPT LOAD``) go through the breaker."""
+        from redis.commands.core import Script
+
+        return Script(self, script)  # type: ignore[arg-type]  # it only calls commands
+
+    def __repr__(self) -> str:
+        return repr(self._client)
+
+
+def guarded(client: Any, breaker: Breaker) -> Any:
+    """``client`` (a redis-py client) with every command passed through ``breaker``;
+    scripts registered on the result are guarded too."""
+    return _Guarded(client, breaker)
