@@ -349,35 +349,3 @@ def test_store_down_answer_from_a_forged_forwarded_host_is_not_public(monkeypatc
     poisoned = b"evil.example" in r.data
     shared = "s-maxage" in r.headers.get("Cache-Control", "")
     assert not (poisoned and shared), (r.data, r.headers["Cache-Control"])
-
-
-# -- STALE costs what a HIT costs: no lock attempt per visitor ----------------------------
-
-
-def test_visitors_of_a_page_being_regenerated_cost_no_lock_attempt_each() -> None:
-    """Once this process found (or started) a regeneration of a stale page, the next
-    visitors of that page do not ask the store for its lock again, for a moment: on a
-    shared store every attempt would be a round trip (STALE slower than HIT)."""
-    app = Gate({2: "hang"})
-    mw, client, clock, _ = make(app, coalesce_timeout=1)
-    attempts: list[str] = []
-    real_acquire = mw.store.acquire
-
-    def counting(name: str, ttl: float) -> Any:
-        attempts.append(name)
-        return real_acquire(name, ttl)
-
-    mw.store.acquire = counting  # type: ignore[method-assign]
-    try:
-        client.get("/p")
-        clock.advance(61)
-        for _ in range(10):
-            assert client.get("/p").headers["X-ISR-Cache"] == "STALE"
-        regen_attempts = [a for a in attempts if a.startswith("regen:")]
-        assert len(regen_attempts) == 1, attempts
-        clock.advance(1)  # past the quiet moment: the store is asked again (still held)
-        client.get("/p")
-        assert len([a for a in attempts if a.startswith("regen:")]) == 2
-    finally:
-        app.release.set()
-        mw.join(5)
