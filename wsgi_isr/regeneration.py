@@ -48,9 +48,6 @@ log = logging.getLogger("wsgi_isr")
 #: retried soon.
 REFUSED_PASS_TTL = 1.0
 MAX_BACKOFF = 300.0
-#: How long a process leaves a key alone after finding its regeneration running, or
-#: starting one, before it asks the store again.
-QUIET = 0.5
 
 
 def lock_name(key: str) -> str:
@@ -107,11 +104,7 @@ class Regenerator:
         self.pass_ttl = pass_ttl
         self.backoff = backoff
         self._store_failed = on_store_error
-        self._failures: Memo[str, int] = Memo(10_000, 4 << 20)
-        # lock name -> clock time before which this process does not ask again: a
-        # regeneration of it is running (here or elsewhere) or backing off, so the other
-        # visitors of a stale page cost no store round trip (STALE as cheap as HIT)
-        self._quiet: Memo[str, float] = Memo(10_000, 4 << 20)  # bounded in bytes: keys can be long
+        self._failures: Memo[str, int] = Memo(10_000, 4 << 20)  # bounded in bytes: keys can be long
         self.leases = LeaseKeeper(
             store, lease=self.lease, limit=lock_timeout, on_error=on_store_error
         )
@@ -249,20 +242,15 @@ class Regenerator:
         their own): the render takes the foreground lock, so that anonymous misses
         meanwhile wait for it, and keeps it no longer than a miss leader would."""
         lock = lock_name(key) if fill else regen_lock_name(key)
-        now = self.store.clock()  # the store's time source (a test's fake clock too)
-        if self._quiet.get(lock, -math.inf) > now:
-            return
         try:
             held = self.lock(lock)
             if held is None:
-                self._quiet.remember(lock, now + QUIET, len(lock) + 64)
                 return  # someone, somewhere, is already on it
             token, started = held
             if self._backing_off(key) or self._newer_entry(
                 key, -math.inf if seen is None else seen
             ):
                 self.unlock(lock, token)
-                self._quiet.remember(lock, now + QUIET, len(lock) + 64)
                 return
         except StoreError as exc:
             self._store_failed(exc)
@@ -276,7 +264,6 @@ class Regenerator:
         )
         if self.runner.submit(task):
             self.stats.incr("regenerations_started")
-            self._quiet.remember(lock, now + QUIET, len(lock) + 64)
         else:
             self.stats.incr("regenerations_skipped")
             self.unlock(lock, token)
