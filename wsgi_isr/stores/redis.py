@@ -192,7 +192,13 @@ class RedisStore(Store):
             import redis as _redis
         except ImportError as exc:  # pragma: no cover - redis is an install requirement
             raise ImportError("the redis store needs redis-py: pip install redis") from exc
-        self._errors: tuple[type[Exception], ...] = (_redis.RedisError, BreakerOpen)
+        # RedisClusterException (a cluster that cannot be reached, slots not covered)
+        # derives from Exception, not RedisError
+        self._errors: tuple[type[Exception], ...] = (
+            _redis.RedisError,
+            _redis.exceptions.RedisClusterException,
+            BreakerOpen,
+        )
         self.cluster = False
         self.durability: Durability | None = None
         if client is None:
@@ -219,6 +225,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self._config_checked = False
         self._seq_key, self._state_key, self._changes_key = tag_keys(prefix, self.cluster)
+        self._lock_prefix = self._seq_key[: -len("seq")] if self.cluster else prefix
         self._invalidate = self.client.register_script(_INVALIDATE)
         self._acquire_stamped = self.client.register_script(_ACQUIRE_STAMPED)
         self._release = self.client.register_script(_RELEASE)
@@ -301,7 +308,9 @@ class RedisStore(Store):
         return f"{self.prefix}e:{key}"
 
     def _lock_key(self, name: str) -> str:
-        return f"{self.prefix}lock:{name}"
+        # on a cluster, locks live on the node that holds tag state: the render start a
+        # lock script stamps and the invalidation time are then read off one clock
+        return f"{self._lock_prefix}lock:{name}"
 
     def check_config(self) -> list[str]:
         """Read ``maxmemory`` and ``maxmemory-policy`` and log what is unsafe about them
@@ -390,8 +399,14 @@ class RedisStore(Store):
             keys = [self._seq_key, self._state_key, self._changes_key]
             args = ["" if at is None else repr(float(at)), "1" if hard else "0", *names]
             if self.durability is not None:  # + WAIT for the replicas, on one connection
+                # on the client's own connection (a pipeline), so the breaker is told here
                 self.breaker.check()
-                seq, stamp = self.durability.run(self._raw, self._invalidate, keys, args)
+                try:
+                    seq, stamp = self.durability.run(self._raw, self._invalidate, keys, args)
+                except Exception as exc:
+                    self.breaker.failed(exc)
+                    raise
+                self.breaker.succeeded()
             else:
                 seq, stamp = self._invalidate(keys=keys, args=args)
             self.client.publish(self._channel, seq)
@@ -444,7 +459,10 @@ class RedisStore(Store):
 
     def count(self) -> int | None:
         try:
-            return sum(1 for _ in self.client.scan_iter(match=f"{self.prefix}e:*", count=1000))
+            # the raw client: a generator would "succeed" at once and close the breaker
+            # on a server that is still hung
+            self.breaker.check()
+            return sum(1 for _ in self._raw.scan_iter(match=f"{self.prefix}e:*", count=1000))
         except self._errors:
             return None
 

@@ -238,6 +238,7 @@ def _BlockingSentinelPool() -> type:  # noqa: N802 - a class built on first use
 def _cluster(url: str, common: dict[str, Any], max_connections: int) -> Any:
     from redis import cluster as redis_cluster
     from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException, RedisError
 
     node: Any = redis_cluster.ClusterNode  # untyped in redis-py
 
@@ -252,9 +253,16 @@ def _cluster(url: str, common: dict[str, Any], max_connections: int) -> Any:
         raise ValueError("a cluster has only database 0")
     if query:
         raise ValueError(f"unknown option(s) {sorted(query)} for a cluster URL")
-    return Cluster(
-        startup_nodes=[node(h, p) for h, p in nodes],
-        max_connections=max_connections,
-        **credentials,
-        **common,
-    )
+    try:
+        return Cluster(
+            startup_nodes=[node(h, p) for h, p in nodes],
+            max_connections=max_connections,
+            **credentials,
+            **common,
+        )
+    except (RedisClusterException, RedisError) as exc:
+        # at start-up too, a cluster that cannot be reached is a store error: the
+        # middleware then serves from the application until it answers
+        from ..errors import StoreError
+
+        raise StoreError(f"redis cluster not reachable: {exc}") from exc
