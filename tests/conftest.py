@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import uuid
@@ -24,7 +25,7 @@ __all__ = ["redis_cluster", "redis_sentinels", "redis_tls"]  # session topologie
 
 #: Fixtures whose users need a real redis-server; such tests get the ``redis`` marker.
 _REDIS_FIXTURES = frozenset(
-    {"redis_server", "redis_url", "redis_tls", "redis_sentinels", "redis_cluster"}
+    {"redis_server", "redis_url", "redis_tls", "redis_sentinels", "redis_cluster", "own_redis"}
 )
 
 
@@ -141,6 +142,28 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (it may be SIGSTOPped, killed, reconfigured):
+    resumed and stopped at the end whatever the test did."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(binary, os.X_OK):
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server binary not found", pytrace=False)
+        pytest.skip("redis-server binary not found")
+    workdir = tmp_path / "own-redis"
+    workdir.mkdir()
+    server = RedisServer(binary, workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        try:
+            server.signal(signal.SIGCONT)
+        finally:
+            server.stop()
 
 
 _prefix_counter = itertools.count()

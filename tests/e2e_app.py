@@ -59,15 +59,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, abort, request
 
+from tests.e2e_common import served_by
 from wsgi_isr import ISRMiddleware, cached
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    pass
 
 logging.basicConfig(level=logging.INFO, format="%(process)d %(levelname)s %(name)s: %(message)s")
 
@@ -206,18 +206,6 @@ def article(slug: str) -> tuple[str, dict[str, str]]:
     post, side = load_post(slug), sidebar()
     body = f"article {slug} post v{post['version']} sidebar v{side['version']} render {n}"
     return body, {"Content-Type": "text/plain", "X-ISR-Revalidate": "false"}
-
-
-def served_by(wsgi_app: WSGIApplication) -> WSGIApplication:
-    """Add ``X-Worker-Pid`` (the serving process) to every response."""
-
-    def wrapper(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            return start_response(status, [*headers, ("X-Worker-Pid", str(os.getpid()))], exc_info)
-
-        return wsgi_app(environ, sr)
-
-    return wrapper
 
 
 app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]

@@ -60,15 +60,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import Flask, abort, request
 
+from tests.e2e_common import served_by
 from wsgi_isr import ISRMiddleware
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    pass
 
 logging.basicConfig(level=logging.INFO, format="%(process)d %(levelname)s %(name)s: %(message)s")
 
@@ -167,18 +167,6 @@ def doc(name: str) -> tuple[str, dict[str, str]]:
 def account(name: str) -> tuple[str, dict[str, str]]:
     """Never opts in: the middleware remembers that (hit-for-pass)."""
     return f"{_checked(name)}: account of {request.cookies.get('user', 'anonymous')}", TEXT
-
-
-def served_by(wsgi_app: WSGIApplication) -> WSGIApplication:
-    """Add ``X-Worker-Pid`` (the serving process) to every response."""
-
-    def wrapper(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            return start_response(status, [*headers, ("X-Worker-Pid", str(os.getpid()))], exc_info)
-
-        return wsgi_app(environ, sr)
-
-    return wrapper
 
 
 app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]

@@ -386,3 +386,25 @@ def start_nginx_cache(
     finally:
         stop_process(proc)
         log_file.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One request of a traffic loop: its answer, or the error it ended in."""
+
+    server: str
+    path: str
+    started: float
+    status: int | None = None
+    cache: str | None = None
+    error: str | None = None
+
+
+def fetch_outcome(server: Instance, path: str, timeout: float = 10.0) -> Outcome:
+    """Fetch ``path`` from ``server`` and say how it went, never raising for the network."""
+    started = time.monotonic()
+    try:
+        r = server.fetch(path, timeout=timeout)
+        return Outcome(server.name, path, started, r.status, r.cache)
+    except (OSError, http.client.HTTPException) as exc:
+        return Outcome(server.name, path, started, error=repr(exc))

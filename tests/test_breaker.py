@@ -8,12 +8,11 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import FakeClock, RedisServer
-from servers import Instance, Reply, free_port, require_binary, start_gunicorn, summary
+from servers import Instance, Reply, free_port, start_gunicorn, summary
 
 from wsgi_isr.stores.breaker import Breaker, BreakerOpen, guarded
 
@@ -94,23 +93,6 @@ def test_errors_answered_at_once_do_not_open_it(clock: FakeClock) -> None:
 
 
 # -- a real hung Redis ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own: it gets stopped with SIGSTOP."""
-    binary = require_binary("redis-server", "/usr/bin/redis-server")
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(binary, workdir)
-    server.start()
-    try:
-        yield server
-    finally:
-        try:
-            server.signal(signal.SIGCONT)
-        finally:
-            server.stop()
 
 
 @pytest.mark.server

@@ -13,7 +13,6 @@ counted in files written by the app, one line per render start (``<pid> <time>``
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import os
 import signal
@@ -26,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import Instance, Reply, free_port, logs_on_failure, start_gunicorn, summary, wait_for
+from servers import (
+    Instance,
+    Outcome,
+    Reply,
+    fetch_outcome,
+    free_port,
+    logs_on_failure,
+    start_gunicorn,
+    summary,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.redis]
 
@@ -203,16 +212,6 @@ def test_worker_killed_mid_regeneration_recovers_after_lock_ttl(cluster: Cluster
     assert {(r.status, r.cache, r.body) for r in after} == {(200, "HIT", fresh[0].body)}
 
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    server: str
-    path: str
-    started: float
-    status: int | None = None
-    cache: str | None = None
-    error: str | None = None
-
-
 def _stream(cluster: Cluster, stop: threading.Event, out: list[Outcome], worker: int) -> None:
     """Requests back to back until ``stop``: a cached page, a page that never opts
     in, and a new (uncached) key each time, alternating between the instances."""
@@ -220,12 +219,7 @@ def _stream(cluster: Cluster, stop: threading.Event, out: list[Outcome], worker:
     while not stop.is_set():
         server = (cluster.a, cluster.b)[i % 2]
         path = ("/page/steady", "/plain/steady", f"/page/flow?n={worker}-{i}")[i % 3]
-        started = time.monotonic()
-        try:
-            r = server.fetch(path, timeout=10.0)
-            out.append(Outcome(server.name, path, started, r.status, r.cache))
-        except (OSError, http.client.HTTPException) as exc:
-            out.append(Outcome(server.name, path, started, error=repr(exc)))
+        out.append(fetch_outcome(server, path))
         i += 1
         time.sleep(0.01)
 

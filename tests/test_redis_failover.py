@@ -8,7 +8,6 @@ every invalidation the endpoint acknowledged (200) is on the new primary.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import threading
 import time
@@ -18,7 +17,16 @@ from collections.abc import Iterator
 import pytest
 import redis
 from redis_topologies import SentinelSet
-from servers import Instance, free_port, logs_on_failure, poll, start_gunicorn, wait_for
+from servers import (
+    Instance,
+    Outcome,
+    fetch_outcome,
+    free_port,
+    logs_on_failure,
+    poll,
+    start_gunicorn,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.redis]
 
@@ -27,28 +35,13 @@ AUTH = {"Authorization": f"Bearer {SECRET}"}
 HOST = "isr.test"
 
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    server: str
-    path: str
-    started: float
-    status: int | None = None
-    cache: str | None = None
-    error: str | None = None
-
-
 def _traffic(a: Instance, b: Instance, stop: threading.Event, out: list[Outcome], n: int) -> None:
     """Requests back to back until ``stop``: a cached page and a new key each time."""
     i = 0
     while not stop.is_set():
         server = (a, b)[i % 2]
         path = ("/page/steady", f"/page/flow?n={n}-{i}")[i % 2]
-        started = time.monotonic()
-        try:
-            r = server.fetch(path, timeout=10.0)
-            out.append(Outcome(server.name, path, started, r.status, r.cache))
-        except (OSError, http.client.HTTPException) as exc:
-            out.append(Outcome(server.name, path, started, error=repr(exc)))
+        out.append(fetch_outcome(server, path))
         i += 1
         time.sleep(0.01)
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import RedisServer
 from helpers import CountingApp
 from redis_topologies import Cluster, SentinelSet
-from servers import require_binary
 from werkzeug.test import Client
 
 from wsgi_isr import ISRMiddleware
@@ -45,19 +43,6 @@ def test_cluster_down_at_runtime_fails_open(tmp_path: Path) -> None:
         assert got.status_code == 200, got.status_code
     finally:
         cluster.stop()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require_binary("redis-server", "/usr/bin/redis-server"), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        try:
-            server.signal(signal.SIGCONT)
-        finally:
-            server.stop()
 
 
 def test_count_on_a_hung_redis_does_not_close_the_breaker(own_redis: RedisServer) -> None:
