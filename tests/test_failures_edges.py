@@ -349,3 +349,23 @@ def test_store_down_answer_from_a_forged_forwarded_host_is_not_public(monkeypatc
     poisoned = b"evil.example" in r.data
     shared = "s-maxage" in r.headers.get("Cache-Control", "")
     assert not (poisoned and shared), (r.data, r.headers["Cache-Control"])
+
+
+def test_vary_cookie_page_past_its_time_is_refreshed_by_a_visitor_with_cookies() -> None:
+    """A visitor with cookies gets a render of their own for a ``Vary: Cookie`` page;
+    when the shared copy is stale or expired, that visit refreshes it too."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        user = "alice" if "sessionid=" in environ.get("HTTP_COOKIE", "") else "anonymous"
+        start_response("200 OK", [("X-ISR-Revalidate", "60"), ("Vary", "Cookie")])
+        return [f"hello {user} {app.n}".encode()]  # type: ignore[attr-defined]
+
+    app.n = 1  # type: ignore[attr-defined]
+    mw, client, clock, _ = make(app)
+    assert client.get("/p").data == b"hello anonymous 1"
+    clock.advance(61)
+    app.n = 2  # type: ignore[attr-defined]
+    r = client.get("/p", headers={"Cookie": "sessionid=abc"})
+    assert r.data == b"hello alice 2"
+    assert mw.join(5)
+    assert client.get("/p").data == b"hello anonymous 2"  # refreshed: not the old copy

@@ -408,9 +408,10 @@ class ISRMiddleware:
             isinstance(record, Entry)
             and _has_credentials(environ)
             and varies_on_credentials(record.headers)
-        ):  # the copy is the one for visitors without them
+        ):  # the copy is the one for visitors without them; refreshed if it is not fresh
             self.stats.incr("misses")
-            return personal_miss(self, environ, start_response, rk, key, vary, None)
+            seen = None if state is State.FRESH else record.created
+            return personal_miss(self, environ, start_response, rk, key, vary, seen)
         if isinstance(record, Entry):
             if state is State.FRESH:
                 self.stats.incr("hits")

@@ -134,8 +134,9 @@ def personal_miss(
 ) -> Iterable[bytes]:
     """A visitor with cookies or credentials gets the app's answer for them, marked
     ``private`` and never stored. If the page may be stored, a clean render fills
-    the cache in the background (``seen``: the creation time of an expired entry
-    the key still holds, so that it does not count as a newer render)."""
+    the cache in the background (``seen``: the creation time of a stale or expired
+    entry the key still holds, so that it does not count as a newer render; ``None``
+    when the key holds nothing, or a fresh copy, which a fill then leaves alone)."""
 
     def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         decision = decide(status, headers, 0, max_entry_bytes=mw.max_entry_bytes)
