@@ -8,10 +8,12 @@ gunicorn builds them from the environment (``benchmarks/run.py`` sets it)::
 ``BENCH_APP``
     ``bare`` (a WSGI callable returning a constant body: the limit for a Python server),
     ``isr`` (the Flask page app behind :class:`wsgi_isr.ISRMiddleware`),
-    ``flask-caching`` (the same view under Flask-Caching's ``@cached``, SimpleCache),
+    ``flask-caching`` (the same view under Flask-Caching's ``@cached``: SimpleCache, or
+    FileSystemCache / RedisCache when ``BENCH_STORE`` names a file or redis store),
     ``uncached`` (the same view rendering every time; also nginx's origin).
 ``BENCH_STORE``, ``BENCH_LOCAL_TTL``, ``BENCH_SECRET``
-    the ISR store URL, the local layer's TTL (redis + local layer), the endpoint secret.
+    the ISR store URL (also Flask-Caching's backend), the local layer's TTL (redis + local
+    layer), the endpoint secret.
 ``BENCH_RENDER_SECONDS`` (0.05), ``BENCH_SLOW_SECONDS`` (2), ``BENCH_COUNTED_SECONDS`` (0.5)
     how long ``/page`` (and ``/p/<n>``), ``/slow`` and ``/counted/<name>`` take to render.
 ``BENCH_COUNTER_DIR``
@@ -31,6 +33,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -132,14 +135,40 @@ def isr_app(
     return app
 
 
-def flask_caching_app(**page_options: Any) -> Any:
-    """The page app with the view under Flask-Caching's ``@cache.cached`` (SimpleCache,
-    one cache per process, like the memory store)."""
+def flask_caching_config(store: str | None) -> dict[str, Any]:
+    """Flask-Caching's configuration on the backend of ISR store URL ``store``: none,
+    SimpleCache (one cache per process, like the memory store); ``file://DIR``,
+    FileSystemCache in DIR; ``redis://host:port/db?prefix=P``, RedisCache, keys
+    prefixed with P.
+
+    >>> flask_caching_config("redis://127.0.0.1:6379/0?prefix=fc:")["CACHE_KEY_PREFIX"]
+    'fc:'
+    """
+    config: dict[str, Any] = {"CACHE_DEFAULT_TIMEOUT": 3600}
+    if not store:
+        return {**config, "CACHE_TYPE": "SimpleCache"}
+    if store.startswith("file://"):
+        return {**config, "CACHE_TYPE": "FileSystemCache", "CACHE_DIR": store[len("file://") :]}
+    if store.startswith("redis://"):
+        url, _, query = store.partition("?")
+        prefix = dict(parse_qsl(query)).get("prefix", "flask_cache_")
+        return {
+            **config,
+            "CACHE_TYPE": "RedisCache",
+            "CACHE_REDIS_URL": url,
+            "CACHE_KEY_PREFIX": prefix,
+        }
+    raise SystemExit(f"no Flask-Caching backend for {store!r}")
+
+
+def flask_caching_app(store: str | None = None, **page_options: Any) -> Any:
+    """The page app with the view under Flask-Caching's ``@cache.cached``, on the backend
+    of ISR store URL ``store`` (see :func:`flask_caching_config`)."""
     try:
         from flask_caching import Cache
     except ImportError as exc:
         raise SystemExit("Flask-Caching is missing: pip install -e '.[bench]'") from exc
-    cache = Cache(config={"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 3600})
+    cache = Cache(config=flask_caching_config(store))
     app = page_app(decorate=cache.cached(timeout=3600), **page_options)
     cache.init_app(app)
     return app
@@ -167,7 +196,7 @@ def from_env() -> WSGIApplication:
             **page_options,
         )
     elif kind == "flask-caching":
-        app = flask_caching_app(**page_options)
+        app = flask_caching_app(env.get("BENCH_STORE") or None, **page_options)
     elif kind == "uncached":
         app = page_app(**page_options)
     else:

@@ -53,6 +53,8 @@ CONTENDERS = (
     Contender("isr-redis", "wsgi_isr hit, redis://", "isr", "redis"),
     Contender("isr-redis-local", "wsgi_isr hit, redis:// + local_ttl", "isr", "redis", True),
     Contender("flask-caching", "Flask-Caching @cached view (SimpleCache)", "flask-caching"),
+    Contender("flask-caching-file", "Flask-Caching (FileSystemCache)", "flask-caching", "file"),
+    Contender("flask-caching-redis", "Flask-Caching (RedisCache)", "flask-caching", "redis"),
     Contender("uncached", "the Flask view, 50 ms render", "uncached"),
     Contender("nginx", "nginx proxy_cache hit (non-Python reference)", "nginx"),
 )
@@ -106,7 +108,10 @@ class Run:
     def env(self, c: Contender, tag: str, **extra: str) -> dict[str, str]:
         env = {"BENCH_APP": c.app if c.app != "nginx" else "uncached", **extra}
         if c.store:
-            env["BENCH_STORE"] = self.store_url(c.store, tag)
+            # Flask-Caching's own directory / key prefix: a FileSystemCache prunes the
+            # files of the directory it is given
+            own = f"{tag}-fc" if c.app == "flask-caching" else tag
+            env["BENCH_STORE"] = self.store_url(c.store, own)
             env["BENCH_SECRET"] = SECRET
         if c.local:
             env["BENCH_LOCAL_TTL"] = "60"

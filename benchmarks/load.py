@@ -61,6 +61,8 @@ class LoadResult:
     tool: str
     #: server-side CPU (user + system, every process of the contender) per request, µs
     cpu_us: float | None = None
+    #: the same by role ("workers", "master", "redis-server"), µs per request
+    cpu_parts_us: dict[str, float] | None = None
 
 
 def wrk_path() -> str | None:

@@ -72,21 +72,38 @@ def _alternate(
     for r in range(rounds):
         for name in _rotated(list(jobs), r):
             job = jobs[name]
-            cpu = sum(p.cpu_seconds() for p in job.processes)
+            before = _cpu_parts(job.processes)
             res = run.load(job.port, job.paths)
-            cpu = sum(p.cpu_seconds() for p in job.processes) - cpu
+            parts = {k: v - before.get(k, 0.0) for k, v in _cpu_parts(job.processes).items()}
+            cpu = sum(parts.values())
             if res.requests and cpu > 0:
-                res = dataclasses.replace(res, cpu_us=cpu / res.requests * 1e6)
+                per = {k: v / res.requests * 1e6 for k, v in parts.items()}
+                res = dataclasses.replace(res, cpu_us=cpu / res.requests * 1e6, cpu_parts_us=per)
             results[name].append(res)
             run.say(f"  {title} round {r + 1}/{rounds}  " + _line(name, res))
     return results
 
 
+def _cpu_parts(processes: tuple[Server, ...]) -> dict[str, float]:
+    """CPU seconds so far of every process of a job, by role (summed over servers)."""
+    out: dict[str, float] = {}
+    for p in processes:
+        for role, seconds in p.cpu_parts().items():
+            out[role] = out.get(role, 0.0) + seconds
+    return out
+
+
 def _summary(results: list[LoadResult]) -> dict[str, Any]:
     cpu = [r.cpu_us for r in results if r.cpu_us]
+    roles = sorted({k for r in results for k in (r.cpu_parts_us or {})})
     return {
         "rps": median([r.rps for r in results]),
         "cpu_us": median(cpu) if cpu else None,
+        # per role, the median over rounds (so the parts need not add up to cpu_us exactly)
+        "cpu_parts_us": {
+            k: median([(r.cpu_parts_us or {})[k] for r in results if k in (r.cpu_parts_us or {})])
+            for k in roles
+        },
         "p50_ms": median([r.p50_ms for r in results]),
         "p99_ms": median([r.p99_ms for r in results]),
         "rps_min": min(r.rps for r in results),

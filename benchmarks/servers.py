@@ -33,6 +33,17 @@ NGINX_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nginx
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` alone (all its threads), not its
+    children (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by ``pid`` and its live descendants (Linux
     ``/proc``; 0.0 elsewhere). Differences over a measurement give the server's cost
@@ -70,6 +81,12 @@ class Server:
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.proc.pid)
 
+    def cpu_parts(self) -> dict[str, float]:
+        """CPU seconds so far by role: the master (gunicorn's arbiter, nginx's master)
+        and its workers."""
+        own = own_cpu_seconds(self.proc.pid)
+        return {"master": own, "workers": self.cpu_seconds() - own}
+
     def url(self, path: str = "/") -> str:
         return f"http://{HOST}:{self.port}{path}"
 
@@ -96,6 +113,9 @@ class Server:
 
 @dataclasses.dataclass
 class RedisServer(Server):
+    def cpu_parts(self) -> dict[str, float]:
+        return {"redis-server": self.cpu_seconds()}
+
     def redis_url(self, prefix: str) -> str:
         return f"redis://{HOST}:{self.port}/0?prefix={prefix}"
 
