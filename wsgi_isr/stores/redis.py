@@ -32,6 +32,7 @@ from ..errors import StoreError
 from .base import Store, new_token, record_ttl
 from .breaker import Breaker, BreakerOpen, guarded
 from .redis_connect import Durability, connect, disconnect, tag_keys
+from .redis_pipeline import Pipeline, supported
 
 log = logging.getLogger("wsgi_isr")
 
@@ -222,6 +223,9 @@ class RedisStore(Store):
         self.breaker = Breaker(probe_window=socket_timeout + 0.5, is_timeout=_timed_out)
         self._raw = client  # for what needs the client's own type (pipelines, cluster nodes)
         self.client = guarded(client, self.breaker)
+        # hits: the lookups running at once in a process share one round trip (a
+        # cluster's keys live on several nodes: there, one MGET per lookup as before)
+        self._pipe = Pipeline(client.connection_pool) if supported(client) else None
         self.prefix = prefix
         self._config_checked = False
         self._seq_key, self._state_key, self._changes_key = tag_keys(prefix, self.cluster)
@@ -329,13 +333,29 @@ class RedisStore(Store):
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
         try:
-            raw, seq = self.client.mget([self._record_key(key), self._seq_key])
+            if self._pipe is not None:
+                raw, seq = self._pipelined("MGET", self._record_key(key), self._seq_key)
+            else:
+                raw, seq = self.client.mget([self._record_key(key), self._seq_key])
             tags = self._sync_tags(_parse_seq(seq))
         except self._errors as exc:
             raise StoreError(f"redis lookup failed: {exc}") from exc
         if not self._config_checked:  # the first time the server answers
             self.check_config()
         return codec.loads_logged(raw, f"redis key {self._record_key(key)!r:.200}"), tags
+
+    def _pipelined(self, *command: str) -> Any:
+        """``command`` through the auto-pipeline, passed through the breaker like the
+        client's commands."""
+        assert self._pipe is not None
+        self.breaker.check()
+        try:
+            reply = self._pipe.call(self._pipe.pack(command))
+        except Exception as exc:
+            self.breaker.failed(exc)
+            raise
+        self.breaker.succeeded()
+        return reply
 
     def _sync_tags(self, seq: int) -> Mapping[str, TagState]:
         # no lock: one held across this I/O would, under gevent, block every greenlet of
@@ -469,6 +489,8 @@ class RedisStore(Store):
     def close(self) -> None:
         if self._subscriber is not None:
             self._subscriber.stop()
+        if self._pipe is not None:
+            self._pipe.close()
         self.client.close()
         disconnect(self._raw)  # a pool we built is ours to close
 
