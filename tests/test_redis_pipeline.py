@@ -245,3 +245,19 @@ def test_after_fork_the_child_pipelines_on_its_own_connection(store: RedisStore)
     assert os.waitstatus_to_exitcode(status) == 0, "the child got someone else's replies"
     assert not wrong
     assert _body(store, 2) == _entry(2).body  # the parent's connection still in step
+
+
+def test_an_unchanged_record_is_decoded_once_and_a_changed_one_again(redis_url: str) -> None:
+    reader, writer = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        writer.put("k1", _entry(1), None)
+        first = reader.lookup("k1")[0]
+        # the same bytes: the same immutable entry (no decode; the header memo hits)
+        assert first == _entry(1) and reader.lookup("k1")[0] is first
+        writer.put("k1", _entry(2), None)  # another process replaces the page
+        assert reader.lookup("k1")[0] == _entry(2)
+        writer.delete("k1")
+        assert reader.lookup("k1")[0] is None
+    finally:
+        reader.close()
+        writer.close()

@@ -25,6 +25,7 @@ import re
 import struct
 from typing import Any
 
+from .bounded import Memo
 from .entry import DataEntry, Entry, PassMarker, Record, VaryMarker
 
 log = logging.getLogger("wsgi_isr")
@@ -179,3 +180,27 @@ def loads_logged(data: Any, where: str) -> Record | None:
     if record is None and data:
         log.warning("wsgi_isr: unreadable record in %s, treated as a miss", where)
     return record
+
+
+class Decoded:
+    """Records decoded from bytes read from a store, by key: the same bytes again give
+    the same (immutable) record object back instead of a new decode, so a hit on an
+    unchanged page costs one comparison of bytes, and the middleware's memos by entry
+    (its headers) keep working. Bounded (emptied when full): a miss decodes."""
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 8 << 20) -> None:
+        self._memo: Memo[str, tuple[bytes, Record]] = Memo(max_entries, max_bytes)
+
+    def loads(self, key: str, data: Any, where: str) -> Record | None:
+        """:func:`loads_logged` of ``data`` read at ``key`` of ``where`` (a store)."""
+        held = self._memo.get(key)
+        if held is not None and held[0] == data:
+            return held[1]
+        record = loads(data)
+        if record is None and data:
+            msg = "wsgi_isr: unreadable record in %s key %.200r, treated as a miss"
+            log.warning(msg, where, key)
+        if record is not None:  # bytes: loads accepts nothing else
+            # the bytes and the decoded copy of the body, and the key
+            self._memo.remember(key, (data, record), 2 * len(data) + len(key) + 200)
+        return record

@@ -236,6 +236,7 @@ class RedisStore(Store):
         self._extend = self.client.register_script(_EXTEND)
         self._tags: dict[str, TagState] = {}
         self._seq = 0
+        self._decoded = codec.Decoded()
         self._channel = prefix + "invalidations"
         self._landings_channel = prefix + "landings"
         self._on_invalidation: Callable[[], None] | None = None
@@ -332,17 +333,18 @@ class RedisStore(Store):
         return warnings
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
+        record_key = self._record_key(key)
         try:
             if self._pipe is not None:
-                raw, seq = self._pipelined("MGET", self._record_key(key), self._seq_key)
+                raw, seq = self._pipelined("MGET", record_key, self._seq_key)
             else:
-                raw, seq = self.client.mget([self._record_key(key), self._seq_key])
+                raw, seq = self.client.mget([record_key, self._seq_key])
             tags = self._sync_tags(_parse_seq(seq))
         except self._errors as exc:
             raise StoreError(f"redis lookup failed: {exc}") from exc
         if not self._config_checked:  # the first time the server answers
             self.check_config()
-        return codec.loads_logged(raw, f"redis key {self._record_key(key)!r:.200}"), tags
+        return self._decoded.loads(record_key, raw, "redis"), tags
 
     def _pipelined(self, *command: str) -> Any:
         """``command`` through the auto-pipeline, passed through the breaker like the

@@ -31,6 +31,7 @@ import os
 import select
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 #: Read size of a reply batch: 25 hits of a 2 KB page fit in one receive.
@@ -71,6 +72,14 @@ class _State:
         # idle connection must not (resolved here, once gevent has patched the process)
         monkey = sys.modules.get("gevent.monkey")
         self.select = monkey.get_original("select", "select") if monkey else select.select
+        # under gevent a leader lets the greenlets already runnable go first, so the
+        # lookups of one turn of the event loop leave together (ioredis flushes on the
+        # next tick likewise); threads run at once, and queue while a batch is out
+        self.defer: Callable[[], object] | None = None
+        if monkey is not None and monkey.is_module_patched("threading"):
+            import gevent
+
+            self.defer = gevent.sleep
 
     def dead(self, conn: Any) -> bool:
         """Whether an idle connection has something to read: the server closed it (a
@@ -109,13 +118,6 @@ class Pipeline:
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         kwargs = pool.connection_kwargs
-        self.timeout: float | None = kwargs.get("socket_timeout")
-        connect = kwargs.get("socket_connect_timeout") or self.timeout
-        # how long a queued caller waits for the leaders ahead of it: one round trip in
-        # flight and its own, each a connect and a read at most (they fail it sooner)
-        self.wait_timeout = (
-            None if self.timeout is None else 2 * (self.timeout + (connect or 0.0)) + 1.0
-        )
         self._encoding = (kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"))
         self._state = _State()
 
@@ -141,34 +143,37 @@ class Pipeline:
                 me.wake.acquire()
             else:
                 st.flushing = True
-        if me.wake is not None and not self._wait(st, me):
-            return me.result()  # done by a leader ahead of us
+        if me.wake is not None:
+            self._wait(st, me)
+            if me.done:
+                return me.result()  # answered by a leader ahead of us
+        elif st.defer is not None:
+            try:
+                st.defer()
+            except BaseException:  # gevent.Timeout, GreenletExit: another leads
+                self._leave(st, me)
+                raise
         self._lead(st, me)
         return me.result()
 
-    def _wait(self, st: _State, me: _Call) -> bool:
-        """Wait to be answered (False) or made the leader (True)."""
+    def _wait(self, st: _State, me: _Call) -> None:
+        """Wait to be answered or made the leader. No timer of its own: the leaders
+        ahead are bounded by the socket timeouts, and fail or answer every waiter."""
         try:
-            woken = me.wake.acquire(True, -1 if self.wait_timeout is None else self.wait_timeout)
+            me.wake.acquire()
         except BaseException:  # gevent.Timeout, KeyboardInterrupt: leave the queue in order
-            with st.lock:
-                lead = me.lead and not me.done
-                if me in st.queue:
-                    st.queue.remove(me)
-            if lead:
-                self._hand_over(st)
+            self._leave(st, me)
             raise
-        if not woken:
-            with st.lock:
-                if not (me.done or me.lead):
-                    if me in st.queue:  # not sent: nothing will answer it
-                        st.queue.remove(me)
-                    # else in flight: its reply goes to this abandoned call, no one else
-                    import redis
 
-                    me.error = redis.TimeoutError("timed out waiting for the pipelined lookup")
-                    return False
-        return me.lead and not me.done
+    def _leave(self, st: _State, me: _Call) -> None:
+        """``me`` is interrupted: out of the queue (in flight, its reply goes to this
+        abandoned call, no one else's), and if it was to lead, the next one does."""
+        with st.lock:
+            lead = (me.lead or me.wake is None) and not me.done
+            if me in st.queue:
+                st.queue.remove(me)
+        if lead:
+            self._hand_over(st)
 
     def _lead(self, st: _State, me: _Call) -> None:
         with st.lock:
