@@ -234,6 +234,36 @@ def _cpu_split(r: dict[str, Any]) -> list[str]:
         "the middleware and the Redis client; redis-server is the store's own share.",
         "",
         _table(header, rows),
+        *_worker_shares(r),
+    ]
+
+
+def _worker_shares(r: dict[str, Any]) -> list[str]:
+    """Inside a worker: py-spy's shares of its busy time, and the µs per request they
+    make of the workers' CPU above."""
+    sampled = r.get("worker_shares") or {}
+    groups = sorted({g for s in sampled.values() for g in s})
+    rows = []
+    for name, shares in sampled.items():
+        workers = (r["contenders"].get(name, {}).get("cpu_parts_us") or {}).get("workers")
+        cells = []
+        for g in groups:
+            share = shares.get(g, 0.0)
+            us = f"{_n(share * workers)} µs, " if workers else ""
+            cells.append(f"{us}{share:.0%}")
+        rows.append([name, *cells])
+    if not rows:
+        return []
+    return [
+        "",
+        "Inside one gunicorn worker (py-spy samples of its busy time under the same load, "
+        "after the measured rounds; µs per request = share × the workers' CPU above). "
+        "A sample counts for the first found on its stack: the store client (wsgi_isr's "
+        "Redis store, redis-py, hiredis: the round trip and its socket calls), the cache "
+        "layer (the rest of wsgi_isr; Flask-Caching and cachelib), the app (Flask, "
+        "werkzeug), else the server (gunicorn's HTTP parsing and writing, gevent's hub).",
+        "",
+        _table(["contender", *groups], rows),
     ]
 
 
@@ -342,6 +372,36 @@ def _cpu_split(r: dict[str, Any]) -> list[str]:
         "the middleware and the Redis client; redis-server is the store's own share.",
         "",
         _table(header, rows),
+        *_worker_shares(r),
+    ]
+
+
+def _worker_shares(r: dict[str, Any]) -> list[str]:
+    """Inside a worker: py-spy's shares of its busy time, and the µs per request they
+    make of the workers' CPU above."""
+    sampled = r.get("worker_shares") or {}
+    groups = sorted({g for s in sampled.values() for g in s})
+    rows = []
+    for name, shares in sampled.items():
+        workers = (r["contenders"].get(name, {}).get("cpu_parts_us") or {}).get("workers")
+        cells = []
+        for g in groups:
+            share = shares.get(g, 0.0)
+            us = f"{_n(share * workers)} µs, " if workers else ""
+            cells.append(f"{us}{share:.0%}")
+        rows.append([name, *cells])
+    if not rows:
+        return []
+    return [
+        "",
+        "Inside one gunicorn worker (py-spy samples of its busy time under the same load, "
+        "after the measured rounds; µs per request = share × the workers' CPU above). "
+        "A sample counts for the first found on its stack: the store client (wsgi_isr's "
+        "Redis store, redis-py, hiredis: the round trip and its socket calls), the cache "
+        "layer (the rest of wsgi_isr; Flask-Caching and cachelib), the app (Flask, "
+        "werkzeug), else the server (gunicorn's HTTP parsing and writing, gevent's hub).",
+        "",
+        _table(["contender", *groups], rows),
     ]
 
 

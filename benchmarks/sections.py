@@ -14,12 +14,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from benchmarks import probes
+from benchmarks import probes, spy
 from benchmarks.harness import (
     BY_NAME,
     CONTENDERS,
@@ -144,7 +145,8 @@ def throughput(run: Run) -> dict[str, Any]:
             for name, srv in live.items()
         }
         results = _alternate(run, jobs, s.rounds, "throughput")
-    out: dict[str, Any] = {"skipped": skipped, "contenders": {}}
+        sampled = _where_time_goes(run, live, ("isr-redis", "flask-caching-redis"))
+    out: dict[str, Any] = {"skipped": skipped, "contenders": {}, "worker_shares": sampled}
     bare = results["bare"]
     for name, res in results.items():
         summary = _summary(res)
@@ -156,6 +158,30 @@ def throughput(run: Run) -> dict[str, Any]:
         summary["check"] = checks[name]
         summary["what"] = BY_NAME[name].what
         out["contenders"][name] = summary
+    return out
+
+
+def _where_time_goes(
+    run: Run, live: dict[str, Server], names: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """py-spy samples of one worker of each of ``names`` under the same load, after the
+    measured rounds (the sampling slows the worker a little: never during them)."""
+    out: dict[str, dict[str, float]] = {}
+    if not spy.available():
+        return out
+    seconds = max(2.0, run.settings.duration)
+    for name in names:
+        if name not in live:
+            continue
+        server = live[name]
+        load = threading.Thread(target=run.load, args=(server.port, ["/page"], seconds + 1.5))
+        load.start()
+        time.sleep(0.5)
+        got = spy.worker_shares(server.proc.pid, seconds)
+        load.join()
+        if got:
+            out[name] = got
+            run.say(f"  py-spy {name}: " + ", ".join(f"{k} {v:.0%}" for k, v in got.items()))
     return out
 
 
