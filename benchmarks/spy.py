@@ -5,7 +5,11 @@ the store's client (``wsgi_isr/stores``, redis-py, hiredis: the Redis round trip
 its socket calls), the cache layer (the rest of ``wsgi_isr``, Flask-Caching and
 cachelib), the application (Flask, werkzeug), else the server (gunicorn's HTTP
 parsing and writing, gevent's hub). Samples of a worker waiting in its event loop are
-not taken (py-spy leaves idle threads out), so the shares are of its busy time.
+not taken (py-spy leaves idle threads out), so the shares are of its busy time —
+wall-clock samples: a system call that wakes another process (a send to Redis or to
+the client) counts for as long as it takes, preemption by other processes included,
+so the shares lean towards the socket calls on a loaded machine; the harness's CPU
+per request from ``/proc`` is the steadier figure.
 
     shares = worker_shares(server_pid, seconds=3)   # {"store client": 0.31, ...}
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 #: (group, path prefixes of py-spy's frame files), first match wins
@@ -29,8 +34,14 @@ GROUPS = (
 SERVER = "server (gunicorn, gevent hub)"
 
 
+def _binary() -> str | None:
+    """py-spy on PATH, else next to this Python (a virtualenv not activated)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return shutil.which("py-spy") or (beside if os.access(beside, os.X_OK) else None)
+
+
 def available() -> bool:
-    return shutil.which("py-spy") is not None
+    return _binary() is not None
 
 
 def worker_pids(master: int) -> list[int]:
@@ -50,7 +61,7 @@ def record(pid: int, seconds: float, rate: int = 250) -> str | None:
     ``seconds``; None if py-spy could not trace it."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "stacks.txt")
-        cmd = ["py-spy", "record", "-p", str(pid), "-d", str(max(1, round(seconds)))]
+        cmd = [_binary() or "py-spy", "record", "-p", str(pid), "-d", str(max(1, round(seconds)))]
         cmd += ["-r", str(rate), "-f", "raw", "-o", out, "--nonblocking"]
         try:
             subprocess.run(cmd, capture_output=True, timeout=seconds + 30, check=True)

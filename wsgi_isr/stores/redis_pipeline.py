@@ -7,11 +7,18 @@ hub, and wakes redis-server once. Here every lookup of the process goes down one
 connection: a caller queues its packed command; whoever finds no flush running
 becomes the leader, writes every queued command in one ``sendall``, reads the replies
 in order with a ``hiredis.Reader`` and hands each to its caller; the next leader is
-the first caller queued meanwhile. N concurrent hits cost one send, one receive and
-one wake-up of the server.
+the first caller queued meanwhile. Under gevent the leader first lets the greenlets
+already runnable queue theirs (one batch per turn of the event loop, as ioredis
+flushes on the next tick). N concurrent hits cost one send, one receive and one
+wake-up of the server.
 
     pipe = Pipeline(client.connection_pool)
-    record, seq = pipe.call(hiredis.pack_command(("MGET", key, seq_key)))
+    record, seq = pipe.call(pipe.pack(("MGET", key, seq_key)))
+
+The connection is made from the pool's class and keyword arguments (host or socket,
+TLS, user and password, database, timeouts; Sentinel's pool finds the primary), by
+redis-py, and is not one of the pool's ``max_connections``. Only lookups use it; every
+other command still goes through the pool.
 
 No lock is held across I/O (the leader role is a flag; the lock guards a few list
 operations), so neither greenlets nor threads block each other behind a slow server,
@@ -22,7 +29,9 @@ Failures: a connection error or a timeout fails every lookup in flight or queued
 with the error (redis-py's :class:`redis.ConnectionError` / :class:`redis.TimeoutError`,
 which the store turns into a StoreError and counts in its breaker) and drops the
 connection, so a late reply can never be read as someone else's; the next lookup
-connects again.
+connects again. An idle connection that has something to read (the server restarted
+or closed it) is replaced before it is written to, as redis-py's pool does; nothing
+is retried (a timeout is for the breaker to count).
 """
 
 from __future__ import annotations
@@ -178,6 +187,9 @@ class Pipeline:
     def _lead(self, st: _State, me: _Call) -> None:
         with st.lock:
             batch, st.queue = st.queue, []
+        if not batch:  # cannot happen (the leader is queued), but must never wedge
+            self._hand_over(st)
+            return
         try:
             self._exchange(st, batch)
         except BaseException as exc:
