@@ -23,11 +23,12 @@ def _ms(x: float) -> str:
 
 # -- targets ----------------------------------------------------------------------------------
 
+#: issue 16: hits nearly free; one round trip per hit is the floor for Redis alone
 THROUGHPUT_TARGETS = {
-    "isr-memory": 0.85,
-    "isr-file": 0.75,
-    "isr-redis": 0.70,
-    "isr-redis-local": 0.85,
+    "isr-memory": 0.90,
+    "isr-file": 0.90,
+    "isr-redis": 0.55,
+    "isr-redis-local": 0.90,
 }
 
 #: (ISR contender, Flask-Caching contender) compared: every store with SimpleCache, and
@@ -148,7 +149,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     out.append(_table(["", ""], [[k, v] for k, v in meta["machine"].items()]))
     rows = targets(results)
     if rows:
-        out += ["", "## Targets (issue 5)", ""]
+        out += ["", "## Targets (issues 5 and 16)", ""]
         verdict = {True: "met", False: "**missed**", None: "n/a"}
         out.append(_table(["target", "measured", ""], [[t, m, verdict[ok]] for t, m, ok in rows]))
     for name, section in results.items():
