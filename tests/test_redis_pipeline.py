@@ -137,6 +137,63 @@ def test_concurrent_greenlets_each_get_their_own_record_on_one_connection(
     assert result == {"wrong": [], "mget_connections": 1}, result
 
 
+_INTERRUPTED_SCRIPT = """
+from gevent import monkey; monkey.patch_all()
+import json, os, signal, sys, gevent
+from wsgi_isr.entry import Entry
+from wsgi_isr.errors import StoreError
+from wsgi_isr.stores import RedisStore
+url, server_pid = sys.argv[1], int(sys.argv[2])
+store = RedisStore(url, socket_timeout=5.0)
+def entry(n):
+    return Entry(status="200 OK", headers=(), body=b"greenlet %d" % n * 40, created=1000.0,
+                 revalidate=None, expire=None, tags=(), etag="", last_modified="")
+for n in range(6):
+    store.put("g%d" % n, entry(n), None)
+store.lookup("g0")
+def interrupted(n):
+    try:  # the first greenlet leads: cut off while it waits for the replies of all
+        with gevent.Timeout(0.3 if n == 0 else None):
+            store.lookup("g%d" % n)
+    except gevent.Timeout:
+        return "timeout"
+    except StoreError:
+        return "store-error"
+    return "answered"
+os.kill(server_pid, signal.SIGSTOP)
+try:
+    greenlets = [gevent.spawn(interrupted, n) for n in range(6)]
+    gevent.joinall(greenlets, timeout=10)
+    cut = [g.value for g in greenlets]
+finally:
+    os.kill(server_pid, signal.SIGCONT)
+def own(n):
+    return store.lookup("g%d" % n)[0].body == entry(n).body
+after = [g.value for g in gevent.joinall([gevent.spawn(own, n) for n in range(6)], timeout=10)]
+print(json.dumps({"cut": cut, "after": after}))
+"""
+
+
+def test_greenlets_cut_off_mid_lookup_leave_the_pipeline_working(own_redis: RedisServer) -> None:
+    """gevent.Timeout in the leader while the server hangs: the lookups it carried fail
+    at once (not left waiting for a leader that is gone), and the next lookups get
+    their own records (the connection the cut-off leader was reading is dropped)."""
+    assert own_redis._proc is not None
+    url = f"{own_redis.url}?prefix=cut-{uuid.uuid4().hex[:6]}:"
+    out = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_SCRIPT, url, str(own_redis._proc.pid)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["cut"] == ["timeout"] + ["store-error"] * 5, result
+    assert result["after"] == [True] * 6, result
+
+
 def test_a_connection_killed_mid_flight_fails_the_pending_lookups_then_reconnects(
     own_redis: RedisServer,
 ) -> None:
