@@ -318,3 +318,21 @@ def test_an_unchanged_record_is_decoded_once_and_a_changed_one_again(redis_url: 
     finally:
         reader.close()
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "pipelined"),
+    [
+        pytest.param("redis://127.0.0.1:1/0", True, id="redis"),
+        pytest.param("unix:///tmp/nowhere.sock?db=1", True, id="unix-socket"),
+        pytest.param("rediss://127.0.0.1:1/0?ssl_cert_reqs=none", True, id="tls"),
+        # RESP3 may interleave push messages with replies: one MGET per lookup there
+        pytest.param("redis://127.0.0.1:1/0?protocol=3", False, id="resp3"),
+    ],
+)
+def test_which_clients_pipeline_their_lookups(url: str, pipelined: bool) -> None:
+    store = RedisStore(url)  # nothing connects before the first command
+    try:
+        assert (store._pipe is not None) is pipelined
+    finally:
+        store.close()
