@@ -96,7 +96,7 @@ class _State:
         not to be written to (redis-py's pool checks its connections the same way)."""
         try:
             return bool(self.select([conn._sock], [], [], 0)[0])
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):  # closed meanwhile
             return True
 
 
@@ -220,10 +220,10 @@ class Pipeline:
         if conn is not None and (st.dead(conn) or self._moved(conn)):
             self._drop(st)
             conn = None
-        if conn is None:
-            conn = self._connect(st)
-        sock, reader = conn._sock, st.reader
         try:
+            if conn is None:
+                conn = self._connect(st)
+            sock, reader = conn._sock, st.reader
             sock.sendall(batch[0].packed if len(batch) == 1 else b"".join(c.packed for c in batch))
             for call in batch:
                 reply = reader.gets()
@@ -241,10 +241,10 @@ class Pipeline:
             raise redis.TimeoutError("Timeout reading from socket") from exc
         except OSError as exc:
             raise redis.ConnectionError(f"Error while talking to redis: {exc}") from exc
-        except Exception as exc:
+        except Exception as exc:  # hiredis' ProtocolError, or anything else: never a 500
             if isinstance(exc, redis.RedisError):
                 raise
-            raise redis.ConnectionError(f"Protocol error from redis: {exc}") from exc
+            raise redis.ConnectionError(f"Error from redis: {exc!r}") from exc
 
     def _moved(self, conn: Any) -> bool:
         """Sentinel's pool learnt of a new primary (the client's own connections found
