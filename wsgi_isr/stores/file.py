@@ -35,18 +35,27 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .. import codec
-from ..bounded import ByteLRU, parse_size
+from ..bounded import parse_size
 from ..entry import PassMarker, Record, TagState
 from ..errors import StoreError
 from .base import Store, merge_tag_state, new_token, record_ttl
-from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular
+from .changes import RECHECK_SECONDS, ChangeMark, FifoMemo
+from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular, read_regular
 
 log = logging.getLogger("wsgi_isr")
 
+_Version = tuple[int, int, int]  # (st_ino, st_mtime_ns, st_size) of a record file
+#: A memoised lookup: (epoch checked in, version, expiry, record, file name, shelf
+#: (0 pages, 1 markers, -1 none), size in the memo's budget)
+_Known = tuple[int, _Version, float, "Record | None", str, int, int]
+
 #: No lock lives longer than this; a lock file claiming more is corrupted.
 MAX_LOCK_SECONDS = 24 * 3600
-#: In-process bound on decoded entries kept per store (their files' total size).
+#: In-process bound on the decoded records memoised per store (see MEMO_OVERHEAD).
 DECODED_BYTES = 32 << 20
+#: What a decoded record keeps alive beyond its file's size (objects, the key, the
+#: memo's own tuple), as measured with tracemalloc for a 2 KB page with a few headers.
+MEMO_OVERHEAD = 1024
 #: Compact the tag log when it is larger than this and twice its live content.
 COMPACT_BYTES = 1 << 20
 #: Bytes a marker file may take on average (the marker shelf's byte budget is this × count).
@@ -158,48 +167,71 @@ class FileStore(Store):
         self._log_pos = 0
         self._generation = b""
         self._refresh_mutex = threading.Lock()
-        # decoded records by file name: (file version, expiry, record)
-        self._decoded: ByteLRU[tuple[Any, float, Record | None]] = ByteLRU(0, DECODED_BYTES)
+        # a hit checks the change mark (a memory read), then serves the memoised record
+        # if nothing changed since it was checked (the same epoch): no system call
+        self._mark = ChangeMark(os.path.join(self.path, "changes"))
+        self._seen = b""
+        self._epoch = 0
+        self._recheck_at = 0.0
+        self._memo: FifoMemo[_Known] = FifoMemo(DECODED_BYTES)
 
     # -- records -------------------------------------------------------------------------
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
-        record = self._record(self.pages, key)
-        if record is None:
-            record = self._record(self.passes, key)
-        return record, self._refresh_tags()
+        tags = self._current_tags()
+        epoch = self._epoch  # read after the change mark: see _current_tags
+        held = self._memo.get(key)
+        known = held[0] if held is not None else None
+        if known is None or known[0] != epoch:
+            known = self._check(key, known, epoch)
+        expires = known[2]
+        if expires and expires < time.time():  # the record's TTL, in wall-clock seconds
+            return None, tags
+        return known[3], tags
 
-    def _record(self, shelf: Shelf, key: str) -> Record | None:
-        """The record in the file, decoded once per version of the file: a hit
-        costs a ``stat`` while the file is unchanged."""
-        filename = shelf.filename(key)
+    def _check(self, key: str, old: _Known | None, epoch: int) -> _Known:
+        """What the files hold for ``key`` now (the page shelf first, then the markers):
+        a memoised record whose file is unchanged costs an ``lstat``, another file is
+        read and decoded once per version."""
+        name = old[4] if old is not None else Shelf.digest(key).hex()
+        for where, shelf in enumerate((self.pages, self.passes)):
+            filename = os.path.join(shelf.path, name)
+            if old is not None and old[5] == where:
+                try:
+                    st = os.lstat(filename)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StoreError(f"cannot read {filename}: {exc}") from exc
+                if (st.st_ino, st.st_mtime_ns, st.st_size) == old[1]:
+                    known = (epoch, *old[1:])
+                    self._memo.set(key, known, old[6])
+                    return known
+            found = self._load(filename)
+            if found is not None:
+                version, expires, record = found
+                size = version[2] + MEMO_OVERHEAD + 2 * len(key)
+                known = (epoch, version, expires, record, name, where, size)
+                self._memo.set(key, known, size)
+                return known
+        self._memo.pop(key)
+        return (epoch, (0, 0, 0), 0.0, None, name, -1, 0)
+
+    def _load(self, filename: str) -> tuple[_Version, float, Record | None] | None:
+        """The file's version and record; ``None`` when there is no file."""
         try:
-            st = os.stat(filename)
+            st, data = read_regular(filename)
         except FileNotFoundError:
             return None
+        except NotRegular as exc:  # planted: a miss (the next write replaces it)
+            log.warning("wsgi_isr: %s; treated as a miss", exc)
+            what = exc.st  # memoised by what stands there: one warning per version
+            if what is None:
+                return (0, 0, 0), 0.0, None
+            return (what.st_ino, what.st_mtime_ns, what.st_size), 0.0, None
         except OSError as exc:
             raise StoreError(f"cannot read {filename}: {exc}") from exc
         version = (st.st_ino, st.st_mtime_ns, st.st_size)
-        known = self._decoded.get(filename)
-        if known is None or known[0] != version:
-            known = (version, *self._load(filename))
-            self._decoded.set(filename, known, st.st_size + 256)
-        expires: float = known[1]
-        if expires and expires < time.time():  # the record's TTL, in wall-clock seconds
-            return None
-        return known[2]
-
-    def _load(self, filename: str) -> tuple[float, Record | None]:
-        try:
-            with open_regular(filename) as f:
-                data = f.read()
-        except FileNotFoundError:
-            return 0.0, None
-        except NotRegular as exc:  # planted: a miss (the next write replaces it)
-            log.warning("wsgi_isr: %s; treated as a miss", exc)
-            return 0.0, None
-        except OSError as exc:
-            raise StoreError(f"cannot read {filename}: {exc}") from exc
         record = None
         expires = 0.0
         if len(data) > FILE_HEAD.size:
@@ -207,8 +239,8 @@ class FileStore(Store):
             record = codec.loads(data[FILE_HEAD.size :])
         if record is None or not math.isfinite(expires):
             log.warning("wsgi_isr: unreadable cache file %s, treated as a miss", filename)
-            return 0.0, None
-        return expires, record
+            return version, 0.0, None
+        return version, expires, record
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         payload = codec.dumps(record)
@@ -222,15 +254,18 @@ class FileStore(Store):
             except FileNotFoundError:
                 # the directory was removed (a "cache clear"): recreate it, try once more
                 _own_dir(shelf.path, True)
+                self._mark.reopen()
                 stored = shelf.write(key, payload, expires)
             other.remove(key)
+            if not stored:
+                shelf.remove(key)  # larger than the whole budget: not kept, nor the old one
+                log.warning("wsgi_isr: record for %r is larger than max_bytes; not stored", key)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 shelf.remove_stale_temp_files(time.time() - 60)
             raise StoreError(f"could not write cache entry under {self.path!r}: {exc}") from exc
-        if not stored:
-            shelf.remove(key)  # larger than the whole budget: not kept, and not the old one
-            log.warning("wsgi_isr: record for %r is larger than max_bytes; not stored", key)
+        finally:
+            self._changed_here()
 
     def delete(self, key: str) -> None:
         try:
@@ -238,6 +273,19 @@ class FileStore(Store):
             self.passes.remove(key)
         except OSError as exc:
             raise StoreError(f"cannot delete cache entry under {self.path!r}: {exc}") from exc
+        finally:
+            self._changed_here()
+
+    def _changed_here(self) -> None:
+        """Mark a change (after it is complete): every process rechecks what it memoised."""
+        try:
+            self._mark.bump()
+        except OSError as exc:
+            raise StoreError(f"cannot mark a change under {self.path!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self._mark.close()
+        self._memo.clear()
 
     def count(self) -> int | None:
         try:
@@ -246,6 +294,26 @@ class FileStore(Store):
             return None
 
     # -- tag state -----------------------------------------------------------------------
+
+    def _current_tags(self) -> Mapping[str, TagState]:
+        """The tag state, read again only when the change mark moved (or at the periodic
+        recheck); then the memoised records are checked again too (a new epoch).
+
+        The mark is read before anything it vouches for, and remembered only after the
+        tag log was read: a change completed before the mark was read is seen."""
+        seen = self._mark.read()
+        if seen and seen == self._seen and time.monotonic() < self._recheck_at:
+            return self._tags
+        now = time.monotonic()
+        if now >= self._recheck_at:  # what the mark cannot see (see wsgi_isr.stores.changes)
+            if self._mark.moved():
+                self._mark.reopen()
+                seen = self._mark.read()
+            self._recheck_at = now + RECHECK_SECONDS
+        self._epoch += 1
+        tags = self._refresh_tags()
+        self._seen = seen
+        return tags
 
     def _refresh_tags(self) -> Mapping[str, TagState]:
         """Bring the in-process copy of tag state up to date with the log.
@@ -292,10 +360,10 @@ class FileStore(Store):
             return tags
 
     def known_tag_states(self) -> Mapping[str, TagState]:
-        return self._refresh_tags()  # one stat when nothing changed
+        return self._current_tags()  # a memory read when nothing changed
 
     def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
-        current = self._refresh_tags()
+        current = self._current_tags()
         return {t: current[t] for t in tags if t in current}
 
     @contextlib.contextmanager
@@ -334,19 +402,25 @@ class FileStore(Store):
                 for tag in tags:
                     state = merge_tag_state(current.get(tag), at, hard)
                     lines.append(json.dumps([tag, state[0], state[1]]).encode() + b"\n")
-                os.close(os.open(self._log_path, os.O_WRONLY | os.O_CREAT, 0o600))  # private
-                with open(self._log_path, "a+b") as f:
-                    if f.tell() == 0:
-                        f.write(_generation_line())
-                    else:
-                        f.seek(-1, os.SEEK_END)
-                        if f.read(1) != b"\n":  # a torn line (full disk, killed writer)
-                            lines.insert(0, b"\n")  # stays a malformed line of its own
-                    f.write(b"".join(lines))
-                self._maybe_compact()
+                try:
+                    self._append(lines)
+                    self._maybe_compact()
+                finally:
+                    self._mark.bump()  # after the lines are whole: readers then see them
                 return at
         except OSError as exc:
             raise StoreError(f"cannot record invalidation in {self._log_path}: {exc}") from exc
+
+    def _append(self, lines: list[bytes]) -> None:
+        os.close(os.open(self._log_path, os.O_WRONLY | os.O_CREAT, 0o600))  # private
+        with open(self._log_path, "a+b") as f:
+            if f.tell() == 0:
+                f.write(_generation_line())
+            else:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a torn line (full disk, killed writer)
+                    lines.insert(0, b"\n")  # stays a malformed line of its own
+            f.write(b"".join(lines))
 
     def _maybe_compact(self) -> None:
         """Rewrite the log with one line per tag. Called with the log lock held."""
