@@ -13,9 +13,12 @@ complete. A reader compares the mapping with the bytes it saw last (a memory rea
 Random bytes instead of a counter: two writers never need a common lock (one cannot
 undo the other's mark), and a torn read is merely another value (a spurious recheck).
 
-What the mark cannot see — files edited or removed by hand, the directory removed and
-recreated (the mapping then holds the old file), a process of an older version writing
-without marking — is noticed by a full recheck at least every :data:`RECHECK_SECONDS`.
+What the mark cannot see is looked for every :data:`RECHECK_SECONDS` (four ``stat``
+calls, not one per hit): the directory removed and recreated (the mapping then holds
+the old file), files added or removed by hand, a tag log written by a process of an
+older version. Any of these starts a new epoch as a change would. A record file
+rewritten in place by hand (not how the store writes) is read again at the next change;
+its bytes are checked then like any others, so planted bytes never reach a visitor.
 
     mark = ChangeMark("/var/cache/isr/changes")
     seen = mark.read()      # b"..." (8 bytes)

@@ -44,6 +44,7 @@ from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular,
 
 log = logging.getLogger("wsgi_isr")
 
+_Sight = tuple[tuple[int, int, int, int] | None, ...]
 _Version = tuple[int, int, int]  # (st_ino, st_mtime_ns, st_size) of a record file
 #: A memoised lookup: (epoch checked in, version, expiry, record, file name, shelf
 #: (0 pages, 1 markers, -1 none), size in the memo's budget)
@@ -52,7 +53,7 @@ _Known = tuple[int, _Version, float, "Record | None", str, int, int]
 #: No lock lives longer than this; a lock file claiming more is corrupted.
 MAX_LOCK_SECONDS = 24 * 3600
 #: In-process bound on the decoded records memoised per store (see MEMO_OVERHEAD).
-DECODED_BYTES = 32 << 20
+DECODED_BYTES = 64 << 20
 #: What a decoded record keeps alive beyond its file's size (objects, the key, the
 #: memo's own tuple), as measured with tracemalloc for a 2 KB page with a few headers.
 MEMO_OVERHEAD = 1024
@@ -114,12 +115,15 @@ class FileStore(Store):
     :param max_entries: pages kept (0: unbounded); the oldest written go first.
     :param max_bytes: total size of the page files (``int`` or ``"2GB"``; 0: unbounded).
     :param max_markers: hit-for-pass markers kept, on their own budget.
+    :param memo_bytes: per process, the decoded records kept in memory (``int`` or
+        ``"64MB"``; a 2 KB page takes about 3.3 KB): a hit on one of them costs no
+        system call while nothing changed. 0 keeps none (every hit reads its file).
     :param allow_shared_dir: skip the ownership and mode checks of the directory.
         Dangerous: any user who can write to it can replace the pages you serve.
     """
 
-    #: No way to wake a waiter in another process: it looks again often, cheaply (a
-    #: ``stat`` and a decoded-record memo; the lock is tried only every 0.1 s).
+    #: No way to wake a waiter in another process: it looks again often, cheaply (the
+    #: change mark and the decoded-record memo; the lock is tried only every 0.1 s).
     landing_poll = 0.02
 
     def __init__(
@@ -129,6 +133,7 @@ class FileStore(Store):
         max_entries: int = 100_000,
         max_bytes: int | str = 0,
         max_markers: int = 10_000,
+        memo_bytes: int | str = DECODED_BYTES,
         allow_shared_dir: bool = False,
         cache: Any = None,
         clock: Callable[[], float] = time.time,
@@ -172,8 +177,9 @@ class FileStore(Store):
         self._mark = ChangeMark(os.path.join(self.path, "changes"))
         self._seen = b""
         self._epoch = 0
-        self._recheck_at = 0.0
-        self._memo: FifoMemo[_Known] = FifoMemo(DECODED_BYTES)
+        self._recheck_at = time.monotonic() + RECHECK_SECONDS
+        self._sight = self._look()
+        self._memo: FifoMemo[_Known] = FifoMemo(parse_size(memo_bytes))
 
     # -- records -------------------------------------------------------------------------
 
@@ -296,24 +302,40 @@ class FileStore(Store):
     # -- tag state -----------------------------------------------------------------------
 
     def _current_tags(self) -> Mapping[str, TagState]:
-        """The tag state, read again only when the change mark moved (or at the periodic
-        recheck); then the memoised records are checked again too (a new epoch).
+        """The tag state, read again only when the change mark moved; then the memoised
+        records are checked again too (a new epoch).
 
         The mark is read before anything it vouches for, and remembered only after the
         tag log was read: a change completed before the mark was read is seen."""
         seen = self._mark.read()
-        if seen and seen == self._seen and time.monotonic() < self._recheck_at:
-            return self._tags
-        now = time.monotonic()
-        if now >= self._recheck_at:  # what the mark cannot see (see wsgi_isr.stores.changes)
+        if seen and seen == self._seen:
+            now = time.monotonic()
+            if now < self._recheck_at:
+                return self._tags
+            # what the mark cannot see (see wsgi_isr.stores.changes): four stats a second
+            self._recheck_at = now + RECHECK_SECONDS
+            sight, self._sight = self._sight, self._look()
+            if sight == self._sight:
+                return self._tags
             if self._mark.moved():
                 self._mark.reopen()
                 seen = self._mark.read()
-            self._recheck_at = now + RECHECK_SECONDS
         self._epoch += 1
         tags = self._refresh_tags()
         self._seen = seen
         return tags
+
+    def _look(self) -> _Sight:
+        """Identity and modification time of what changes behind the mark's back: the
+        mark itself, the two shelf directories (a file added or removed by hand), the log."""
+        sight: list[tuple[int, int, int, int] | None] = []
+        for path in (self._mark.path, self.pages.path, self.passes.path, self._log_path):
+            try:
+                st = os.stat(path)
+                sight.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                sight.append(None)
+        return tuple(sight)
 
     def _refresh_tags(self) -> Mapping[str, TagState]:
         """Bring the in-process copy of tag state up to date with the log.
