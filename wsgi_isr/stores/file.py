@@ -8,8 +8,12 @@ Layout under the root directory (created ``0700``; see :func:`check_directory`):
                of URLs that do not opt in never evicts a page
     tags.log   append-only JSON lines, one per tag invalidation; never pruned by the
                entry bounds, compacted in place (atomic replace) when it grows
+    changes    8 random bytes rewritten after every change, mapped by every process:
+               a hit on a memoised record costs no system call while they stay the
+               same (:mod:`wsgi_isr.stores.changes`)
     locks/     one small file per lock name; the lock state inside is read and written
                under ``flock``, so "take it if free or expired" is atomic across processes
+               (:mod:`wsgi_isr.stores.flocks`)
 
 Every file is read back as data, never as code: records in the format of
 :mod:`wsgi_isr.codec`, tag state as JSON, locks and counters as plain text and fixed-size
@@ -22,8 +26,6 @@ directory is no longer read and may be deleted.)
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +33,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .. import codec
@@ -40,6 +42,7 @@ from ..entry import PassMarker, Record, TagState
 from ..errors import StoreError
 from .base import Store, merge_tag_state, new_token, record_ttl
 from .changes import RECHECK_SECONDS, ChangeMark, FifoMemo
+from .flocks import FlockLocks
 from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular, read_regular
 
 log = logging.getLogger("wsgi_isr")
@@ -50,8 +53,6 @@ _Version = tuple[int, int, int]  # (st_ino, st_mtime_ns, st_size) of a record fi
 #: (0 pages, 1 markers, -1 none), size in the memo's budget)
 _Known = tuple[int, _Version, float, "Record | None", str, int, int]
 
-#: No lock lives longer than this; a lock file claiming more is corrupted.
-MAX_LOCK_SECONDS = 24 * 3600
 #: In-process bound on the decoded records memoised per store (see MEMO_OVERHEAD).
 DECODED_BYTES = 64 << 20
 #: What a decoded record keeps alive beyond its file's size (objects, the key, the
@@ -109,7 +110,7 @@ def _own_dir(path: str, allow_shared: bool) -> None:
             os.chmod(path, 0o700)
 
 
-class FileStore(Store):
+class FileStore(FlockLocks, Store):
     """Records, tag state and locks under one directory (see the module docstring).
 
     :param max_entries: pages kept (0: unbounded); the oldest written go first.
@@ -388,31 +389,6 @@ class FileStore(Store):
         current = self._current_tags()
         return {t: current[t] for t in tags if t in current}
 
-    @contextlib.contextmanager
-    def _flocked(self, path: str) -> Iterator[int]:
-        """Hold ``flock`` on ``path`` (created if needed, with its directory).
-
-        Lock files may be unlinked by their holder (see :meth:`release`): after taking
-        the flock, check that the file is still the one at ``path``, else start over.
-        """
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            except FileNotFoundError:  # the directory was removed ("cache clear")
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    current = os.stat(path).st_ino
-                except FileNotFoundError:
-                    current = None
-                if current == os.fstat(fd).st_ino:
-                    yield fd
-                    return
-            finally:
-                os.close(fd)  # closing drops the flock, also when the process dies
-
     def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
         tags = list(tags)
         try:
@@ -453,62 +429,3 @@ class FileStore(Store):
             return
         lines = (json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
         _replace_private(self._log_path, _generation_line() + b"".join(lines))
-
-    # -- locks ---------------------------------------------------------------------------
-
-    def _lock_path(self, name: str) -> str:
-        return os.path.join(self.path, "locks", hashlib.sha256(name.encode()).hexdigest())
-
-    def _read_lock(self, fd: int) -> tuple[str, float]:
-        raw = os.pread(fd, 128, 0).decode("ascii", "replace").split()
-        try:
-            token, until = raw[0], float(raw[1])
-        except (IndexError, ValueError):
-            return "", 0.0
-        # a corrupted expiry (inf, nan, 1e300) must not hold the key forever
-        if not math.isfinite(until) or until > self.clock() + MAX_LOCK_SECONDS:
-            return "", 0.0
-        return token, until
-
-    def _write_lock(self, fd: int, token: str, until: float) -> None:
-        data = f"{token} {until!r}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
-
-    def acquire(self, name: str, ttl: float) -> str | None:
-        try:
-            with self._flocked(self._lock_path(name)) as fd:
-                holder, until = self._read_lock(fd)
-                now = self.clock()
-                if holder and until > now:
-                    return None
-                token = new_token()
-                self._write_lock(fd, token, now + ttl)
-                return token
-        except OSError as exc:
-            raise StoreError(f"cannot take lock in {self.path}: {exc}") from exc
-
-    def release(self, name: str, token: str) -> bool:
-        try:
-            path = self._lock_path(name)
-            with self._flocked(path) as fd:
-                if self._read_lock(fd)[0] != token:
-                    return False
-                # removed, not truncated, so one file per URL ever seen does not pile up;
-                # safe because _flocked re-checks the file after taking the flock
-                os.unlink(path)
-                return True
-        except OSError as exc:
-            raise StoreError(f"cannot release lock in {self.path}: {exc}") from exc
-
-    def extend(self, name: str, token: str, ttl: float) -> bool:
-        try:
-            with self._flocked(self._lock_path(name)) as fd:
-                holder, until = self._read_lock(fd)
-                now = self.clock()
-                if holder != token or until <= now:
-                    return False
-                self._write_lock(fd, token, now + ttl)
-                return True
-        except OSError as exc:
-            raise StoreError(f"cannot extend lock in {self.path}: {exc}") from exc
