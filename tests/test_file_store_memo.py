@@ -143,3 +143,25 @@ def test_memo_bytes_from_the_store_url(tmp_path: Path) -> None:
 
     store = open_store(f"file://{tmp_path}/s?memo_bytes=1MB")
     assert isinstance(store, FileStore) and store._memo.max_bytes == 10**6
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param({"status": "200 OK\r\nX-Injected: 1"}, id="status"),
+        pytest.param({"status": "999 Nope"}, id="status-code"),
+        pytest.param({"headers": (("Content Type", "text/html"),)}, id="header-name"),
+    ],
+)
+def test_the_codec_s_header_verdicts_never_pass_a_record_they_did_not_check(
+    spoil: dict[str, Any],
+) -> None:
+    """Decoding remembers verdicts on status lines and header names: a record that
+    differs from an accepted one only there is still refused."""
+    import dataclasses
+
+    from wsgi_isr import codec
+
+    assert codec.loads(codec.dumps(ENTRY)) == ENTRY  # the good one's verdict remembered
+    assert codec.loads(codec.dumps(dataclasses.replace(ENTRY, **spoil))) is None
+    assert codec.loads(codec.dumps(ENTRY)) == ENTRY
