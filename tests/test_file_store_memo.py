@@ -165,3 +165,15 @@ def test_the_codec_s_header_verdicts_never_pass_a_record_they_did_not_check(
     assert codec.loads(codec.dumps(ENTRY)) == ENTRY  # the good one's verdict remembered
     assert codec.loads(codec.dumps(dataclasses.replace(ENTRY, **spoil))) is None
     assert codec.loads(codec.dumps(ENTRY)) == ENTRY
+
+
+def test_reading_a_record_leaves_its_access_time_alone(tmp_path: Path) -> None:
+    """With relatime, the first read after a write would update the access time and so
+    dirty the inode: a journal write for every page a worker reads."""
+    store = FileStore(str(tmp_path / "s"))
+    store.put("k", ENTRY, None)
+    path = store.pages.filename("k")
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_mtime_ns - 10**9, st.st_mtime_ns))  # older: relatime updates
+    assert store.lookup("k")[0] == ENTRY
+    assert os.stat(path).st_atime_ns == st.st_mtime_ns - 10**9
