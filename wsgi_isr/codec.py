@@ -117,8 +117,22 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _NAMES = re.compile(rf"(?:{_TOKEN}(?:\x00{_TOKEN})*)?")
 
 
+#: Verdicts of :func:`_headers_ok` for the status lines and header-name lists seen (pages
+#: share a few): two regex matches saved per decode. Short ones only, and at most 1,024.
+_verdicts: dict[tuple[str, str], bool] = {}
+
+
 def _headers_ok(status: str, names: list[str]) -> bool:
-    return bool(_STATUS.fullmatch(status) and _NAMES.fullmatch(_SEP.join(names)))
+    joined = _SEP.join(names)
+    key = (status, joined)
+    ok = _verdicts.get(key)
+    if ok is None:
+        ok = bool(_STATUS.fullmatch(status) and _NAMES.fullmatch(joined))
+        if len(status) + len(joined) <= 512:
+            if len(_verdicts) >= 1024:
+                _verdicts.clear()
+            _verdicts[key] = ok
+    return ok
 
 
 def loads(data: Any) -> Record | None:

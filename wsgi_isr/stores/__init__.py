@@ -79,7 +79,7 @@ def _bound_options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, 
         try:
             if name in _INT_OPTIONS:
                 options[name] = int(value)
-            elif name == "max_bytes":
+            elif name in ("max_bytes", "memo_bytes"):
                 options[name] = parse_size(value)
             else:
                 options[name] = value.lower() in _TRUE
@@ -128,7 +128,9 @@ def _backend(url: str, clock: Callable[[], float]) -> Store:
         if not path.startswith("/") or path == "/":
             raise ValueError(f"file store URL needs a directory: {url!r}")
         options = _bound_options(
-            url, parts.query, ("max_entries", "max_bytes", "max_markers", "allow_shared_dir")
+            url,
+            parts.query,
+            ("max_entries", "max_bytes", "max_markers", "memo_bytes", "allow_shared_dir"),
         )
         return FileStore(path, clock=clock, **options)
     if parts.scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):

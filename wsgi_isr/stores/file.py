@@ -8,8 +8,12 @@ Layout under the root directory (created ``0700``; see :func:`check_directory`):
                of URLs that do not opt in never evicts a page
     tags.log   append-only JSON lines, one per tag invalidation; never pruned by the
                entry bounds, compacted in place (atomic replace) when it grows
+    changes    8 random bytes rewritten after every change, mapped by every process:
+               a hit on a memoised record costs no system call while they stay the
+               same (:mod:`wsgi_isr.stores.changes`)
     locks/     one small file per lock name; the lock state inside is read and written
                under ``flock``, so "take it if free or expired" is atomic across processes
+               (:mod:`wsgi_isr.stores.flocks`)
 
 Every file is read back as data, never as code: records in the format of
 :mod:`wsgi_isr.codec`, tag state as JSON, locks and counters as plain text and fixed-size
@@ -22,8 +26,6 @@ directory is no longer read and may be deleted.)
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -31,22 +33,31 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .. import codec
-from ..bounded import ByteLRU, parse_size
+from ..bounded import parse_size
 from ..entry import PassMarker, Record, TagState
 from ..errors import StoreError
 from .base import Store, merge_tag_state, new_token, record_ttl
-from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular
+from .changes import RECHECK_SECONDS, ChangeMark, FifoMemo
+from .flocks import FlockLocks
+from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular, read_regular
 
 log = logging.getLogger("wsgi_isr")
 
-#: No lock lives longer than this; a lock file claiming more is corrupted.
-MAX_LOCK_SECONDS = 24 * 3600
-#: In-process bound on decoded entries kept per store (their files' total size).
-DECODED_BYTES = 32 << 20
+_Sight = tuple[tuple[int, int, int, int] | None, ...]
+_Version = tuple[int, int, int]  # (st_ino, st_mtime_ns, st_size) of a record file
+#: A memoised lookup: (epoch checked in, version, expiry, record, file name, shelf
+#: (0 pages, 1 markers, -1 none), size in the memo's budget)
+_Known = tuple[int, _Version, float, "Record | None", str, int, int]
+
+#: In-process bound on the decoded records memoised per store (see MEMO_OVERHEAD).
+DECODED_BYTES = 64 << 20
+#: What a decoded record keeps alive beyond its file's size (objects, the key, the
+#: memo's own tuple), as measured with tracemalloc for a 2 KB page with a few headers.
+MEMO_OVERHEAD = 1024
 #: Compact the tag log when it is larger than this and twice its live content.
 COMPACT_BYTES = 1 << 20
 #: Bytes a marker file may take on average (the marker shelf's byte budget is this × count).
@@ -99,18 +110,21 @@ def _own_dir(path: str, allow_shared: bool) -> None:
             os.chmod(path, 0o700)
 
 
-class FileStore(Store):
+class FileStore(FlockLocks, Store):
     """Records, tag state and locks under one directory (see the module docstring).
 
     :param max_entries: pages kept (0: unbounded); the oldest written go first.
     :param max_bytes: total size of the page files (``int`` or ``"2GB"``; 0: unbounded).
     :param max_markers: hit-for-pass markers kept, on their own budget.
+    :param memo_bytes: per process, the decoded records kept in memory (``int`` or
+        ``"64MB"``; a 2 KB page takes about 3.3 KB): a hit on one of them costs no
+        system call while nothing changed. 0 keeps none (every hit reads its file).
     :param allow_shared_dir: skip the ownership and mode checks of the directory.
         Dangerous: any user who can write to it can replace the pages you serve.
     """
 
-    #: No way to wake a waiter in another process: it looks again often, cheaply (a
-    #: ``stat`` and a decoded-record memo; the lock is tried only every 0.1 s).
+    #: No way to wake a waiter in another process: it looks again often, cheaply (the
+    #: change mark and the decoded-record memo; the lock is tried only every 0.1 s).
     landing_poll = 0.02
 
     def __init__(
@@ -120,6 +134,7 @@ class FileStore(Store):
         max_entries: int = 100_000,
         max_bytes: int | str = 0,
         max_markers: int = 10_000,
+        memo_bytes: int | str = DECODED_BYTES,
         allow_shared_dir: bool = False,
         cache: Any = None,
         clock: Callable[[], float] = time.time,
@@ -158,48 +173,72 @@ class FileStore(Store):
         self._log_pos = 0
         self._generation = b""
         self._refresh_mutex = threading.Lock()
-        # decoded records by file name: (file version, expiry, record)
-        self._decoded: ByteLRU[tuple[Any, float, Record | None]] = ByteLRU(0, DECODED_BYTES)
+        # a hit checks the change mark (a memory read), then serves the memoised record
+        # if nothing changed since it was checked (the same epoch): no system call
+        self._mark = ChangeMark(os.path.join(self.path, "changes"))
+        self._seen = b""
+        self._epoch = 0
+        self._recheck_at = time.monotonic() + RECHECK_SECONDS
+        self._sight = self._look()
+        self._memo: FifoMemo[_Known] = FifoMemo(parse_size(memo_bytes))
 
     # -- records -------------------------------------------------------------------------
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
-        record = self._record(self.pages, key)
-        if record is None:
-            record = self._record(self.passes, key)
-        return record, self._refresh_tags()
+        tags = self._current_tags()
+        epoch = self._epoch  # read after the change mark: see _current_tags
+        held = self._memo.get(key)
+        known = held[0] if held is not None else None
+        if known is None or known[0] != epoch:
+            known = self._check(key, known, epoch)
+        expires = known[2]
+        if expires and expires < time.time():  # the record's TTL, in wall-clock seconds
+            return None, tags
+        return known[3], tags
 
-    def _record(self, shelf: Shelf, key: str) -> Record | None:
-        """The record in the file, decoded once per version of the file: a hit
-        costs a ``stat`` while the file is unchanged."""
-        filename = shelf.filename(key)
+    def _check(self, key: str, old: _Known | None, epoch: int) -> _Known:
+        """What the files hold for ``key`` now (the page shelf first, then the markers):
+        a memoised record whose file is unchanged costs an ``lstat``, another file is
+        read and decoded once per version."""
+        name = old[4] if old is not None else Shelf.digest(key).hex()
+        for where, shelf in enumerate((self.pages, self.passes)):
+            filename = os.path.join(shelf.path, name)
+            if old is not None and old[5] == where:
+                try:
+                    st = os.lstat(filename)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StoreError(f"cannot read {filename}: {exc}") from exc
+                if (st.st_ino, st.st_mtime_ns, st.st_size) == old[1]:
+                    known = (epoch, *old[1:])
+                    self._memo.set(key, known, old[6])
+                    return known
+            found = self._load(filename)
+            if found is not None:
+                version, expires, record = found
+                size = version[2] + MEMO_OVERHEAD + 2 * len(key)
+                known = (epoch, version, expires, record, name, where, size)
+                self._memo.set(key, known, size)
+                return known
+        self._memo.pop(key)
+        return (epoch, (0, 0, 0), 0.0, None, name, -1, 0)
+
+    def _load(self, filename: str) -> tuple[_Version, float, Record | None] | None:
+        """The file's version and record; ``None`` when there is no file."""
         try:
-            st = os.stat(filename)
+            st, data = read_regular(filename)
         except FileNotFoundError:
             return None
+        except NotRegular as exc:  # planted: a miss (the next write replaces it)
+            log.warning("wsgi_isr: %s; treated as a miss", exc)
+            what = exc.st  # memoised by what stands there: one warning per version
+            if what is None:
+                return (0, 0, 0), 0.0, None
+            return (what.st_ino, what.st_mtime_ns, what.st_size), 0.0, None
         except OSError as exc:
             raise StoreError(f"cannot read {filename}: {exc}") from exc
         version = (st.st_ino, st.st_mtime_ns, st.st_size)
-        known = self._decoded.get(filename)
-        if known is None or known[0] != version:
-            known = (version, *self._load(filename))
-            self._decoded.set(filename, known, st.st_size + 256)
-        expires: float = known[1]
-        if expires and expires < time.time():  # the record's TTL, in wall-clock seconds
-            return None
-        return known[2]
-
-    def _load(self, filename: str) -> tuple[float, Record | None]:
-        try:
-            with open_regular(filename) as f:
-                data = f.read()
-        except FileNotFoundError:
-            return 0.0, None
-        except NotRegular as exc:  # planted: a miss (the next write replaces it)
-            log.warning("wsgi_isr: %s; treated as a miss", exc)
-            return 0.0, None
-        except OSError as exc:
-            raise StoreError(f"cannot read {filename}: {exc}") from exc
         record = None
         expires = 0.0
         if len(data) > FILE_HEAD.size:
@@ -207,8 +246,8 @@ class FileStore(Store):
             record = codec.loads(data[FILE_HEAD.size :])
         if record is None or not math.isfinite(expires):
             log.warning("wsgi_isr: unreadable cache file %s, treated as a miss", filename)
-            return 0.0, None
-        return expires, record
+            return version, 0.0, None
+        return version, expires, record
 
     def put(self, key: str, record: Record, ttl: float | None) -> None:
         payload = codec.dumps(record)
@@ -222,15 +261,18 @@ class FileStore(Store):
             except FileNotFoundError:
                 # the directory was removed (a "cache clear"): recreate it, try once more
                 _own_dir(shelf.path, True)
+                self._mark.reopen()
                 stored = shelf.write(key, payload, expires)
             other.remove(key)
+            if not stored:
+                shelf.remove(key)  # larger than the whole budget: not kept, nor the old one
+                log.warning("wsgi_isr: record for %r is larger than max_bytes; not stored", key)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 shelf.remove_stale_temp_files(time.time() - 60)
             raise StoreError(f"could not write cache entry under {self.path!r}: {exc}") from exc
-        if not stored:
-            shelf.remove(key)  # larger than the whole budget: not kept, and not the old one
-            log.warning("wsgi_isr: record for %r is larger than max_bytes; not stored", key)
+        finally:
+            self._changed_here()
 
     def delete(self, key: str) -> None:
         try:
@@ -238,6 +280,19 @@ class FileStore(Store):
             self.passes.remove(key)
         except OSError as exc:
             raise StoreError(f"cannot delete cache entry under {self.path!r}: {exc}") from exc
+        finally:
+            self._changed_here()
+
+    def _changed_here(self) -> None:
+        """Mark a change (after it is complete): every process rechecks what it memoised."""
+        try:
+            self._mark.bump()
+        except OSError as exc:
+            raise StoreError(f"cannot mark a change under {self.path!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self._mark.close()
+        self._memo.clear()
 
     def count(self) -> int | None:
         try:
@@ -246,6 +301,42 @@ class FileStore(Store):
             return None
 
     # -- tag state -----------------------------------------------------------------------
+
+    def _current_tags(self) -> Mapping[str, TagState]:
+        """The tag state, read again only when the change mark moved; then the memoised
+        records are checked again too (a new epoch).
+
+        The mark is read before anything it vouches for, and remembered only after the
+        tag log was read: a change completed before the mark was read is seen."""
+        seen = self._mark.read()
+        if seen and seen == self._seen:
+            now = time.monotonic()
+            if now < self._recheck_at:
+                return self._tags
+            # what the mark cannot see (see wsgi_isr.stores.changes): four stats a second
+            self._recheck_at = now + RECHECK_SECONDS
+            sight, self._sight = self._sight, self._look()
+            if sight == self._sight:
+                return self._tags
+            if self._mark.moved():
+                self._mark.reopen()
+                seen = self._mark.read()
+        self._epoch += 1
+        tags = self._refresh_tags()
+        self._seen = seen
+        return tags
+
+    def _look(self) -> _Sight:
+        """Identity and modification time of what changes behind the mark's back: the
+        mark itself, the two shelf directories (a file added or removed by hand), the log."""
+        sight: list[tuple[int, int, int, int] | None] = []
+        for path in (self._mark.path, self.pages.path, self.passes.path, self._log_path):
+            try:
+                st = os.stat(path)
+                sight.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                sight.append(None)
+        return tuple(sight)
 
     def _refresh_tags(self) -> Mapping[str, TagState]:
         """Bring the in-process copy of tag state up to date with the log.
@@ -292,36 +383,11 @@ class FileStore(Store):
             return tags
 
     def known_tag_states(self) -> Mapping[str, TagState]:
-        return self._refresh_tags()  # one stat when nothing changed
+        return self._current_tags()  # a memory read when nothing changed
 
     def tag_states(self, tags: Iterable[str]) -> dict[str, TagState]:
-        current = self._refresh_tags()
+        current = self._current_tags()
         return {t: current[t] for t in tags if t in current}
-
-    @contextlib.contextmanager
-    def _flocked(self, path: str) -> Iterator[int]:
-        """Hold ``flock`` on ``path`` (created if needed, with its directory).
-
-        Lock files may be unlinked by their holder (see :meth:`release`): after taking
-        the flock, check that the file is still the one at ``path``, else start over.
-        """
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            except FileNotFoundError:  # the directory was removed ("cache clear")
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    current = os.stat(path).st_ino
-                except FileNotFoundError:
-                    current = None
-                if current == os.fstat(fd).st_ino:
-                    yield fd
-                    return
-            finally:
-                os.close(fd)  # closing drops the flock, also when the process dies
 
     def invalidate(self, tags: Iterable[str], at: float | None = None, *, hard: bool) -> float:
         tags = list(tags)
@@ -334,19 +400,25 @@ class FileStore(Store):
                 for tag in tags:
                     state = merge_tag_state(current.get(tag), at, hard)
                     lines.append(json.dumps([tag, state[0], state[1]]).encode() + b"\n")
-                os.close(os.open(self._log_path, os.O_WRONLY | os.O_CREAT, 0o600))  # private
-                with open(self._log_path, "a+b") as f:
-                    if f.tell() == 0:
-                        f.write(_generation_line())
-                    else:
-                        f.seek(-1, os.SEEK_END)
-                        if f.read(1) != b"\n":  # a torn line (full disk, killed writer)
-                            lines.insert(0, b"\n")  # stays a malformed line of its own
-                    f.write(b"".join(lines))
-                self._maybe_compact()
+                try:
+                    self._append(lines)
+                    self._maybe_compact()
+                finally:
+                    self._mark.bump()  # after the lines are whole: readers then see them
                 return at
         except OSError as exc:
             raise StoreError(f"cannot record invalidation in {self._log_path}: {exc}") from exc
+
+    def _append(self, lines: list[bytes]) -> None:
+        os.close(os.open(self._log_path, os.O_WRONLY | os.O_CREAT, 0o600))  # private
+        with open(self._log_path, "a+b") as f:
+            if f.tell() == 0:
+                f.write(_generation_line())
+            else:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a torn line (full disk, killed writer)
+                    lines.insert(0, b"\n")  # stays a malformed line of its own
+            f.write(b"".join(lines))
 
     def _maybe_compact(self) -> None:
         """Rewrite the log with one line per tag. Called with the log lock held."""
@@ -357,62 +429,3 @@ class FileStore(Store):
             return
         lines = (json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
         _replace_private(self._log_path, _generation_line() + b"".join(lines))
-
-    # -- locks ---------------------------------------------------------------------------
-
-    def _lock_path(self, name: str) -> str:
-        return os.path.join(self.path, "locks", hashlib.sha256(name.encode()).hexdigest())
-
-    def _read_lock(self, fd: int) -> tuple[str, float]:
-        raw = os.pread(fd, 128, 0).decode("ascii", "replace").split()
-        try:
-            token, until = raw[0], float(raw[1])
-        except (IndexError, ValueError):
-            return "", 0.0
-        # a corrupted expiry (inf, nan, 1e300) must not hold the key forever
-        if not math.isfinite(until) or until > self.clock() + MAX_LOCK_SECONDS:
-            return "", 0.0
-        return token, until
-
-    def _write_lock(self, fd: int, token: str, until: float) -> None:
-        data = f"{token} {until!r}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
-
-    def acquire(self, name: str, ttl: float) -> str | None:
-        try:
-            with self._flocked(self._lock_path(name)) as fd:
-                holder, until = self._read_lock(fd)
-                now = self.clock()
-                if holder and until > now:
-                    return None
-                token = new_token()
-                self._write_lock(fd, token, now + ttl)
-                return token
-        except OSError as exc:
-            raise StoreError(f"cannot take lock in {self.path}: {exc}") from exc
-
-    def release(self, name: str, token: str) -> bool:
-        try:
-            path = self._lock_path(name)
-            with self._flocked(path) as fd:
-                if self._read_lock(fd)[0] != token:
-                    return False
-                # removed, not truncated, so one file per URL ever seen does not pile up;
-                # safe because _flocked re-checks the file after taking the flock
-                os.unlink(path)
-                return True
-        except OSError as exc:
-            raise StoreError(f"cannot release lock in {self.path}: {exc}") from exc
-
-    def extend(self, name: str, token: str, ttl: float) -> bool:
-        try:
-            with self._flocked(self._lock_path(name)) as fd:
-                holder, until = self._read_lock(fd)
-                now = self.clock()
-                if holder != token or until <= now:
-                    return False
-                self._write_lock(fd, token, now + ttl)
-                return True
-        except OSError as exc:
-            raise StoreError(f"cannot extend lock in {self.path}: {exc}") from exc
