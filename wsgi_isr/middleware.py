@@ -211,7 +211,7 @@ class ISRMiddleware:
             backoff=self.regeneration_backoff,
             on_store_error=self._store_failed,
             fill_limit=self.coalesce_timeout,
-            on_landed=self.landings.notify,
+            landings=self.landings,
         )
         instances.add(self)
 
