@@ -23,7 +23,7 @@ from werkzeug.test import Client
 import wsgi_isr.regeneration as regeneration
 from wsgi_isr import ISRMiddleware
 from wsgi_isr.lease import HeldLocks
-from wsgi_isr.stores import Store, open_store
+from wsgi_isr.stores import LocalLayer, Store, open_store
 
 KEY = "http://localhost/p?"
 
@@ -75,13 +75,21 @@ class Counted:
         return sum(1 for a in self.attempts if a.startswith("regen:"))
 
 
-@pytest.fixture(params=["memory", "file", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "file",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-local", marks=pytest.mark.redis),
+    ]
+)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return "memory://"
     if request.param == "file":
         return f"file://{tmp_path / 'store'}"
-    return str(request.getfixturevalue("redis_url"))
+    url = str(request.getfixturevalue("redis_url"))
+    return url + "&local_ttl=60" if request.param == "redis-local" else url
 
 
 @pytest.fixture
@@ -104,6 +112,19 @@ def pair(store_url: str) -> Iterator[tuple[Any, ...]]:
         first.close()
         if second is not first:
             second.close()
+
+
+def _count_backend_lookups(store: Store) -> list[str]:
+    looked: list[str] = []
+    if isinstance(store, LocalLayer):
+        real = store.backend.lookup
+
+        def lookup(key: str) -> Any:
+            looked.append(key)
+            return real(key)
+
+        store.backend.lookup = lookup  # type: ignore[method-assign]
+    return looked
 
 
 def _get(mw: ISRMiddleware) -> Any:
@@ -158,10 +179,13 @@ def test_another_process_asks_once_per_lease_while_a_regeneration_runs(
     assert _get(b).headers["X-ISR-Cache"] == "STALE"  # held: b starts to listen
     time.sleep(regeneration.LISTENING_AFTER + 0.1)  # ...and trusts it hears landings now
     before = counted.regen()
+    looked = _count_backend_lookups(b.store)
     for _ in range(20):
         assert _get(b).headers["X-ISR-Cache"] == "STALE"
     hears = b.landings.watch(b.regen._heard)  # the file store cannot tell of landings
     assert counted.regen() - before == (1 if hears else 20), counted.attempts
+    if isinstance(b.store, LocalLayer):  # and its stale local copy is as good as Redis'
+        assert len(looked) == 1, looked
     if hears:  # past its note (on the store's clock) it asks again, once
         clock.advance(b.regen.quiet_for + 0.1)
         for _ in range(5):

@@ -396,8 +396,15 @@ class ISRMiddleware:
             record, tag_states, key, vary = self._find(environ, rk)
             now = self.store.now()
             state = record.state(now, tag_states) if isinstance(record, Entry) else None
-            if state is not State.FRESH and isinstance(self.store, LocalLayer):
-                # only a FRESH local copy is trusted: anything else may be out of date
+            ticket = None
+            if (
+                state is not State.FRESH
+                and isinstance(self.store, LocalLayer)
+                and not (state is State.STALE and self.regen.running(key, record))
+            ):
+                # only a FRESH local copy is trusted, or a STALE one being regenerated
+                # with no landing heard since: anything else may be out of date
+                ticket = self.regen.held.ticket()  # before the look: a landing after it counts
                 record, tag_states, key, vary = self._find(environ, rk, through=True)
                 state = record.state(now, tag_states) if isinstance(record, Entry) else None
         except StoreError as exc:
@@ -418,7 +425,7 @@ class ISRMiddleware:
                 return self._respond(environ, start_response, record, now, R.HIT)
             if state is State.STALE:
                 self.stats.incr("stale")
-                self.regen.schedule(environ, rk, key, vary, record.created)
+                self.regen.schedule(environ, rk, key, vary, record.created, ticket=ticket)
                 return self._respond(environ, start_response, record, now, R.STALE)
         self.stats.incr("misses")
         if _has_credentials(environ):

@@ -32,7 +32,7 @@ from .bounded import Memo, text_size
 from .entry import Entry, PassMarker, Record, VaryMarker
 from .errors import StoreError
 from .keys import RequestKey, path_tags, render_environ, variant_key
-from .lease import LEASE, HeldLocks, LeaseKeeper
+from .lease import LEASE, HeldLocks, LeaseKeeper, Ticket
 from .policy import Decision, decide, stored_headers
 from .render import Captured, capture
 from .runner import Runner
@@ -255,10 +255,12 @@ class Regenerator:
         seen: float | None,
         *,
         fill: bool = False,
+        ticket: Ticket | None = None,
     ) -> None:
         """Start a background regeneration of ``key`` unless one is running somewhere,
         the key is backing off after a failure, or a render newer than the one the
-        visitor saw (created at ``seen``; ``None``: none) has landed.
+        visitor saw (created at ``seen``; ``None``: none) has landed. ``ticket``: taken
+        before the visitor's record was looked up (default: now).
 
         ``fill``: the key holds nothing servable (a visitor with cookies got a page of
         their own): the render takes the foreground lock, so that anonymous misses
@@ -266,7 +268,8 @@ class Regenerator:
         lock = lock_name(key) if fill else regen_lock_name(key)
         if self.held.quiet(lock, seen):
             return  # known to be running, here or elsewhere, since the visitor's record
-        ticket = self.held.ticket()
+        if ticket is None:
+            ticket = self.held.ticket()
         try:
             held = self.lock(lock)
             if held is None:
@@ -299,6 +302,12 @@ class Regenerator:
         else:
             self.stats.incr("regenerations_skipped")
             self.unlock(lock, token)
+
+    def running(self, key: str, record: Record | None) -> bool:
+        """True if a background regeneration of ``key`` is known to run, here or
+        elsewhere, and nothing landed since ``record`` was read from the store: what
+        the store holds is ``record`` still (but for a landing not heard yet)."""
+        return isinstance(record, Entry) and self.held.quiet(regen_lock_name(key), record.created)
 
     def _hears_landings(self) -> bool:
         """True if a landing of a key in another process is heard here (and so ends
