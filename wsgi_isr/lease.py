@@ -16,6 +16,10 @@ The keeper's thread runs only while leases are held: it starts at a ``hold``
 when none is running in this process (so after a fork, and after gevent patched
 ``threading`` — under ``gunicorn -k gevent`` it is a greenlet), ends when the
 last lease is given back, and holds no lock across I/O.
+
+:class:`HeldLocks` is what a process knows of render locks without asking the
+store (its own regeneration, another holder found within the last lease), so
+that the visitors of a page being regenerated cost no lock attempt each.
 """
 
 from __future__ import annotations
