@@ -175,10 +175,15 @@ def stale(run: Run) -> dict[str, Any]:
         samples: dict[str, dict[str, list[float]]] = {j: {"HIT": [], "STALE": []} for j in jobs}
         tallies: dict[str, collections.Counter[str]] = {j: collections.Counter() for j in jobs}
         background: dict[str, list[LoadResult]] = {j: [] for j in jobs}
+        # Redis commands per request served (load and probe): what noise on the machine
+        # does not move, and what a STALE visitor costs over a HIT (half the load each)
+        commands: dict[str, list[float]] = {j: [] for j in jobs}
         for r in range(s.aux_rounds):
             for job in _rotated(jobs, r):
                 st, conns = job.split("@")
                 port = live[st].port
+                on_redis = contenders[st].store == "redis"
+                before = _redis_commands(run) if on_redis else 0
                 # the load (wrk, half /page, half /slow) and, inside it, the interleaved probe
                 with ThreadPoolExecutor(1) as pool:
                     probe = pool.submit(
@@ -187,6 +192,9 @@ def stale(run: Run) -> dict[str, Any]:
                     load = run.load(port, ["/page", "/slow"], connections=int(conns))
                     got = probe.result()
                 background[job].append(load)
+                served = load.requests + sum(len(v) for v in got.latencies.values())
+                if on_redis and served:
+                    commands[job].append((_redis_commands(run) - before) / served)
                 for path, kind in (("/page", "HIT"), ("/slow", "STALE")):
                     samples[job][kind] += got.latencies[path]
                     tallies[job].update({f"{path} {k}": v for k, v in got.tally[path].items()})
@@ -209,10 +217,22 @@ def stale(run: Run) -> dict[str, Any]:
                     "samples": len(samples[job]["STALE"]),
                 },
                 "p99_ratio": stl[1] / hit[1],
+                "redis_commands_per_request": median(commands[job]) if commands[job] else None,
                 "load": _summary(background[job]),
                 "tally": dict(tallies[job]),
             }
     return out
+
+
+def _redis_commands(run: Run) -> int:
+    """Commands the run's redis-server has processed so far."""
+    import redis
+
+    client = redis.Redis(host=HOST, port=run.redis().port)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
 
 
 def _rotated(items: list[str], r: int) -> list[str]:
