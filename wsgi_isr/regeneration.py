@@ -124,7 +124,7 @@ class Regenerator:
             store, lease=self.lease, limit=lock_timeout, on_error=on_store_error
         )
         # the visitors of a page being regenerated cost no lock attempt each: see
-        # HeldLocks. Another holder's lock is taken for held no longer than a back-off
+        # HeldLocks. Another holder's lock is taken to be held no longer than a back-off
         # lasts, so that even a failure whose landing was not heard here delays nothing
         # that the back-off would not have delayed
         self.held = HeldLocks(store.clock)
@@ -273,8 +273,8 @@ class Regenerator:
         try:
             held = self.lock(lock)
             if held is None:
-                # someone, somewhere, is already on it. Foreground (fill) locks are held
-                # by misses that may fail without a landing: those are asked every time
+                # someone, somewhere, is already on it. The foreground (fill) lock is
+                # the misses' too: a visitor with cookies asks for it every time, as before
                 if not fill and self._hears_landings():
                     self.held.note(lock, seen, ticket, self.quiet_for)
                 return
