@@ -10,6 +10,7 @@ over from within one lease. Two middlewares on one store stand for two processes
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -321,3 +322,20 @@ def test_notes_are_bounded_in_bytes() -> None:
         held.note(f"regen:{i}" + "x" * 100, 1.0, held.ticket(), 5.0)
     assert len(held._notes) < 100
     assert held.quiet("regen:999" + "x" * 100, 1.0)  # the newest survive
+
+
+def test_a_forked_child_knows_nothing_of_its_parents_locks() -> None:
+    held = HeldLocks(FakeClock())
+    held.note("regen:k", 1.0, held.ticket(), 5.0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its parent's regeneration is not its own to wait for
+        os.write(write, b"quiet" if held.quiet("regen:k", 1.0) else b"asks")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 16) == b"asks"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert held.quiet("regen:k", 1.0)  # the parent still knows
