@@ -115,13 +115,14 @@ def pair(store_url: str) -> Iterator[tuple[Any, ...]]:
             second.close()
 
 
-def _count_backend_lookups(store: Store) -> list[str]:
+def _count_backend_lookups(store: Store, delay: float = 0.0) -> list[str]:
     looked: list[str] = []
     if isinstance(store, LocalLayer):
         real = store.backend.lookup
 
         def lookup(key: str) -> Any:
             looked.append(key)
+            time.sleep(delay)
             return real(key)
 
         store.backend.lookup = lookup  # type: ignore[method-assign]
@@ -165,6 +166,46 @@ def test_the_process_running_a_regeneration_does_not_ask_for_its_lock_again(
         # it landed: the next visitor is served the new page at once (and, as it is
         # fresh, starts nothing)
         assert _get(mw).data == b"render 2"
+    finally:
+        app.let_go()
+        mw.join(5)
+        mw.store.close()
+
+
+def test_concurrent_visitors_of_a_stale_page_make_one_lock_attempt(store_url: str) -> None:
+    """The first visitor's attempt is under way (a slow store): the others who saw the
+    same record wait for its answer instead of each asking (a burst of round trips, on
+    every landing of a page visited by hundreds of connections at once)."""
+    app = Renders()
+    mw = ISRMiddleware(app, store=store_url, clock=FakeClock())
+    clock = mw.store.clock
+    assert isinstance(clock, FakeClock)
+    counted = Counted(mw.store)
+    slow = mw.store.acquire_stamped
+
+    def slowly(name: str, ttl: float) -> tuple[str, float] | None:
+        time.sleep(0.3)
+        return slow(name, ttl)
+
+    mw.store.acquire_stamped = slowly  # type: ignore[method-assign]
+    try:
+        assert _get(mw).data == b"render 1"
+        clock.advance(61)
+        looked = _count_backend_lookups(mw.store, delay=0.3)  # the local copy is re-read
+        replies: list[str] = []
+        threads = [
+            threading.Thread(target=lambda: replies.append(_get(mw).headers["X-ISR-Cache"]))
+            for _ in range(10)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert replies == ["STALE"] * 10
+        assert counted.regen() == 1, counted.attempts
+        assert app.started.acquire(timeout=5) and app.n == 2
+        if isinstance(mw.store, LocalLayer):  # the visitor's, and the lock holder's (newer?)
+            assert len(looked) == 2, looked
     finally:
         app.let_go()
         mw.join(5)

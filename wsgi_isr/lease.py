@@ -203,6 +203,12 @@ class HeldLocks:
         self._grow(len(name))
         self._notes[name] = (seen, ticket.n, ticket.monotonic + seconds, ticket.clock + seconds)
 
+    def drop(self, name: str, ticket: Ticket) -> None:
+        """Drop the note of ``ticket``'s attempt (not a later one's), if it is there."""
+        note = self._notes.get(name)
+        if note is not None and note[1] == ticket.n:
+            self._notes.pop(name, None)
+
     def forget(self, name: str) -> None:
         """The render under ``name`` landed (or gave up): ask again, from now on."""
         if self._fork != _forks[0]:

@@ -397,16 +397,17 @@ class ISRMiddleware:
             now = self.store.now()
             state = record.state(now, tag_states) if isinstance(record, Entry) else None
             ticket = None
-            if (
-                state is not State.FRESH
-                and isinstance(self.store, LocalLayer)
-                and not (state is State.STALE and self.regen.running(key, record))
-            ):
+            if state is not State.FRESH and isinstance(self.store, LocalLayer):
                 # only a FRESH local copy is trusted, or a STALE one being regenerated
                 # with no landing heard since: anything else may be out of date
-                ticket = self.regen.held.ticket()  # before the look: a landing after it counts
-                record, tag_states, key, vary = self._find(environ, rk, through=True)
-                state = record.state(now, tag_states) if isinstance(record, Entry) else None
+                ticket = self.regen.ask(key, record, state)
+                if ticket is not None:
+                    local_key = key
+                    try:
+                        record, tag_states, key, vary = self._find(environ, rk, through=True)
+                    finally:
+                        self.regen.asked(local_key, ticket)
+                    state = record.state(now, tag_states) if isinstance(record, Entry) else None
         except StoreError as exc:
             return self._store_down(environ, start_response, exc)
         if isinstance(record, PassMarker):

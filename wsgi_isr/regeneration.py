@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import responses as R
 from .bounded import Memo, text_size
-from .entry import Entry, PassMarker, Record, VaryMarker
+from .entry import Entry, PassMarker, Record, State, VaryMarker
 from .errors import StoreError
 from .keys import RequestKey, path_tags, render_environ, variant_key
 from .lease import LEASE, HeldLocks, LeaseKeeper, Ticket
@@ -270,23 +270,45 @@ class Regenerator:
             return  # known to be running, here or elsewhere, since the visitor's record
         if ticket is None:
             ticket = self.held.ticket()
+        # while this visitor asks, the others who saw the same record wait for its answer
+        # (they would have lost the race for the lock): one attempt, not a burst of them
+        self.held.note(lock, seen, ticket, self.lease)
+        keep = 0.0
+        try:
+            keep = self._attempt(environ, rk, key, vary, seen, lock, fill)
+        finally:
+            if keep > 0:
+                self.held.note(lock, seen, ticket, keep)
+            else:
+                self.held.drop(lock, ticket)
+
+    def _attempt(
+        self,
+        environ: WSGIEnvironment,
+        rk: RequestKey,
+        key: str,
+        vary: tuple[str, ...],
+        seen: float | None,
+        lock: str,
+        fill: bool,
+    ) -> float:
+        """Try the lock and start the regeneration: how long the lock is then known to
+        be held (0: not known)."""
         try:
             held = self.lock(lock)
             if held is None:
                 # someone, somewhere, is already on it. The foreground (fill) lock is
                 # the misses' too: a visitor with cookies asks for it every time, as before
-                if not fill and self._hears_landings():
-                    self.held.note(lock, seen, ticket, self.quiet_for)
-                return
+                return self.quiet_for if not fill and self._hears_landings() else 0.0
             token, started = held
             if self._backing_off(key) or self._newer_entry(
                 key, -math.inf if seen is None else seen
             ):
                 self.unlock(lock, token)
-                return
+                return 0.0
         except StoreError as exc:
             self._store_failed(exc)
-            return
+            return 0.0
         env = render_environ(rk, environ, vary)
         # the render runs elsewhere but in this request's context (the current middleware)
         ctx = contextvars.copy_context()
@@ -298,16 +320,29 @@ class Regenerator:
             self.stats.incr("regenerations_started")
             # this process runs it: its visitors need not ask until it ends (forget()
             # in regenerate; a note the task's quick end came before is refused)
-            self.held.note(lock, seen, ticket, self.lease)
-        else:
-            self.stats.incr("regenerations_skipped")
-            self.unlock(lock, token)
+            return self.lease
+        self.stats.incr("regenerations_skipped")
+        self.unlock(lock, token)
+        return 0.0
 
-    def running(self, key: str, record: Record | None) -> bool:
-        """True if a background regeneration of ``key`` is known to run, here or
-        elsewhere, and nothing landed since ``record`` was read from the store: what
-        the store holds is ``record`` still (but for a landing not heard yet)."""
-        return isinstance(record, Entry) and self.held.quiet(regen_lock_name(key), record.created)
+    def ask(self, key: str, record: Record | None, state: State | None) -> Ticket | None:
+        """Before a visitor looks ``key`` up in the store again, its local copy
+        ``record`` (in ``state``) not being FRESH: the ticket of the look, or ``None``
+        if there is no need — the copy is STALE, its regeneration is known to run and
+        nothing landed since it was read from the store, so the store holds it still
+        (but for a landing not heard yet). The other visitors of that STALE copy wait
+        for this look meanwhile (:meth:`asked` when it is done): not a burst of them."""
+        ticket = self.held.ticket()  # before the look: a landing heard after it counts
+        if state is State.STALE and isinstance(record, Entry):
+            lock = regen_lock_name(key)
+            if self.held.quiet(lock, record.created):
+                return None
+            self.held.note(lock, record.created, ticket, self.lease)
+        return ticket
+
+    def asked(self, key: str, ticket: Ticket) -> None:
+        """The look of :meth:`ask` is done: its visitor schedules what it found."""
+        self.held.drop(regen_lock_name(key), ticket)
 
     def _hears_landings(self) -> bool:
         """True if a landing of a key in another process is heard here (and so ends
