@@ -136,7 +136,10 @@ class HeldLocks:
 
     A note says: lock ``name`` is held, for visitors who saw the record created at
     ``seen``. It is taken when this process took the lock (its own regeneration) or
-    found another holder's, and it lapses at the first of
+    found another holder's — and, for as long as a visitor's attempt is under way,
+    so that the others who saw the same record wait for its answer (they would have
+    lost the race for the lock) instead of each asking at once — and it lapses at the
+    first of
 
     - its deadline, at most one lease from when the attempt began, on the monotonic
       clock and on the store's (a test's fake clock): a holder that died, or hung past
