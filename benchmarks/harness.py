@@ -23,6 +23,7 @@ class Settings:
     aux_rounds: int = 3
     duration: float = 5.0
     connections: int = 50
+    stale_connections: tuple[int, ...] = (50, 500)
     tool: str = "auto"
     only: frozenset[str] | None = None
     sizes: tuple[int, ...] = (100, 10_000, 100_000)
@@ -125,13 +126,20 @@ class Run:
             return server
         return servers.gunicorn(f"{tag}-{c.name}", self.env(c, tag, **extra))
 
-    def load(self, port: int, paths: Paths, duration: float | None = None) -> LoadResult:
+    def load(
+        self,
+        port: int,
+        paths: Paths,
+        duration: float | None = None,
+        *,
+        connections: int | None = None,
+    ) -> LoadResult:
         s = self.settings
         return measure(
             HOST,
             port,
             paths,
-            connections=s.connections,
+            connections=connections or s.connections,
             duration=duration or s.duration,
             tool=s.tool,
         )

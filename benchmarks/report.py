@@ -63,13 +63,14 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             by_cpu = fc["cpu_us"] / isr["cpu_us"] if both else None
             cpu = f" (by server CPU per request: {by_cpu:.2f})" if by_cpu else ""
             rows.append((f"{name} hit ≥ 1.7 × {fc_name}", f"{got:.2f} ×{cpu}", got >= 1.7))
-    for st, r in results.get("stale", {}).items():
+    for job, r in results.get("stale", {}).items():
+        where = f"{r['store']}, {r['connections']} connections" if "store" in r else job
         rows.append(
             (
-                f"STALE p99 ≤ 1.5 × HIT p99 while a render takes 2 s ({st})",
+                f"STALE p99 ≤ 1.2 × HIT p99 while a render takes 2 s ({where})",
                 f"{r['stale']['p99_ms']:.2f} / {r['hit']['p99_ms']:.2f} ms"
                 f" = {r['p99_ratio']:.2f} ×",
-                r["p99_ratio"] <= 1.5,
+                r["p99_ratio"] <= 1.2,
             )
         )
     co = results.get("coalescing", {})
@@ -268,6 +269,10 @@ def _worker_shares(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _per(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 def _stale(r: dict[str, Any]) -> list[str]:
     lines = [
         "## STALE against HIT latency while a render takes 2 s",
@@ -276,19 +281,24 @@ def _stale(r: dict[str, Any]) -> list[str]:
         "regeneration in flight; `/page` is a plain hit on the same server. The server is "
         "loaded by the load generator (half `/page`, half `/slow`) while 4 probe connections "
         "alternate `/page` and `/slow` and time every request, so both see the same load; "
-        "percentiles are over every probe sample of every round.",
+        "percentiles are over every probe sample of every round. Redis commands per request "
+        "(load and probe, half `/page`, half `/slow`; median of the rounds) count what a STALE "
+        "visitor costs over a HIT whatever the noise on the machine: a HIT costs one "
+        "(none with the local layer).",
         "",
     ]
     rows = []
-    for st, x in r.items():
+    for job, x in r.items():
         hit, stl = x["hit"], x["stale"]
         rows.append(
             [
-                st,
+                x.get("store", job),
+                str(x.get("connections", "")),
                 _n(x["load"]["rps"]),
                 f"{_ms(hit['p50_ms'])} / {_ms(hit['p99_ms'])}",
                 f"{_ms(stl['p50_ms'])} / {_ms(stl['p99_ms'])}",
                 f"{x['p99_ratio']:.2f}",
+                _per(x.get("redis_commands_per_request")),
                 f"{hit['samples']:,} / {stl['samples']:,}",
                 _fmt_tally(x["tally"]),
             ]
@@ -297,10 +307,12 @@ def _stale(r: dict[str, Any]) -> list[str]:
         _table(
             [
                 "store",
+                "load connections",
                 "load req/s",
                 "HIT p50 / p99 ms",
                 "STALE p50 / p99 ms",
                 "STALE/HIT p99",
+                "Redis commands / request",
                 "samples",
                 "probe replies",
             ],

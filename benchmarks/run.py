@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--aux-rounds", type=int, help="stale/scaling rounds (default 3; quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per measurement (default 5)")
     parser.add_argument("--connections", type=int, default=50, help="concurrent connections")
+    parser.add_argument(
+        "--stale-connections",
+        default="50,500",
+        help="comma-separated load connections of the stale section (default 50,500)",
+    )
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument(
         "--results",
@@ -67,6 +72,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if bad := names - set(BY_NAME):
             parser.error(f"unknown contender(s) {sorted(bad)}; choose from {list(BY_NAME)}")
         args.only = frozenset(names)
+    try:
+        args.stale_connections = tuple(
+            int(c) for c in args.stale_connections.split(",") if c.strip()
+        )
+    except ValueError:
+        parser.error("--stale-connections: comma-separated integers, e.g. 50,500")
+    if not args.stale_connections or min(args.stale_connections) <= 0:
+        parser.error("--stale-connections: at least one positive number")
     if args.load == "wrk" and not wrk_path():
         parser.error("wrk is not installed (apt-get install wrk), or use --load python")
     return args
@@ -79,6 +92,7 @@ def settings(args: argparse.Namespace) -> Settings:
             aux_rounds=args.aux_rounds or 1,
             duration=args.duration or 1.0,
             connections=args.connections,
+            stale_connections=args.stale_connections,
             tool=args.load,
             only=args.only or QUICK_CONTENDERS,
             sizes=(100, 1_000, 5_000),
@@ -106,6 +120,7 @@ def settings(args: argparse.Namespace) -> Settings:
         aux_rounds=args.aux_rounds or 3,
         duration=args.duration or 5.0,
         connections=args.connections,
+        stale_connections=args.stale_connections,
         tool=args.load,
         only=args.only,
     )

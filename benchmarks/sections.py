@@ -190,60 +190,92 @@ def _backing(run: Run, c: Contender) -> tuple[Server, ...]:
     return (run.redis(),) if c.store == "redis" else ()
 
 
+STALE_STORES = (
+    Contender("stale-memory", "", "isr", "memory"),
+    Contender("stale-file", "", "isr", "file"),
+    Contender("stale-redis", "", "isr", "redis"),
+    Contender("stale-redis-local", "", "isr", "redis", True),
+)
+
+
 def stale(run: Run) -> dict[str, Any]:
     """STALE against HIT latency on one server while a render takes 2 s (``/slow`` is fresh
-    for 1 s, so it is always stale with a regeneration in flight), per shared store."""
+    for 1 s, so it is always stale with a regeneration in flight), per store and number
+    of load connections."""
     s = run.settings
-    stores = ["file"] + (["redis"] if shutil.which("redis-server") else [])
+    contenders = {c.name[len("stale-") :]: c for c in STALE_STORES if not run.unavailable(c)}
     out: dict[str, Any] = {}
     with Servers(run.workdir) as servers:
-        live = {
-            st: run.start(servers, Contender(f"stale-{st}", "", "isr", st), f"stale-{st}")
-            for st in stores
-        }
+        live = {st: run.start(servers, c, f"stale-{st}") for st, c in contenders.items()}
         servers.wait_ready()
         with ThreadPoolExecutor(len(live)) as pool:  # the first /slow render takes 2 s each
             list(pool.map(lambda srv: fetch(HOST, srv.port, "/slow"), live.values()))
         time.sleep(1.2)
         for srv in live.values():
             run.load(srv.port, ["/page", "/slow"], s.warm)
-        samples: dict[str, dict[str, list[float]]] = {st: {"HIT": [], "STALE": []} for st in live}
-        tallies: dict[str, collections.Counter[str]] = {st: collections.Counter() for st in live}
-        background: dict[str, list[LoadResult]] = {st: [] for st in live}
+        # one job per store and connection count, every job once per round, rotated
+        jobs = [f"{st}@{c}" for c in s.stale_connections for st in live]
+        samples: dict[str, dict[str, list[float]]] = {j: {"HIT": [], "STALE": []} for j in jobs}
+        tallies: dict[str, collections.Counter[str]] = {j: collections.Counter() for j in jobs}
+        background: dict[str, list[LoadResult]] = {j: [] for j in jobs}
+        # Redis commands per request served (load and probe): what noise on the machine
+        # does not move, and what a STALE visitor costs over a HIT (half the load each)
+        commands: dict[str, list[float]] = {j: [] for j in jobs}
         for r in range(s.aux_rounds):
-            for st in _rotated(list(live), r):
+            for job in _rotated(jobs, r):
+                st, conns = job.split("@")
                 port = live[st].port
+                on_redis = contenders[st].store == "redis"
+                before = _redis_commands(run) if on_redis else 0
                 # the load (wrk, half /page, half /slow) and, inside it, the interleaved probe
                 with ThreadPoolExecutor(1) as pool:
                     probe = pool.submit(
                         latency_probe, HOST, port, ["/page", "/slow"], max(0.5, s.duration - 1)
                     )
-                    load = run.load(port, ["/page", "/slow"])
+                    load = run.load(port, ["/page", "/slow"], connections=int(conns))
                     got = probe.result()
-                background[st].append(load)
+                background[job].append(load)
+                served = load.requests + sum(len(v) for v in got.latencies.values())
+                if on_redis and served:
+                    commands[job].append((_redis_commands(run) - before) / served)
                 for path, kind in (("/page", "HIT"), ("/slow", "STALE")):
-                    samples[st][kind] += got.latencies[path]
-                    tallies[st].update({f"{path} {k}": v for k, v in got.tally[path].items()})
+                    samples[job][kind] += got.latencies[path]
+                    tallies[job].update({f"{path} {k}": v for k, v in got.tally[path].items()})
                 hit, stl = _pcts(got.latencies["/page"]), _pcts(got.latencies["/slow"])
                 run.say(
-                    f"  stale round {r + 1}/{s.aux_rounds}  {st:<6} under "
+                    f"  stale round {r + 1}/{s.aux_rounds}  {st:<11} c{conns:<4} under "
                     f"{load.rps:,.0f} req/s: HIT p50 {hit[0]:.2f} p99 {hit[1]:.2f} ms, "
                     f"STALE p50 {stl[0]:.2f} p99 {stl[1]:.2f} ms"
                 )
-        for st in live:
-            hit, stl = _pcts(samples[st]["HIT"]), _pcts(samples[st]["STALE"])
-            out[st] = {
-                "hit": {"p50_ms": hit[0], "p99_ms": hit[1], "samples": len(samples[st]["HIT"])},
+        for job in jobs:
+            st, conns = job.split("@")
+            hit, stl = _pcts(samples[job]["HIT"]), _pcts(samples[job]["STALE"])
+            out[job] = {
+                "store": st,
+                "connections": int(conns),
+                "hit": {"p50_ms": hit[0], "p99_ms": hit[1], "samples": len(samples[job]["HIT"])},
                 "stale": {
                     "p50_ms": stl[0],
                     "p99_ms": stl[1],
-                    "samples": len(samples[st]["STALE"]),
+                    "samples": len(samples[job]["STALE"]),
                 },
                 "p99_ratio": stl[1] / hit[1],
-                "load": _summary(background[st]),
-                "tally": dict(tallies[st]),
+                "redis_commands_per_request": median(commands[job]) if commands[job] else None,
+                "load": _summary(background[job]),
+                "tally": dict(tallies[job]),
             }
     return out
+
+
+def _redis_commands(run: Run) -> int:
+    """Commands the run's redis-server has processed so far."""
+    import redis
+
+    client = redis.Redis(host=HOST, port=run.redis().port)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
 
 
 def _rotated(items: list[str], r: int) -> list[str]:

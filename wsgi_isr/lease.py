@@ -16,16 +16,21 @@ The keeper's thread runs only while leases are held: it starts at a ``hold``
 when none is running in this process (so after a fork, and after gevent patched
 ``threading`` — under ``gunicorn -k gevent`` it is a greenlet), ends when the
 last lease is given back, and holds no lock across I/O.
+
+:class:`HeldLocks` is what a process knows of render locks without asking the
+store (its own regeneration, another holder found within the last lease), so
+that the visitors of a page being regenerated cost no lock attempt each.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import StoreError
 
@@ -34,6 +39,11 @@ if TYPE_CHECKING:
 
 #: The longest a render lock outlives a dead holder.
 LEASE = 5.0
+
+#: Forks this process is removed from its first ancestor (a child's HeldLocks start
+#: afresh without a getpid system call per request).
+_forks = [0]
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
 class LeaseKeeper:
@@ -108,3 +118,109 @@ class LeaseKeeper:
                 self.store.extend(name, token, self.lease)
             except StoreError as exc:
                 self._on_error(exc)
+
+
+class Ticket(NamedTuple):
+    """When an attempt on a lock began: its number (in this process' order of attempts
+    and landings), on the monotonic clock, and on the store's clock."""
+
+    n: int
+    monotonic: float
+    clock: float
+
+
+class HeldLocks:
+    """What this process knows of render locks without asking the store, so that the
+    visitors of a page being regenerated do not each try its lock (on Redis a round
+    trip each: a STALE visitor would cost two or three where a HIT costs one).
+
+    A note says: lock ``name`` is held, for visitors who saw the record created at
+    ``seen``. It is taken when this process took the lock (its own regeneration) or
+    found another holder's — and, for as long as a visitor's attempt is under way,
+    so that the others who saw the same record wait for its answer (they would have
+    lost the race for the lock) instead of each asking at once — and it lapses at the
+    first of
+
+    - its deadline, at most one lease from when the attempt began, on the monotonic
+      clock and on the store's (a test's fake clock): a holder that died, or hung past
+      ``lock_timeout``, stops renewing, and its lease runs out within one;
+    - a visitor who saw another record (a render landed: the next one must be free to
+      start at once, say after an invalidation made the landed page stale already);
+    - a landing of the key, heard here or announced by another process
+      (:meth:`forget`). That also voids a note of an attempt that was under way when
+      the landing was heard (its ticket is older), which the store may have answered
+      "held" just before the holder let go.
+
+        ticket = held.ticket()
+        if store.acquire(name, lease) is None:
+            held.note(name, seen, ticket, lease)
+        ...
+        held.quiet(name, seen)   # True: do not ask
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_bytes: int = 4 << 20,
+    ) -> None:
+        self.clock = clock
+        self.monotonic = monotonic
+        self.max_bytes = max_bytes
+        self._numbers = itertools.count(1)  # next() is atomic: no mutex on this path
+        self._reset()
+
+    def _reset(self) -> None:
+        # tickets up to the floor are void: those of another process (before a fork),
+        # or of attempts under way when the forgotten landings were dropped (size bound)
+        self._floor = next(self._numbers)
+        self._notes: dict[str, tuple[float | None, int, float, float]] = {}
+        self._forgotten: dict[str, int] = {}  # name -> the number of its last landing
+        self._bytes = 0
+        self._fork = _forks[0]
+
+    def ticket(self) -> Ticket:
+        return Ticket(next(self._numbers), self.monotonic(), self.clock())
+
+    def quiet(self, name: str, seen: float | None) -> bool:
+        """True if lock ``name`` is known to be held for visitors who saw ``seen``."""
+        if self._fork != _forks[0]:  # a forked child: its parent's holds are not its own
+            self._reset()
+            return False
+        note = self._notes.get(name)
+        if note is None or note[0] != seen:
+            return False
+        n = note[1]
+        if n <= self._floor or n <= self._forgotten.get(name, 0):
+            return False  # checked here too: a landing may come between note()'s two steps
+        return self.monotonic() < note[2] and self.clock() < note[3]
+
+    def note(self, name: str, seen: float | None, ticket: Ticket, seconds: float) -> None:
+        """Lock ``name`` was found held (or taken) by the attempt of ``ticket``, and stays
+        so for ``seconds`` from when it began, unless a landing is heard sooner."""
+        if self._fork != _forks[0] or seconds <= 0:
+            return
+        if ticket.n <= self._floor or ticket.n <= self._forgotten.get(name, 0):
+            return  # a landing was heard meanwhile: the answer may be out of date
+        self._grow(len(name))
+        self._notes[name] = (seen, ticket.n, ticket.monotonic + seconds, ticket.clock + seconds)
+
+    def drop(self, name: str, ticket: Ticket) -> None:
+        """Drop the note of ``ticket``'s attempt (not a later one's), if it is there."""
+        note = self._notes.get(name)
+        if note is not None and note[1] == ticket.n:
+            self._notes.pop(name, None)
+
+    def forget(self, name: str) -> None:
+        """The render under ``name`` landed (or gave up): ask again, from now on."""
+        if self._fork != _forks[0]:
+            self._reset()
+        self._grow(len(name))
+        self._forgotten[name] = next(self._numbers)
+        self._notes.pop(name, None)
+
+    def _grow(self, size: int) -> None:
+        self._bytes += size + 150  # the key, the tuple, the dict slot: a rough count
+        if self._bytes > self.max_bytes:  # many keys: start afresh (notes only save trips)
+            self._reset()

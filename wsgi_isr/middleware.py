@@ -211,7 +211,7 @@ class ISRMiddleware:
             backoff=self.regeneration_backoff,
             on_store_error=self._store_failed,
             fill_limit=self.coalesce_timeout,
-            on_landed=self.landings.notify,
+            landings=self.landings,
         )
         instances.add(self)
 
@@ -396,10 +396,18 @@ class ISRMiddleware:
             record, tag_states, key, vary = self._find(environ, rk)
             now = self.store.now()
             state = record.state(now, tag_states) if isinstance(record, Entry) else None
+            ticket = None
             if state is not State.FRESH and isinstance(self.store, LocalLayer):
-                # only a FRESH local copy is trusted: anything else may be out of date
-                record, tag_states, key, vary = self._find(environ, rk, through=True)
-                state = record.state(now, tag_states) if isinstance(record, Entry) else None
+                # only a FRESH local copy is trusted, or a STALE one being regenerated
+                # with no landing heard since: anything else may be out of date
+                ticket = self.regen.ask(key, record, state)
+                if ticket is not None:
+                    local_key = key
+                    try:
+                        record, tag_states, key, vary = self._find(environ, rk, through=True)
+                    finally:
+                        self.regen.asked(local_key, ticket)
+                    state = record.state(now, tag_states) if isinstance(record, Entry) else None
         except StoreError as exc:
             return self._store_down(environ, start_response, exc)
         if isinstance(record, PassMarker):
@@ -418,7 +426,7 @@ class ISRMiddleware:
                 return self._respond(environ, start_response, record, now, R.HIT)
             if state is State.STALE:
                 self.stats.incr("stale")
-                self.regen.schedule(environ, rk, key, vary, record.created)
+                self.regen.schedule(environ, rk, key, vary, record.created, ticket=ticket)
                 return self._respond(environ, start_response, record, now, R.STALE)
         self.stats.incr("misses")
         if _has_credentials(environ):

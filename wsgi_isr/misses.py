@@ -25,7 +25,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import responses as R
@@ -74,6 +74,15 @@ class Landings:
         self._waiting: dict[str, _Landing] = {}
         self._pid = 0
         self._woken_by_store = False
+        self._watchers: list[Callable[[str], None]] = []
+
+    def watch(self, callback: Callable[[str], None]) -> bool:
+        """Also call ``callback(key)`` at every landing of a key, here or (if the store
+        tells) in another process; True if those elsewhere are heard."""
+        if callback not in self._watchers:
+            self._watchers = [*self._watchers, callback]  # replaced: _wake iterates a copy
+        self.first_pause()  # this process listens to the store
+        return self._woken_by_store
 
     def wait(self, key: str, timeout: float) -> _Landing | None:
         """Wait until ``key`` lands or ``timeout`` passes: the landing if woken (its
@@ -109,6 +118,8 @@ class Landings:
                 self.store.announce_landing(key)
 
     def _wake(self, key: str, entry: Entry | None = None) -> None:
+        for watcher in self._watchers:
+            watcher(key)
         landing = self._waiting.pop(key, None)
         if landing is not None:
             landing.entry = entry

@@ -78,6 +78,8 @@ def prebuild_one(
     settled = mw.regen.settle(
         rk, rk.key, (), captured, started, env, foreground=False, decision=decision
     )
+    # waiters and processes that know a regeneration of the page is running look again
+    mw.landings.notify(settled.key)
     return ("built", "") if settled.entry is not None else ("failed", "the store refused the write")
 
 

@@ -22,16 +22,17 @@ import contextvars
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import responses as R
 from .bounded import Memo, text_size
-from .entry import Entry, PassMarker, Record, VaryMarker
+from .entry import Entry, PassMarker, Record, State, VaryMarker
 from .errors import StoreError
 from .keys import RequestKey, path_tags, render_environ, variant_key
-from .lease import LEASE, LeaseKeeper
+from .lease import LEASE, HeldLocks, LeaseKeeper, Ticket
 from .policy import Decision, decide, stored_headers
 from .render import Captured, capture
 from .runner import Runner
@@ -48,6 +49,20 @@ log = logging.getLogger("wsgi_isr")
 #: retried soon.
 REFUSED_PASS_TTL = 1.0
 MAX_BACKOFF = 300.0
+#: How long after this process starts listening for landings elsewhere it trusts
+#: that it hears them (its subscription is set up meanwhile).
+LISTENING_AFTER = 1.0
+
+
+class Landings(Protocol):
+    """Where renders of a key are announced when they land (``misses.Landings``)."""
+
+    def notify(self, key: str) -> None:
+        """The render of ``key`` landed here: tell whoever waits, here and elsewhere."""
+
+    def watch(self, callback: Callable[[str], None]) -> bool:
+        """Call ``callback(key)`` at every landing, here or elsewhere; True if landings
+        in other processes are heard at all."""
 
 
 def lock_name(key: str) -> str:
@@ -90,11 +105,11 @@ class Regenerator:
         backoff: float,
         on_store_error: Callable[[StoreError], None],
         fill_limit: float | None = None,
-        on_landed: Callable[[str], None] | None = None,
+        landings: Landings | None = None,
     ) -> None:
         self.app = app
         self.fill_limit = fill_limit
-        self._landed = on_landed
+        self.landings = landings
         self.store = store
         self.runner = runner
         self.stats = stats
@@ -108,6 +123,13 @@ class Regenerator:
         self.leases = LeaseKeeper(
             store, lease=self.lease, limit=lock_timeout, on_error=on_store_error
         )
+        # the visitors of a page being regenerated cost no lock attempt each: see
+        # HeldLocks. Another holder's lock is taken to be held no longer than a back-off
+        # lasts, so that even a failure whose landing was not heard here delays nothing
+        # that the back-off would not have delayed
+        self.held = HeldLocks(store.clock)
+        self.quiet_for = min(self.lease, backoff)
+        self._listening = (0, math.inf)  # (pid, monotonic time from when it is trusted)
 
     def lock(self, name: str) -> tuple[str, float] | None:
         """Take the lock ``name`` for one lease: its token and the store-clock time it
@@ -233,28 +255,60 @@ class Regenerator:
         seen: float | None,
         *,
         fill: bool = False,
+        ticket: Ticket | None = None,
     ) -> None:
         """Start a background regeneration of ``key`` unless one is running somewhere,
         the key is backing off after a failure, or a render newer than the one the
-        visitor saw (created at ``seen``; ``None``: none) has landed.
+        visitor saw (created at ``seen``; ``None``: none) has landed. ``ticket``: taken
+        before the visitor's record was looked up (default: now).
 
         ``fill``: the key holds nothing servable (a visitor with cookies got a page of
         their own): the render takes the foreground lock, so that anonymous misses
         meanwhile wait for it, and keeps it no longer than a miss leader would."""
         lock = lock_name(key) if fill else regen_lock_name(key)
+        if self.held.quiet(lock, seen):
+            return  # known to be running, here or elsewhere, since the visitor's record
+        if ticket is None:
+            ticket = self.held.ticket()
+        # while this visitor asks, the others who saw the same record wait for its answer
+        # (they would have lost the race for the lock): one attempt, not a burst of them
+        self.held.note(lock, seen, ticket, self.lease)
+        keep = 0.0
+        try:
+            keep = self._attempt(environ, rk, key, vary, seen, lock, fill)
+        finally:
+            if keep > 0:
+                self.held.note(lock, seen, ticket, keep)
+            else:
+                self.held.drop(lock, ticket)
+
+    def _attempt(
+        self,
+        environ: WSGIEnvironment,
+        rk: RequestKey,
+        key: str,
+        vary: tuple[str, ...],
+        seen: float | None,
+        lock: str,
+        fill: bool,
+    ) -> float:
+        """Try the lock and start the regeneration: how long the lock is then known to
+        be held (0: not known)."""
         try:
             held = self.lock(lock)
             if held is None:
-                return  # someone, somewhere, is already on it
+                # someone, somewhere, is already on it. The foreground (fill) lock is
+                # the misses' too: a visitor with cookies asks for it every time, as before
+                return self.quiet_for if not fill and self._hears_landings() else 0.0
             token, started = held
             if self._backing_off(key) or self._newer_entry(
                 key, -math.inf if seen is None else seen
             ):
                 self.unlock(lock, token)
-                return
+                return 0.0
         except StoreError as exc:
             self._store_failed(exc)
-            return
+            return 0.0
         env = render_environ(rk, environ, vary)
         # the render runs elsewhere but in this request's context (the current middleware)
         ctx = contextvars.copy_context()
@@ -264,9 +318,46 @@ class Regenerator:
         )
         if self.runner.submit(task):
             self.stats.incr("regenerations_started")
-        else:
-            self.stats.incr("regenerations_skipped")
-            self.unlock(lock, token)
+            # this process runs it: its visitors need not ask until it ends (forget()
+            # in regenerate; a note the task's quick end came before is refused)
+            return self.lease
+        self.stats.incr("regenerations_skipped")
+        self.unlock(lock, token)
+        return 0.0
+
+    def ask(self, key: str, record: Record | None, state: State | None) -> Ticket | None:
+        """Before a visitor looks ``key`` up in the store again, its local copy
+        ``record`` (in ``state``) not being FRESH: the ticket of the look, or ``None``
+        if there is no need — the copy is STALE, its regeneration is known to run and
+        nothing landed since it was read from the store, so the store holds it still
+        (but for a landing not heard yet). The other visitors of that STALE copy wait
+        for this look meanwhile (:meth:`asked` when it is done): not a burst of them."""
+        ticket = self.held.ticket()  # before the look: a landing heard after it counts
+        if state is State.STALE and isinstance(record, Entry):
+            lock = regen_lock_name(key)
+            if self.held.quiet(lock, record.created):
+                return None
+            self.held.note(lock, record.created, ticket, self.lease)
+        return ticket
+
+    def asked(self, key: str, ticket: Ticket) -> None:
+        """The look of :meth:`ask` is done: its visitor schedules what it found."""
+        self.held.drop(regen_lock_name(key), ticket)
+
+    def _hears_landings(self) -> bool:
+        """True if a landing of a key in another process is heard here (and so ends
+        what this process knows of the key's lock: :meth:`_heard`)."""
+        pid, since = self._listening
+        if pid != os.getpid():
+            hears = self.landings is not None and self.landings.watch(self._heard)
+            since = time.monotonic() + LISTENING_AFTER if hears else math.inf
+            self._listening = (os.getpid(), since)
+        return time.monotonic() >= since
+
+    def _heard(self, key: str) -> None:
+        """A render of ``key`` landed (stored, refused or failed), here or elsewhere."""
+        self.held.forget(regen_lock_name(key))
+        self.held.forget(lock_name(key))
 
     def _backing_off(self, key: str) -> bool:
         probe = self.store.acquire(backoff_name(key), self.lease)
@@ -327,8 +418,10 @@ class Regenerator:
             else:
                 self.back_off(key)
             self.unlock(lock, token)
-            if self._landed is not None:
-                self._landed(key)  # misses of this process waiting on a fill look now
+            self._heard(key)  # the next visitor asks again (and may start the next one)
+            if self.landings is not None:
+                # misses waiting on a fill look now; other processes forget the lock too
+                self.landings.notify(key)
 
     def back_off(self, key: str) -> float:
         """Count a failed regeneration and hold further background attempts of ``key``
