@@ -28,6 +28,8 @@ import argparse
 import http.client
 import json
 import os
+import selectors
+import socket
 import statistics
 import subprocess
 import sys
@@ -104,7 +106,46 @@ def fetch(
 
 
 def burst(port: int, path: str, n: int) -> list[dict[str, str]]:
-    """``n`` requests on ``n`` connections, connected first, then sent at once."""
+    """``n`` requests on ``n`` connections, connected first, then sent at once, from one
+    thread (a selector, not ``n`` Python threads: on 2 cores, 500 client threads woken
+    by 500 answers took the CPU the server needed to write them). Each answer's headers,
+    plus ``received``: this host's ``time.time()`` when its last byte was read."""
+    socks = [socket.create_connection((HOST, port), timeout=30) for _ in range(n)]
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
+    bufs: dict[socket.socket, bytearray] = {}
+    out: list[dict[str, str]] = []
+    with selectors.DefaultSelector() as sel:
+        for s in socks:
+            s.sendall(request)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, s)
+            bufs[s] = bytearray()
+        deadline = time.monotonic() + 30
+        while bufs and time.monotonic() < deadline:
+            for sk, _ in sel.select(timeout=1.0):
+                s = sk.data
+                try:
+                    chunk = s.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    bufs[s] += chunk
+                    continue
+                received = time.time()  # the server closed: the answer is complete
+                sel.unregister(s)
+                out.append(_parse(bytes(bufs.pop(s)), received))
+                s.close()
+        for s in bufs:  # no answer within 30 s
+            out.append({})
+            s.close()
+    return out
+
+
+def burst_threads(port: int, path: str, n: int) -> list[dict[str, str]]:
+    """The same with one Python thread per connection (``--client threads``: the old
+    client, to see what it costs the server)."""
     barrier = threading.Barrier(n)
     out: list[dict[str, str]] = []
 
@@ -118,7 +159,8 @@ def burst(port: int, path: str, n: int) -> list[dict[str, str]]:
             conn.request("GET", path)
             resp = conn.getresponse()
             resp.read()
-            out.append({k.lower(): v for k, v in resp.getheaders()})
+            headers = {k.lower(): v for k, v in resp.getheaders()}
+            out.append({**headers, "received": repr(time.time())})
         except (OSError, http.client.HTTPException):
             out.append({})
         finally:
@@ -132,6 +174,17 @@ def burst(port: int, path: str, n: int) -> list[dict[str, str]]:
     return out
 
 
+def _parse(raw: bytes, received: float) -> dict[str, str]:
+    head, sep, _ = raw.partition(b"\r\n\r\n")
+    if not sep:
+        return {}
+    headers = {"received": repr(received)}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
 def _ms(values: list[float]) -> dict[str, float | int]:
     ordered = sorted(values)
     if not ordered:
@@ -143,7 +196,10 @@ def _ms(values: list[float]) -> dict[str, float | int]:
     }
 
 
-def waiters(workdir: str, redis_url: str, code: str | None, reps: int) -> list[dict[str, Any]]:
+def waiters(
+    workdir: str, redis_url: str, code: str | None, reps: int, client: str = "selector"
+) -> list[dict[str, Any]]:
+    send = burst_threads if client == "threads" else burst
     rows = []
     for store in ("file", "redis"):
         for workers in (1, 4):
@@ -158,9 +214,11 @@ def waiters(workdir: str, redis_url: str, code: str | None, reps: int) -> list[d
                     same: list[float] = []
                     other: list[float] = []
                     landed: list[float] = []  # waiter served - leader's render ended
+                    received: list[float] = []  # waiter's answer read - render ended
+                    leader: list[float] = []  # the leader's own answer - its render ended
                     errors = 0
                     for _ in range(reps):
-                        replies = burst(server.port, f"/w/{uuid.uuid4().hex}", n)
+                        replies = send(server.port, f"/w/{uuid.uuid4().hex}", n)
                         errors += sum(1 for r in replies if not r)
                         leaders = [r for r in replies if r.get("x-isr-cache") == "MISS"]
                         if len(leaders) != 1:
@@ -168,12 +226,14 @@ def waiters(workdir: str, redis_url: str, code: str | None, reps: int) -> list[d
                             continue
                         lead = leaders[0]
                         t0 = float(lead["x-served-at"])
+                        leader.append(t0 - float(lead["x-rendered-at"]))
                         for r in replies:
                             if "detail=coalesced" not in r.get("cache-status", ""):
                                 continue
                             into = same if r["x-worker-pid"] == lead["x-worker-pid"] else other
                             into.append(float(r["x-served-at"]) - t0)
                             landed.append(float(r["x-served-at"]) - float(r["x-rendered-at"]))
+                            received.append(float(r["received"]) - float(r["x-rendered-at"]))
                         time.sleep(0.2)
                     rows.append(
                         {
@@ -183,6 +243,8 @@ def waiters(workdir: str, redis_url: str, code: str | None, reps: int) -> list[d
                             "in_process": _ms(same),
                             "other_processes": _ms(other),
                             "after_render": _ms(landed),
+                            "received": _ms(received),
+                            "leader": _ms(leader),
                             "errors": errors,
                         }
                     )
@@ -253,6 +315,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", help="also run `waiters` on the wsgi_isr of this git ref")
     parser.add_argument("--reps", type=int, default=3, help="bursts per row")
     parser.add_argument("--rounds", type=int, default=30, help="invalidations in `window`")
+    parser.add_argument(
+        "--client",
+        choices=("selector", "threads"),
+        default="selector",
+        help="`waiters`' load: one thread with a selector, or a Python thread per connection",
+    )
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     with (
@@ -263,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         servers.wait_ready()
         redis_url = redis.redis_url("")
         if "waiters" in args.sections:
-            results["waiters"] = waiters(workdir, redis_url, None, args.reps)
+            results["waiters"] = waiters(workdir, redis_url, None, args.reps, args.client)
             if args.baseline:
                 code = os.path.join(workdir, "baseline")
                 os.makedirs(code)
@@ -273,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
                     capture_output=True,
                 ).stdout
                 subprocess.run(["tar", "-x", "-C", code], input=archive, check=True)
-                results["baseline"] = waiters(workdir, redis_url, code, args.reps)
+                results["baseline"] = waiters(workdir, redis_url, code, args.reps, args.client)
         if "window" in args.sections:
             results["window"] = window(workdir, redis_url, args.rounds)
             print(json.dumps(results["window"]), flush=True)
