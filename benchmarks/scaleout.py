@@ -252,6 +252,37 @@ def waiters(
     return rows
 
 
+def reference(workdir: str, reps: int, client: str = "selector") -> list[dict[str, Any]]:
+    """The floor under the waiters' figures: the same bursts on the app without a cache
+    (``BENCH_STORE=bare``), every request sleeping until one instant ``t`` (0.5 s after
+    the burst starts) and then answering: served (and received) minus ``t`` is what
+    answering N requests woken at once costs these workers, with no wake-up to pay for."""
+    send = burst_threads if client == "threads" else burst
+    rows = []
+    for workers in (1, 4):
+        with gunicorn(
+            workdir, f"w-bare-{workers}", {"BENCH_STORE": "bare"}, workers, None
+        ) as server:
+            for n in (50, 500):
+                woken: list[float] = []
+                received: list[float] = []
+                errors = 0
+                for _ in range(reps):
+                    at = time.time() + 0.5
+                    replies = send(server.port, f"/b/{uuid.uuid4().hex}?{at!r}", n)
+                    for r in replies:
+                        if not r:
+                            errors += 1
+                            continue
+                        woken.append(float(r["x-served-at"]) - at)
+                        received.append(float(r["received"]) - at)
+                    time.sleep(0.2)
+                row = {"store": "bare", "workers": workers, "n": n, "after_render": _ms(woken)}
+                rows.append({**row, "received": _ms(received), "errors": errors})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def _probe(port: int, path: str, old: set[bytes], returned: float) -> list[float]:
     """4 threads fetch ``path`` until it is no longer the old copy as a HIT (or 3 s);
     the start times of the requests that still got it."""
@@ -331,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         servers.wait_ready()
         redis_url = redis.redis_url("")
         if "waiters" in args.sections:
+            results["reference"] = reference(workdir, args.reps, args.client)
             results["waiters"] = waiters(workdir, redis_url, None, args.reps, args.client)
             if args.baseline:
                 code = os.path.join(workdir, "baseline")

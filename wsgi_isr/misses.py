@@ -25,7 +25,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import responses as R
@@ -140,17 +140,21 @@ class Landings:
             with contextlib.suppress(StoreError):
                 self.store.announce_landing(key)
 
-    @contextlib.contextmanager
-    def leading(self, key: str) -> Iterator[None]:
-        """Around a miss leader's render and answer in this process (it wakes the
-        waiters here itself, when its own answer is built)."""
-        if self._pid != os.getpid():
-            self.first_pause()
+    def lead(self, key: str) -> None:
+        """A miss leader of this process renders ``key`` (it wakes the waiters here
+        itself, with :meth:`led`, once its own answer is built)."""
+        self.first_pause()  # a forked child's sets start empty
         self._leading.add(key)
-        try:
-            yield
-        finally:
-            self._leading.discard(key)
+
+    def led(self, key: str, entry: Entry | None) -> None:
+        """The leader of ``key`` is done: its waiters here are handed ``entry``."""
+        self._leading.discard(key)  # first: a waiter coming now must not count on it
+        self._wake(key, entry)
+
+    def joinable(self, key: str) -> bool:
+        """Whether this process already waits on or renders ``key``: a miss coming now
+        waits with them, without a lock try or a look of its own."""
+        return key in self._waiting or key in self._leading
 
     def _heard(self, key: str) -> None:
         """The store says ``key`` landed somewhere: this process' looker looks now."""
@@ -219,18 +223,23 @@ def coalesced_miss(
     delay = landings.first_pause()
     leads = 0
     next_try = 0.0  # when to try the lock again (a look in between costs much less)
+    # this process already waits on (or renders) the key: join them, no round trips
+    joined = landings.joinable(key)
     try:
         while True:
             lock = lock_name(key)
-            try:
-                held = None
-                if time.monotonic() >= next_try:
-                    held = regen.lock(lock)
-                    next_try = time.monotonic() + LOCK_RETRY
-                # taken or not, a render may have landed since our lookup: look first
-                landed, lkey, lvary = _landed(mw, environ, rk)
-            except StoreError as exc:
-                return mw._store_down(environ, start_response, exc)
+            held: tuple[str, float] | None = None
+            if joined:
+                joined, landed, lkey, lvary = False, None, key, vary
+            else:
+                try:
+                    if time.monotonic() >= next_try:
+                        held = regen.lock(lock)
+                        next_try = time.monotonic() + LOCK_RETRY
+                    # taken or not, a render may have landed since our lookup: look first
+                    landed, lkey, lvary = _landed(mw, environ, rk)
+                except StoreError as exc:
+                    return mw._store_down(environ, start_response, exc)
             if (landed is not None or lkey != key) and held is not None:
                 regen.unlock(lock, held[0])
                 held = None
@@ -287,13 +296,13 @@ def _lead(
     are handed it once the leader's own answer is built (under gevent they would
     otherwise all be served while the leader waits for its next round trip)."""
     handed: Entry | None = None
-    with mw.landings.leading(key):
-        try:
-            served = _render_and_answer(mw, environ, start_response, rk, key, vary, held, last)
-            handed = served[1]
-            return served[0]
-        finally:
-            mw.landings.hand_over(key, handed)
+    mw.landings.lead(key)
+    try:
+        served = _render_and_answer(mw, environ, start_response, rk, key, vary, held, last)
+        handed = served[1]
+        return served[0]
+    finally:
+        mw.landings.led(key, handed)
 
 
 def _render_and_answer(
