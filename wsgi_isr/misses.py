@@ -8,10 +8,11 @@ renders (and stores) in its place; a leader whose render hangs keeps its lease
 for ``coalesce_timeout`` at most, then the same happens. Each wait is bounded by
 ``coalesce_timeout``: past it a waiter renders for itself without storing.
 
-Waiters are woken the moment the leader's render lands: in the same process by an
-event per key, in other processes through the store (Redis pub/sub); they also look
-again at growing intervals, up to the store's ``landing_poll`` (a short one for the
-file store, which has no way to wake them), should the wake-up be lost.
+Waiters are woken the moment the leader's render lands, at O(1) store work per
+process (see :class:`Landings`): in the leader's process it hands them the entry; in
+the others one waiter per key looks, woken through the store (Redis pub/sub) or at
+growing intervals up to the store's ``landing_poll`` (a short one for the file store,
+which has no way to wake it), and hands what it found to the rest.
 
 A page that turns out to vary on request headers (``Vary: Accept-Encoding``
 from a compression middleware) leaves a marker under its base key; waiters
