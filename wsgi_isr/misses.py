@@ -95,7 +95,7 @@ class Landings:
                 return None
             landing = self._waiting.setdefault(key, _Landing())
         me = threading.get_ident()
-        if landing.looker is None or landing.looker == me:
+        if landing.looker == me or landing.claim.acquire(blocking=False):  # one looker
             landing.looker = me
             # no need to poll a render of this process: its leader hands the page over
             landing.prod.wait(patience if key in self._leading else delay)
@@ -175,12 +175,13 @@ class _Landing:
     """One wait on a key in this process: ``event`` is set when it is over (``entry``:
     what was handed over, if anything), ``prod`` wakes the ``looker`` (a thread id)."""
 
-    __slots__ = ("entry", "event", "looker", "prod")
+    __slots__ = ("claim", "entry", "event", "looker", "prod")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.prod = threading.Event()
         self.entry: Entry | None = None
+        self.claim = threading.Lock()  # taken by the looker, never released (one wait)
         self.looker: int | None = None
 
 
