@@ -80,6 +80,9 @@ class Landings:
         #: keys whose leader renders in this process: it hands its waiters the page, so
         #: the store's word of the landing (its own announcement) is not theirs to act on
         self._leading: set[str] = set()
+        #: nothing waited on or rendered here (a hint, for the hit path: one attribute
+        #: read, not :meth:`joinable`'s two lookups; a stale value only costs a lookup)
+        self.idle = True
         self._pid = 0
         self._woken_by_store = False
 
@@ -94,6 +97,7 @@ class Landings:
                 time.sleep(delay)
                 return None
             landing = self._waiting.setdefault(key, _Landing())
+            self.idle = False
         me = threading.get_ident()
         if landing.looker == me or landing.claim.acquire(blocking=False):  # one looker
             landing.looker = me
@@ -123,6 +127,7 @@ class Landings:
         waits behind too)."""
         if self._pid != os.getpid():
             self._waiting, self._leading, self._pid = {}, set(), os.getpid()
+            self.idle = True
             self._woken_by_store = self.store is not None and self.store.watch_landings(self._heard)
         if self._woken_by_store and self.store is not None:
             return self.store.landing_poll
@@ -146,10 +151,12 @@ class Landings:
         itself, with :meth:`led`, once its own answer is built)."""
         self.first_pause()  # a forked child's sets start empty
         self._leading.add(key)
+        self.idle = False
 
     def led(self, key: str, entry: Entry | None) -> None:
         """The leader of ``key`` is done: its waiters here are handed ``entry``."""
         self._leading.discard(key)  # first: a waiter coming now must not count on it
+        self.idle = not (self._waiting or self._leading)
         self._wake(key, entry)
 
     def joinable(self, key: str) -> bool:
@@ -165,6 +172,7 @@ class Landings:
 
     def _wake(self, key: str, entry: Entry | None = None) -> None:
         landing = self._waiting.pop(key, None)
+        self.idle = not (self._waiting or self._leading)
         if landing is not None:
             landing.entry = entry
             landing.event.set()
