@@ -8,13 +8,17 @@ long another host's local layer serves a page after an invalidation returned.
 ``waiters``: N concurrent first requests (N = 50, 500) for a never-rendered page whose
 render takes 200 ms, on ``gunicorn -k gevent`` with 1 worker (every waiter in the
 leader's process) and 4 workers (most waiters in other processes), file and redis
-stores. Per burst: every coalesced waiter's ``X-Served-At`` (the time the cache
-answered it, on the host's clock, stamped by a wrapper outside the middleware) minus
-the leader's; p50 / p99 split into waiters in the leader's process and in others; and
-(``after_render``) minus the end of the leader's render (``X-Rendered-At``, stored with
-the page): the leader's own answer waits for its store round trips like everyone's.
-``--baseline REF`` runs the same on the wsgi_isr of git ``REF`` (``git archive``):
-the polling it replaced, side by side.
+stores, sent from one thread (a selector; ``--client threads``: a Python thread per
+connection, the old client). Per burst: every coalesced waiter's ``X-Served-At`` (the
+time the cache answered it, on the host's clock, stamped by a wrapper outside the
+middleware) minus the leader's; p50 / p99 split into waiters in the leader's process
+and in others; minus the end of the leader's render (``after_render``, ``X-Rendered-At``,
+stored with the page) and the same for the time the client read the answer
+(``received``); the leader's own answer minus its render's end (``leader``); the
+server's CPU per request (``cpu_us``). ``--baseline REF`` runs the same on the wsgi_isr
+of git ``REF`` (``git archive``), and ``bare`` is the floor: the app without a cache,
+every request of a burst woken at one instant. All contenders' servers are up at once
+and the bursts alternate between them.
 
 ``window``: two gunicorn instances on one Redis with ``local_ttl=1``; page cached and
 served by B; A revalidates its tag through the endpoint; from the moment that POST
@@ -25,9 +29,12 @@ window is the start of the last such request minus the POST's return (0 if none)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
+import selectors
+import socket
 import statistics
 import subprocess
 import sys
@@ -104,7 +111,46 @@ def fetch(
 
 
 def burst(port: int, path: str, n: int) -> list[dict[str, str]]:
-    """``n`` requests on ``n`` connections, connected first, then sent at once."""
+    """``n`` requests on ``n`` connections, connected first, then sent at once, from one
+    thread (a selector, not ``n`` Python threads: on 2 cores, 500 client threads woken
+    by 500 answers took the CPU the server needed to write them). Each answer's headers,
+    plus ``received``: this host's ``time.time()`` when its last byte was read."""
+    socks = [socket.create_connection((HOST, port), timeout=30) for _ in range(n)]
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
+    bufs: dict[socket.socket, bytearray] = {}
+    out: list[dict[str, str]] = []
+    with selectors.DefaultSelector() as sel:
+        for s in socks:
+            s.sendall(request)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, s)
+            bufs[s] = bytearray()
+        deadline = time.monotonic() + 30
+        while bufs and time.monotonic() < deadline:
+            for sk, _ in sel.select(timeout=1.0):
+                s = sk.data
+                try:
+                    chunk = s.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    bufs[s] += chunk
+                    continue
+                received = time.time()  # the server closed: the answer is complete
+                sel.unregister(s)
+                out.append(_parse(bytes(bufs.pop(s)), received))
+                s.close()
+        for s in bufs:  # no answer within 30 s
+            out.append({})
+            s.close()
+    return out
+
+
+def burst_threads(port: int, path: str, n: int) -> list[dict[str, str]]:
+    """The same with one Python thread per connection (``--client threads``: the old
+    client, to see what it costs the server)."""
     barrier = threading.Barrier(n)
     out: list[dict[str, str]] = []
 
@@ -118,7 +164,8 @@ def burst(port: int, path: str, n: int) -> list[dict[str, str]]:
             conn.request("GET", path)
             resp = conn.getresponse()
             resp.read()
-            out.append({k.lower(): v for k, v in resp.getheaders()})
+            headers = {k.lower(): v for k, v in resp.getheaders()}
+            out.append({**headers, "received": repr(time.time())})
         except (OSError, http.client.HTTPException):
             out.append({})
         finally:
@@ -132,6 +179,17 @@ def burst(port: int, path: str, n: int) -> list[dict[str, str]]:
     return out
 
 
+def _parse(raw: bytes, received: float) -> dict[str, str]:
+    head, sep, _ = raw.partition(b"\r\n\r\n")
+    if not sep:
+        return {}
+    headers = {"received": repr(received)}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
 def _ms(values: list[float]) -> dict[str, float | int]:
     ordered = sorted(values)
     if not ordered:
@@ -143,49 +201,106 @@ def _ms(values: list[float]) -> dict[str, float | int]:
     }
 
 
-def waiters(workdir: str, redis_url: str, code: str | None, reps: int) -> list[dict[str, Any]]:
+class _Tally:
+    """One row's samples: a contender (``code``: "this", the baseline's ref, or "bare",
+    the reference), a store, a worker count, a burst size."""
+
+    def __init__(self, code: str, store: str, workers: int, n: int) -> None:
+        self.key = {"code": code, "store": store, "workers": workers, "n": n}
+        self.same: list[float] = []  # waiter served - leader served, leader's process
+        self.other: list[float] = []  # the same, other processes
+        self.landed: list[float] = []  # waiter served - leader's render ended
+        self.received: list[float] = []  # waiter's answer read - render ended
+        self.leader: list[float] = []  # the leader's own answer - its render ended
+        self.cpu = 0.0
+        self.requests = 0
+        self.errors = 0
+
+    def add_isr(self, replies: list[dict[str, str]]) -> None:
+        self.errors += sum(1 for r in replies if not r)
+        leaders = [r for r in replies if r.get("x-isr-cache") == "MISS"]
+        if len(leaders) != 1:
+            self.errors += 1
+            return
+        lead = leaders[0]
+        t0 = float(lead["x-served-at"])
+        self.leader.append(t0 - float(lead["x-rendered-at"]))
+        for r in replies:
+            if "detail=coalesced" not in r.get("cache-status", ""):
+                continue  # a late visitor that found the page: a plain hit
+            into = self.same if r["x-worker-pid"] == lead["x-worker-pid"] else self.other
+            into.append(float(r["x-served-at"]) - t0)
+            self.landed.append(float(r["x-served-at"]) - float(r["x-rendered-at"]))
+            self.received.append(float(r["received"]) - float(r["x-rendered-at"]))
+
+    def add_bare(self, replies: list[dict[str, str]], at: float) -> None:
+        for r in replies:
+            if not r:
+                self.errors += 1
+                continue
+            self.landed.append(float(r["x-served-at"]) - at)
+            self.received.append(float(r["received"]) - at)
+
+    def row(self) -> dict[str, Any]:
+        row: dict[str, Any] = dict(self.key)
+        if self.key["code"] != "bare":
+            row |= {"in_process": _ms(self.same), "other_processes": _ms(self.other)}
+        row |= {"after_render": _ms(self.landed), "received": _ms(self.received)}
+        if self.key["code"] != "bare":
+            row["leader"] = _ms(self.leader)
+        cpu_us = round(self.cpu / self.requests * 1e6) if self.requests else None
+        return row | {"cpu_us": cpu_us, "errors": self.errors}
+
+
+def waiters(
+    workdir: str,
+    redis_url: str,
+    codes: dict[str, str | None],
+    reps: int,
+    client: str = "selector",
+) -> list[dict[str, Any]]:
+    """Per worker count, every contender's server is up at once and the bursts
+    alternate between them (``codes``: label -> directory of its ``wsgi_isr``, ``None``
+    for this checkout's), with the reference (``bare``) among them: the same machine
+    load for all. The reference is the floor: the app without a cache, every request
+    sleeping until one instant ``t`` (0.5 s after the burst starts), then answering;
+    its served (and received) minus ``t`` is what answering N requests woken at once
+    costs these workers, with no wake-up to pay for."""
+    send = burst_threads if client == "threads" else burst
     rows = []
-    for store in ("file", "redis"):
-        for workers in (1, 4):
-            url = (
-                f"file://{workdir}/store-{uuid.uuid4().hex[:6]}"
-                if store == "file"
-                else f"{redis_url}{uuid.uuid4().hex[:6]}:"
-            )
-            env = {"BENCH_STORE": url, "BENCH_RENDER": "0.2"}
-            with gunicorn(workdir, f"w-{store}-{workers}", env, workers, code) as server:
-                for n in (50, 500):
-                    same: list[float] = []
-                    other: list[float] = []
-                    landed: list[float] = []  # waiter served - leader's render ended
-                    errors = 0
-                    for _ in range(reps):
-                        replies = burst(server.port, f"/w/{uuid.uuid4().hex}", n)
-                        errors += sum(1 for r in replies if not r)
-                        leaders = [r for r in replies if r.get("x-isr-cache") == "MISS"]
-                        if len(leaders) != 1:
-                            errors += 1
-                            continue
-                        lead = leaders[0]
-                        t0 = float(lead["x-served-at"])
-                        for r in replies:
-                            if "detail=coalesced" not in r.get("cache-status", ""):
-                                continue
-                            into = same if r["x-worker-pid"] == lead["x-worker-pid"] else other
-                            into.append(float(r["x-served-at"]) - t0)
-                            landed.append(float(r["x-served-at"]) - float(r["x-rendered-at"]))
-                        time.sleep(0.2)
-                    rows.append(
-                        {
-                            "store": store,
-                            "workers": workers,
-                            "n": n,
-                            "in_process": _ms(same),
-                            "other_processes": _ms(other),
-                            "after_render": _ms(landed),
-                            "errors": errors,
-                        }
+    for workers in (1, 4):
+        with contextlib.ExitStack() as stack:
+            servers: list[tuple[str, str, Server]] = []
+            env = {"BENCH_STORE": "bare"}
+            bare = gunicorn(workdir, f"w-bare-{workers}", env, workers, None)
+            servers.append(("bare", "-", stack.enter_context(bare)))
+            for label, code in codes.items():
+                for store in ("file", "redis"):
+                    url = (
+                        f"file://{workdir}/store-{uuid.uuid4().hex[:6]}"
+                        if store == "file"
+                        else f"{redis_url}{uuid.uuid4().hex[:6]}:"
                     )
+                    env = {"BENCH_STORE": url, "BENCH_RENDER": "0.2"}
+                    name = f"w-{label.replace('/', '_')}-{store}-{workers}"
+                    server = stack.enter_context(gunicorn(workdir, name, env, workers, code))
+                    servers.append((label, store, server))
+            for n in (50, 500):
+                tallies = [_Tally(label, store, workers, n) for label, store, _ in servers]
+                for _ in range(reps):
+                    for tally, (label, _, server) in zip(tallies, servers, strict=True):
+                        before = server.cpu_seconds()
+                        if label == "bare":
+                            at = time.time() + 0.5
+                            replies = send(server.port, f"/b/{uuid.uuid4().hex}?{at!r}", n)
+                            tally.add_bare(replies, at)
+                        else:
+                            tally.add_isr(send(server.port, f"/w/{uuid.uuid4().hex}", n))
+                        tally.cpu += server.cpu_seconds() - before
+                        tally.requests += n
+                        time.sleep(0.2)
+                for tally in tallies:
+                    rows.append(tally.row())
                     print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -253,6 +368,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", help="also run `waiters` on the wsgi_isr of this git ref")
     parser.add_argument("--reps", type=int, default=3, help="bursts per row")
     parser.add_argument("--rounds", type=int, default=30, help="invalidations in `window`")
+    parser.add_argument(
+        "--client",
+        choices=("selector", "threads"),
+        default="selector",
+        help="`waiters`' load: one thread with a selector, or a Python thread per connection",
+    )
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     with (
@@ -263,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         servers.wait_ready()
         redis_url = redis.redis_url("")
         if "waiters" in args.sections:
-            results["waiters"] = waiters(workdir, redis_url, None, args.reps)
+            codes: dict[str, str | None] = {"this": None}
             if args.baseline:
                 code = os.path.join(workdir, "baseline")
                 os.makedirs(code)
@@ -273,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
                     capture_output=True,
                 ).stdout
                 subprocess.run(["tar", "-x", "-C", code], input=archive, check=True)
-                results["baseline"] = waiters(workdir, redis_url, code, args.reps)
+                codes[args.baseline] = code
+            results["waiters"] = waiters(workdir, redis_url, codes, args.reps, args.client)
         if "window" in args.sections:
             results["window"] = window(workdir, redis_url, args.rounds)
             print(json.dumps(results["window"]), flush=True)

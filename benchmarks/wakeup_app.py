@@ -7,7 +7,8 @@ that it also runs on an older wsgi_isr (the baseline):
 tagged ``w``). Every answer carries ``X-Served-At`` (this host's ``time.time()`` when
 the cache answered, so processes on one host compare) and ``X-Worker-Pid``; the page
 itself carries ``X-Rendered-At`` (when its render ended).
-``BENCH_LOCAL_TTL`` turns on the local layer; ``BENCH_SECRET`` the endpoint.
+``BENCH_LOCAL_TTL`` turns on the local layer; ``BENCH_SECRET`` the endpoint;
+``BENCH_STORE=bare`` serves the reference (:func:`bare`) instead.
 """
 
 from __future__ import annotations
@@ -34,12 +35,26 @@ def page(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [BODY + str(time.time()).encode()]
 
 
+def bare(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """``BENCH_STORE=bare``, the reference: no cache; ``GET /b/<anything>?<t>`` sleeps
+    until ``t`` (this host's ``time.time()``), then answers the same 2 KB: every request
+    of a burst woken at one instant, at no cost, as a perfect coalescing would."""
+    if environ.get("PATH_INFO") != "/health":
+        time.sleep(max(0.0, float(environ.get("QUERY_STRING") or 0) - time.time()))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2048")])
+    return [BODY]
+
+
 _ttl = os.environ.get("BENCH_LOCAL_TTL")
-_mw = ISRMiddleware(
-    page,
-    store=os.environ["BENCH_STORE"],
-    secret=os.environ.get("BENCH_SECRET"),
-    local_ttl=float(_ttl) if _ttl else None,
+_mw = (
+    bare
+    if os.environ["BENCH_STORE"] == "bare"
+    else ISRMiddleware(
+        page,
+        store=os.environ["BENCH_STORE"],
+        secret=os.environ.get("BENCH_SECRET"),
+        local_ttl=float(_ttl) if _ttl else None,
+    )
 )
 
 

@@ -392,6 +392,11 @@ class ISRMiddleware:
     def _serve(
         self, environ: WSGIEnvironment, start_response: StartResponse, rk: RequestKey
     ) -> Iterable[bytes]:
+        # a miss of this process waits on the key (or renders it): join it, no round trip
+        landings = self.landings
+        if not landings.idle and landings.joinable(rk.key) and not _has_credentials(environ):
+            self.stats.incr("misses")
+            return coalesced_miss(self, environ, start_response, rk, rk.key, ())
         try:
             record, tag_states, key, vary = self._find(environ, rk)
             now = self.store.now()

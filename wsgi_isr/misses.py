@@ -8,10 +8,11 @@ renders (and stores) in its place; a leader whose render hangs keeps its lease
 for ``coalesce_timeout`` at most, then the same happens. Each wait is bounded by
 ``coalesce_timeout``: past it a waiter renders for itself without storing.
 
-Waiters are woken the moment the leader's render lands: in the same process by an
-event per key, in other processes through the store (Redis pub/sub); they also look
-again at growing intervals, up to the store's ``landing_poll`` (a short one for the
-file store, which has no way to wake them), should the wake-up be lost.
+Waiters are woken the moment the leader's render lands, at O(1) store work per
+process (see :class:`Landings`): in the leader's process it hands them the entry; in
+the others one waiter per key looks, woken through the store (Redis pub/sub) or at
+growing intervals up to the store's ``landing_poll`` (a short one for the file store,
+which has no way to wake it), and hands what it found to the rest.
 
 A page that turns out to vary on request headers (``Vary: Accept-Encoding``
 from a compression middleware) leaves a marker under its base key; waiters
@@ -59,19 +60,29 @@ MAX_WAITED_KEYS = 10_000
 
 
 class Landings:
-    """Wakes the misses that wait on a key when its leader lands: those of this process
-    through an event per key, those of other processes through the store (Redis
-    pub/sub: the leader announces the landing, every process' subscriber sets its
-    event). Without such a wake-up, waiters look again every ``landing_poll`` seconds.
+    """Wakes the misses that wait on a key when it lands, with as little store work as
+    possible: the leader hands what it stored to the waiters of its own process (no
+    lookup); in every other process one waiter per key (the *looker*) looks, woken by
+    the store (Redis pub/sub: the leader announces the landing) or, if the store cannot
+    wake it, every ``landing_poll`` seconds, and hands what it found to the others (the
+    *followers*): one lookup per process and landing, not one per waiter. A follower
+    looks by itself only when the looker leaves without finding the page, or after
+    ``patience`` (should the looker be stuck).
 
-    Events are made when first waited on (so, in a gunicorn gevent worker, after
-    gevent patched ``threading``), per process (a forked child starts with none, and
-    starts its own subscriber) and dropped when set.
+    Waits are made when first waited on (so, in a gunicorn gevent worker, after gevent
+    patched ``threading``), per process (a forked child starts with none, and starts its
+    own subscriber) and dropped when over.
     """
 
     def __init__(self, store: Store | None = None) -> None:
         self.store = store
         self._waiting: dict[str, _Landing] = {}
+        #: keys whose leader renders in this process: it hands its waiters the page, so
+        #: the store's word of the landing (its own announcement) is not theirs to act on
+        self._leading: set[str] = set()
+        #: nothing waited on or rendered here (a hint, for the hit path: one attribute
+        #: read, not :meth:`joinable`'s two lookups; a stale value only costs a lookup)
+        self.idle = True
         self._pid = 0
         self._woken_by_store = False
         self._watchers: list[Callable[[str], None]] = []
@@ -84,17 +95,39 @@ class Landings:
         self.first_pause()  # this process listens to the store
         return self._woken_by_store
 
-    def wait(self, key: str, timeout: float) -> _Landing | None:
-        """Wait until ``key`` lands or ``timeout`` passes: the landing if woken (its
-        ``entry``, when the leader was in this process and stored one under ``key``)."""
+    def wait(self, key: str, delay: float, patience: float) -> Entry | None:
+        """Wait on ``key``: the entry handed over, or ``None`` when it is this waiter's
+        turn to look (the looker: after ``delay``, or at once when the store says the
+        key landed; a follower: when the looker left, or after ``patience``)."""
         self.first_pause()  # this process listens to the store
         landing = self._waiting.get(key)
         if landing is None:
             if len(self._waiting) >= MAX_WAITED_KEYS:
-                time.sleep(timeout)
+                time.sleep(delay)
                 return None
             landing = self._waiting.setdefault(key, _Landing())
-        return landing if landing.event.wait(timeout) else None
+            self.idle = False
+        me = threading.get_ident()
+        if landing.looker == me or landing.claim.acquire(blocking=False):  # one looker
+            landing.looker = me
+            # no need to poll a render of this process: its leader hands the page over
+            landing.prod.wait(patience if key in self._leading else delay)
+            landing.prod.clear()  # a word that comes during the look brings another
+        else:
+            landing.event.wait(patience)
+        return landing.entry
+
+    def leave(self, key: str) -> None:
+        """The calling waiter no longer waits on ``key``; if it was the looker and the
+        wait is not over, the followers look by themselves (one becomes the looker)."""
+        landing = self._waiting.get(key)
+        if landing is not None and landing.looker == threading.get_ident():
+            self._wake(key)
+
+    def hand_over(self, key: str, entry: Entry | None) -> None:
+        """``entry`` is what ``key`` holds now (found by a waiter, or stored by this
+        process' leader): the waiters here are served it as is (``None``: they look)."""
+        self._wake(key, entry)
 
     def first_pause(self) -> float:
         """How long a waiter first waits before it looks by itself: short if nothing
@@ -102,8 +135,9 @@ class Landings:
         the store wakes it (every look costs a round trip that the leader, landing,
         waits behind too)."""
         if self._pid != os.getpid():
-            self._waiting, self._pid = {}, os.getpid()
-            self._woken_by_store = self.store is not None and self.store.watch_landings(self._wake)
+            self._waiting, self._leading, self._pid = {}, set(), os.getpid()
+            self.idle = True
+            self._woken_by_store = self.store is not None and self.store.watch_landings(self._heard)
         if self._woken_by_store and self.store is not None:
             return self.store.landing_poll
         return FIRST_POLL
@@ -112,26 +146,62 @@ class Landings:
         """The render of ``key`` landed here (``entry``: what was stored under ``key``):
         wake the waiters, here (handing them the entry) and elsewhere."""
         self._wake(key, entry)
+        self.announce(key)
+
+    def announce(self, key: str) -> None:
+        """Tell the other processes' waiters that ``key`` landed."""
         if self.store is not None:
             # a hint: without it the waiters elsewhere look by themselves
             with contextlib.suppress(StoreError):
                 self.store.announce_landing(key)
 
+    def lead(self, key: str) -> None:
+        """A miss leader of this process renders ``key`` (it wakes the waiters here
+        itself, with :meth:`led`, once its own answer is built)."""
+        self.first_pause()  # a forked child's sets start empty
+        self._leading.add(key)
+        self.idle = False
+
+    def led(self, key: str, entry: Entry | None) -> None:
+        """The leader of ``key`` is done: its waiters here are handed ``entry``."""
+        self._leading.discard(key)  # first: a waiter coming now must not count on it
+        self.idle = not (self._waiting or self._leading)
+        self._wake(key, entry)
+
+    def joinable(self, key: str) -> bool:
+        """Whether this process already waits on or renders ``key``: a miss coming now
+        waits with them, without a lock try or a look of its own."""
+        return key in self._waiting or key in self._leading
+
+    def _heard(self, key: str) -> None:
+        """The store says ``key`` landed somewhere: this process' looker looks now."""
+        landing = self._waiting.get(key)
+        if landing is not None and key not in self._leading:
+            landing.prod.set()
+
     def _wake(self, key: str, entry: Entry | None = None) -> None:
         for watcher in self._watchers:
             watcher(key)
         landing = self._waiting.pop(key, None)
+        self.idle = not (self._waiting or self._leading)
         if landing is not None:
             landing.entry = entry
             landing.event.set()
+            landing.prod.set()
 
 
 class _Landing:
-    __slots__ = ("entry", "event")
+    """One wait on a key in this process: ``event`` is set when it is over (``entry``:
+    what was handed over, if anything), ``prod`` wakes the ``looker`` (a thread id)."""
+
+    __slots__ = ("claim", "entry", "event", "looker", "prod")
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.prod = threading.Event()
         self.entry: Entry | None = None
+        self.claim = threading.Lock()  # taken by the looker, never released (one wait)
+        self.looker: int | None = None
 
 
 def personal_miss(
@@ -169,53 +239,63 @@ def coalesced_miss(
     vary: tuple[str, ...],
 ) -> Iterable[bytes]:
     """Render in the foreground, one request per key at a time (see the module)."""
-    store, regen = mw.store, mw.regen
+    store, regen, landings = mw.store, mw.regen, mw.landings
     deadline = time.monotonic() + mw.coalesce_timeout
-    delay = mw.landings.first_pause()
+    delay = landings.first_pause()
     leads = 0
     next_try = 0.0  # when to try the lock again (a look in between costs much less)
-    while True:
-        lock = lock_name(key)
-        try:
-            held = None
-            if time.monotonic() >= next_try:
-                held = regen.lock(lock)
-                next_try = time.monotonic() + LOCK_RETRY
-            # taken or not, a render may have landed since our lookup: look first
-            landed, lkey, lvary = _landed(mw, environ, rk)
-        except StoreError as exc:
-            return mw._store_down(environ, start_response, exc)
-        if (landed is not None or lkey != key) and held is not None:
-            regen.unlock(lock, held[0])
-            held = None
-        if isinstance(landed, PassMarker):
-            return mw._hit_for_pass(environ, start_response, landed)
-        if isinstance(landed, Entry):
-            mw.stats.incr("coalesced")
-            return mw._respond(environ, start_response, landed, store.now(), R.HIT, "coalesced")
-        if lkey != key:  # the page varies: coalesce on this visitor's variant instead
-            key, vary, next_try = lkey, lvary, 0.0
-            continue
-        if held is not None:
-            leads += 1
-            served = _lead(mw, environ, start_response, rk, key, vary, held, leads > 2)
-            if served is not None:
-                return served
-            # stored under another variant than this visitor's: look again
-            continue
-        if time.monotonic() >= deadline:
-            # the leader takes too long: render for ourselves, store nothing
-            mw.stats.incr("coalesce_timeouts")
-            captured = capture(mw.app, render_environ(rk, environ, vary), mw.max_entry_bytes)
-            return send_captured(environ, start_response, captured, R.CS_TIMEOUT)
-        landing = mw.landings.wait(key, delay)
-        if landing is not None and landing.entry is not None:
-            # the leader was in this process and handed over what it stored: no lookup
-            mw.stats.incr("coalesced")
-            return mw._respond(
-                environ, start_response, landing.entry, store.now(), R.HIT, "coalesced"
-            )
-        delay = min(delay * 2, store.landing_poll)
+    # this process already waits on (or renders) the key: join them, no round trips
+    joined = landings.joinable(key)
+    try:
+        while True:
+            lock = lock_name(key)
+            held: tuple[str, float] | None = None
+            if joined:
+                joined, landed, lkey, lvary = False, None, key, vary
+            else:
+                try:
+                    if time.monotonic() >= next_try:
+                        held = regen.lock(lock)
+                        next_try = time.monotonic() + LOCK_RETRY
+                    # taken or not, a render may have landed since our lookup: look first
+                    landed, lkey, lvary = _landed(mw, environ, rk)
+                except StoreError as exc:
+                    return mw._store_down(environ, start_response, exc)
+            if (landed is not None or lkey != key) and held is not None:
+                regen.unlock(lock, held[0])
+                held = None
+            if isinstance(landed, PassMarker):
+                return mw._hit_for_pass(environ, start_response, landed)
+            if isinstance(landed, Entry):
+                # the other waiters on that key in this process need no lookup of their own
+                landings.hand_over(lkey, landed)
+                mw.stats.incr("coalesced")
+                return mw._respond(environ, start_response, landed, store.now(), R.HIT, "coalesced")
+            if lkey != key:  # the page varies: coalesce on this visitor's variant instead
+                landings.leave(key)
+                key, vary, next_try = lkey, lvary, 0.0
+                continue
+            if held is not None:
+                leads += 1
+                served = _lead(mw, environ, start_response, rk, key, vary, held, leads > 2)
+                if served is not None:
+                    return served
+                # stored under another variant than this visitor's: look again
+                continue
+            now = time.monotonic()
+            if now >= deadline:
+                # the leader takes too long: render for ourselves, store nothing
+                mw.stats.incr("coalesce_timeouts")
+                captured = capture(mw.app, render_environ(rk, environ, vary), mw.max_entry_bytes)
+                return send_captured(environ, start_response, captured, R.CS_TIMEOUT)
+            entry = landings.wait(key, delay, min(LOCK_RETRY, deadline - now))
+            if entry is not None:
+                # handed over by the leader (in this process) or by this process' looker
+                mw.stats.incr("coalesced")
+                return mw._respond(environ, start_response, entry, store.now(), R.HIT, "coalesced")
+            delay = min(delay * 2, store.landing_poll)
+    finally:
+        landings.leave(key)  # the key waited on last: its followers look without us
 
 
 def _lead(
@@ -231,7 +311,32 @@ def _lead(
     """Render ``key`` holding its lock (``held``: the token, and the store-clock time
     it was taken, when the render counts as started), and store it. ``None`` when the
     render was stored under another variant than the visitor's (the caller looks
-    again), unless this is the ``last`` try (a page whose ``Vary`` keeps changing)."""
+    again), unless this is the ``last`` try (a page whose ``Vary`` keeps changing).
+
+    The waiters elsewhere are told as soon as the page is stored; those of this process
+    are handed it once the leader's own answer is built (under gevent they would
+    otherwise all be served while the leader waits for its next round trip)."""
+    handed: Entry | None = None
+    mw.landings.lead(key)
+    try:
+        served = _render_and_answer(mw, environ, start_response, rk, key, vary, held, last)
+        handed = served[1]
+        return served[0]
+    finally:
+        mw.landings.led(key, handed)
+
+
+def _render_and_answer(
+    mw: ISRMiddleware,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    rk: RequestKey,
+    key: str,
+    vary: tuple[str, ...],
+    held: tuple[str, float],
+    last: bool,
+) -> tuple[Iterable[bytes] | None, Entry | None]:
+    """:func:`_lead`'s work: its answer, and the entry to hand this process' waiters."""
     regen, lock = mw.regen, lock_name(key)
     token, started = held
     env = render_environ(rk, environ, vary)
@@ -248,21 +353,22 @@ def _lead(
         settled = regen.settle(rk, key, vary, captured, started, env, foreground=True)
     finally:
         regen.unlock(lock, token)
-        # stored, refused or failed: the waiters look now (those in this process get the
-        # entry, if it was stored under the key they wait on)
-        handed = settled.entry if settled is not None and settled.key == key else None
-        mw.landings.notify(key, handed)
+        # stored, refused or failed: the waiters elsewhere look now (those here get the
+        # entry, if it was stored under the key they wait on, from _lead)
+        mw.landings.announce(key)
+    handed = settled.entry if settled.key == key else None
     if settled.entry is None and not _rendered_as_asked(captured, env, environ):
         # not stored, and it varies on a request header the clean render did not have
         # as this visitor sent it: the visitor gets the app's answer to their own request
         captured.close()
-        return mw._pass(environ, start_response, R.MISS, R.CS_MISS)
+        return mw._pass(environ, start_response, R.MISS, R.CS_MISS), handed
     if settled.entry is None or (last and settled.key != _visitor_key(rk, settled, environ)):
         opted_in = settled.decision.reason != NOT_OPTED_IN
-        return send_captured(environ, start_response, captured, R.CS_MISS, opted_in=opted_in)
+        sent = send_captured(environ, start_response, captured, R.CS_MISS, opted_in=opted_in)
+        return sent, handed
     if settled.key != _visitor_key(rk, settled, environ):
         captured.close()
-        return None
+        return None, handed
     entry = settled.entry
     now = mw.store.now()  # the render took time: its age counts from when it started
     try:
@@ -271,7 +377,7 @@ def _lead(
         mw._store_failed(exc)
         fresh = False  # cannot tell: promise nothing to the caches in front
     detail = None if fresh else R.LANDED_STALE
-    return mw._respond(environ, start_response, entry, now, R.MISS, detail)
+    return mw._respond(environ, start_response, entry, now, R.MISS, detail), handed
 
 
 def _rendered_as_asked(captured: Captured, env: WSGIEnvironment, environ: WSGIEnvironment) -> bool:
