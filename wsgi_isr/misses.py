@@ -122,7 +122,7 @@ class Landings:
         wait is not over, the followers look by themselves (one becomes the looker)."""
         landing = self._waiting.get(key)
         if landing is not None and landing.looker == threading.get_ident():
-            self._wake(key)
+            self._wake(key, landed=False)
 
     def hand_over(self, key: str, entry: Entry | None) -> None:
         """``entry`` is what ``key`` holds now (found by a waiter, or stored by this
@@ -175,13 +175,16 @@ class Landings:
 
     def _heard(self, key: str) -> None:
         """The store says ``key`` landed somewhere: this process' looker looks now."""
+        for watcher in self._watchers:
+            watcher(key)
         landing = self._waiting.get(key)
         if landing is not None and key not in self._leading:
             landing.prod.set()
 
-    def _wake(self, key: str, entry: Entry | None = None) -> None:
-        for watcher in self._watchers:
-            watcher(key)
+    def _wake(self, key: str, entry: Entry | None = None, *, landed: bool = True) -> None:
+        if landed:  # (not when a looker merely leaves: nothing landed)
+            for watcher in self._watchers:
+                watcher(key)
         landing = self._waiting.pop(key, None)
         self.idle = not (self._waiting or self._leading)
         if landing is not None:
