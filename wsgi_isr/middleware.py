@@ -294,26 +294,34 @@ class ISRMiddleware:
     # -- request path ----------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        # every request, cached or not, is this middleware's: a webhook view's
-        # module-level wsgi_isr.revalidate_tag() acts on it, not on another site's
-        token = current_middleware.set(self)
-        try:
-            path_info = environ.get("PATH_INFO", "")
-            if self.secret is not None and (
-                path_info == self.endpoint or path_info.startswith(self.endpoint + "/")
-            ):
-                from .endpoint import handle
+        path_info = environ.get("PATH_INFO", "")
+        if (
+            self.secret is not None
+            and path_info.startswith(self.endpoint)
+            and (path_info == self.endpoint or path_info.startswith(self.endpoint + "/"))
+        ):
+            from .endpoint import handle
 
-                return handle(self, environ, start_response)
-            if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
-                return self.app(environ, _without_internal(start_response))
-            rk = request_key(environ, query_params=self.query_params)
-            if rk is None:
-                return self._bypass(environ, start_response, preview=False)
+            return self._as_current(handle, self, environ, start_response)
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            return self._as_current(self.app, environ, _without_internal(start_response))
+        rk = request_key(environ, query_params=self.query_params)
+        if rk is None:
+            return self._as_current(self._bypass, environ, start_response, False)
+        if self.trusted_hosts is not None or self.bypass_token is not None or self.bypass_cookies:
             bypass = self._bypassed(environ, rk)
             if bypass is not None:
-                return self._bypass(environ, start_response, preview=bypass == "token")
-            return self._serve(environ, start_response, rk)
+                return self._as_current(self._bypass, environ, start_response, bypass == "token")
+        return self._serve(environ, start_response, rk)
+
+    def _as_current(self, call: Callable[..., Iterable[bytes]], *args: Any) -> Iterable[bytes]:
+        """``call(*args)`` with this middleware current: whatever the application (or a
+        render) does meanwhile, a module-level ``wsgi_isr.revalidate_tag()`` in a webhook
+        view say, acts on this site and not another's. A fresh hit runs no application
+        code, and goes without."""
+        token = current_middleware.set(self)
+        try:
+            return call(*args)
         finally:
             current_middleware.reset(token)
 
@@ -335,7 +343,7 @@ class ISRMiddleware:
         return None
 
     def _bypass(
-        self, environ: WSGIEnvironment, start_response: StartResponse, *, preview: bool
+        self, environ: WSGIEnvironment, start_response: StartResponse, preview: bool
     ) -> Iterable[bytes]:
         self.stats.incr("bypasses")
         return self._pass(environ, start_response, R.BYPASS, R.CS_BYPASS, preview=preview)
@@ -395,13 +403,43 @@ class ISRMiddleware:
         try:
             record, tag_states, key, vary = self._find(environ, rk)
             now = self.store.now()
-            state = record.state(now, tag_states) if isinstance(record, Entry) else None
-            if state is not State.FRESH and isinstance(self.store, LocalLayer):
-                # only a FRESH local copy is trusted: anything else may be out of date
-                record, tag_states, key, vary = self._find(environ, rk, through=True)
-                state = record.state(now, tag_states) if isinstance(record, Entry) else None
         except StoreError as exc:
-            return self._store_down(environ, start_response, exc)
+            return self._as_current(self._store_down, environ, start_response, exc)
+        if isinstance(record, Entry):
+            state = record.state(now, tag_states)
+            # the hit path: nothing more to decide (and no application code to run)
+            if state is State.FRESH and not (
+                (record.prepared or R.prepared(record)).personal and _has_credentials(environ)
+            ):
+                self.stats.incr("hits")
+                return self._respond(environ, start_response, record, now, R.HIT)
+        else:
+            state = None
+        return self._as_current(
+            self._decide, environ, start_response, rk, record, tag_states, key, vary, now, state
+        )
+
+    def _decide(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        rk: RequestKey,
+        record: Record | None,
+        tag_states: Mapping[str, TagState],
+        key: str,
+        vary: tuple[str, ...],
+        now: float,
+        state: State | None,
+    ) -> Iterable[bytes]:
+        """Everything but a plain fresh hit: a local copy to check in the backend,
+        stale pages, misses, markers, visitors with credentials."""
+        if state is not State.FRESH and isinstance(self.store, LocalLayer):
+            # only a FRESH local copy is trusted: anything else may be out of date
+            try:
+                record, tag_states, key, vary = self._find(environ, rk, through=True)
+            except StoreError as exc:
+                return self._store_down(environ, start_response, exc)
+            state = record.state(now, tag_states) if isinstance(record, Entry) else None
         if isinstance(record, PassMarker):
             return self._hit_for_pass(environ, start_response, record)
         if (
