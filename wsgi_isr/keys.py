@@ -11,11 +11,12 @@ shortened with a SHA-256 of the whole, so an attacker cannot grow them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
 import sys
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
@@ -106,6 +107,8 @@ _MEMO_SIZE = 4096
 _MEMO_BYTES = 8 << 20  # with 8 KiB URLs, 4096 keys would be ~100 MiB: bounded in bytes too
 _memo: Memo[tuple[Any, ...], RequestKey | None] = Memo(_MEMO_SIZE, _MEMO_BYTES)
 _UNSET: Any = object()
+#: ``RequestKey(...)`` without the generated ``__new__``'s Python frame (once per request).
+_new_key: Callable[[tuple[str, ...]], RequestKey] = functools.partial(tuple.__new__, RequestKey)
 
 
 def request_key(
@@ -125,14 +128,14 @@ def request_key(
     if (
         hosts is not None
         and type(http_host) is str
-        and http_host
         and type(path_info) is str
         and type(script_name) is str
         and type(qs) is str
+        and http_host
         and _PLAIN_PATH.fullmatch(path_info)
         and (not script_name or (script_name[0] == "/" and _PLAIN_PATH.fullmatch(script_name)))
     ):
-        query = _plain_query(qs, query_params)
+        query = _plain_query(qs, query_params) if qs else ""
         if query is not None:
             host = hosts.get(http_host, _UNSET)
             if host is _UNSET:
@@ -147,7 +150,7 @@ def request_key(
             key = f"{scheme}://{host}{where}?{query}"
             if len(key) > MAX_KEY:
                 key = shorten(key)
-            return RequestKey(key, scheme, host, script_name, path_info, query, path)
+            return _new_key((key, scheme, host, script_name, path_info, query, path))
     memo_key = (
         scheme,
         http_host,
@@ -171,10 +174,8 @@ def request_key(
 
 
 def _plain_query(qs: str, allow: Collection[str] | None) -> str | None:
-    """:func:`normalise_query` of a query made of ``name=value`` pairs of plain characters
-    whose names are already in order; ``None`` for any other query."""
-    if not qs:
-        return ""
+    """:func:`normalise_query` of a non-empty query made of ``name=value`` pairs of plain
+    characters whose names are already in order; ``None`` for any other query."""
     if not _PLAIN_QUERY.fullmatch(qs):
         return None
     if "&" not in qs:

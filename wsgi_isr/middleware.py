@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgi_isr")
 P = ParamSpec("P")
 T = TypeVar("T")
+_NO_VARY: tuple[str, ...] = ()
 
 
 def _has_credentials(environ: WSGIEnvironment) -> bool:
@@ -390,7 +391,7 @@ class ISRMiddleware:
         the tag states, and the key and vary names it was found under."""
         lookup = self.store.lookup_through if through else self.store.lookup
         record, tag_states = lookup(rk.key)
-        key, vary = rk.key, cast(tuple[str, ...], ())
+        key, vary = rk.key, _NO_VARY
         if isinstance(record, VaryMarker):
             vary = record.headers
             key = variant_key(rk.key, vary, environ)
@@ -400,8 +401,13 @@ class ISRMiddleware:
     def _serve(
         self, environ: WSGIEnvironment, start_response: StartResponse, rk: RequestKey
     ) -> Iterable[bytes]:
-        try:
-            record, tag_states, key, vary = self._find(environ, rk)
+        try:  # _find, inline: this is the hit path
+            key, vary = rk.key, _NO_VARY
+            record, tag_states = self.store.lookup(key)
+            if isinstance(record, VaryMarker):
+                vary = record.headers
+                key = variant_key(key, vary, environ)
+                record, tag_states = self.store.lookup(key)
             now = self.store.now()
         except StoreError as exc:
             return self._as_current(self._store_down, environ, start_response, exc)
