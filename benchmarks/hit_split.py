@@ -1,6 +1,7 @@
 """Where the microseconds of one ISR hit go, step by step, per store (in process).
 
     python benchmarks/hit_split.py [PAGES] [--redis redis://127.0.0.1:6379/0] [--wsgi-isr DIR]
+        [--only isr-memory,isr-file,isr-redis,isr-redis-local]
 
 Each step of the middleware's hit path is timed on its own, on random pages out of
 ``PAGES`` (5,000) cached ones (every store bounded to hold them all), with the objects a
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("pages", nargs="?", type=int, default=5_000)
     parser.add_argument("--redis", help="redis URL base (no prefix), for the redis rows")
     parser.add_argument("--wsgi-isr", help="a checkout whose wsgi_isr package to measure")
+    parser.add_argument("--only", help="comma-separated stores (isr-memory,isr-file,...)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args()
     if args.wsgi_isr:
@@ -103,6 +105,8 @@ def main() -> None:
         local = {"local_ttl": 3600.0, "local_max_entries": bound, "local_max_bytes": "8GB"}
         stores["isr-redis"] = (f"{args.redis}{sep}prefix=split{tag}:", {})
         stores["isr-redis-local"] = (f"{args.redis}{sep}prefix=splitlocal{tag}:", local)
+    if args.only:
+        stores = {k: v for k, v in stores.items() if k in args.only.split(",")}
     apps = {}
     for name, (url, options) in stores.items():
         app = isr_app(url, render_seconds=0, **options)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from ..bounded import ByteLRU, parse_size
 from ..entry import Entry, Record, TagState, VaryMarker
 from ..errors import StoreError
+from ..responses import prepared
 from .base import Store
 from .memory import record_size
 
@@ -95,6 +96,8 @@ class LocalLayer(Store):
 
     def _remember(self, key: str, record: Record | None) -> None:
         held = (record, self.monotonic() + self.ttl)
+        if isinstance(record, Entry):
+            prepared(record)  # what its hits send, built now, not by the first hit
         if isinstance(record, Entry | VaryMarker):
             self._others.pop(key)
             self._pages.set(key, held, record_size(record) + len(key) + 100)
