@@ -14,6 +14,12 @@ gunicorn builds them from the environment (``benchmarks/run.py`` sets it)::
 ``BENCH_STORE``, ``BENCH_LOCAL_TTL``, ``BENCH_SECRET``
     the ISR store URL (also Flask-Caching's backend), the local layer's TTL (redis + local
     layer), the endpoint secret.
+``BENCH_LOCAL_MAX_ENTRIES``, ``BENCH_LOCAL_MAX_BYTES``
+    the local layer's bounds (the scaling section makes them hold 100,000 pages).
+``BENCH_PREFILL``, ``BENCH_PREFILL_HOST``
+    each worker puts ``/p/0`` .. ``/p/<N-1>`` (as requested from ``host:port``) into its own
+    store at start-up: a ``memory://`` store, or the in-process copies of a local layer
+    (whose backend the harness fills), are per process, out of the harness' reach.
 ``BENCH_RENDER_SECONDS`` (0.05), ``BENCH_SLOW_SECONDS`` (2), ``BENCH_COUNTED_SECONDS`` (0.5)
     how long ``/page`` (and ``/p/<n>``), ``/slow`` and ``/counted/<name>`` take to render.
 ``BENCH_COUNTER_DIR``
@@ -122,6 +128,8 @@ def isr_app(
     *,
     secret: str | None = None,
     local_ttl: float | None = None,
+    local_max_entries: int | None = None,
+    local_max_bytes: str | None = None,
     **page_options: Any,
 ) -> Any:
     """The page app with ISR installed the documented way (``app.wsgi_app = ...``)."""
@@ -131,6 +139,10 @@ def isr_app(
     options: dict[str, Any] = {"store": store, "secret": secret}
     if local_ttl is not None:
         options["local_ttl"] = local_ttl
+    if local_max_entries is not None:
+        options["local_max_entries"] = local_max_entries
+    if local_max_bytes is not None:
+        options["local_max_bytes"] = local_max_bytes
     app.wsgi_app = ISRMiddleware(app.wsgi_app, **options)
     return app
 
@@ -189,12 +201,22 @@ def from_env() -> WSGIApplication:
         app = bare_app()
     elif kind == "isr":
         local = env.get("BENCH_LOCAL_TTL")
-        app = isr_app(
+        local_entries = env.get("BENCH_LOCAL_MAX_ENTRIES")
+        flask_app = isr_app(
             env["BENCH_STORE"],
             secret=env.get("BENCH_SECRET") or None,
             local_ttl=float(local) if local else None,
+            local_max_entries=int(local_entries) if local_entries else None,
+            local_max_bytes=env.get("BENCH_LOCAL_MAX_BYTES") or None,
             **page_options,
         )
+        if env.get("BENCH_PREFILL"):
+            from benchmarks.probes import prefill_process
+
+            prefill_process(
+                flask_app.wsgi_app.store, env["BENCH_PREFILL_HOST"], int(env["BENCH_PREFILL"])
+            )
+        app = flask_app
     elif kind == "flask-caching":
         app = flask_caching_app(env.get("BENCH_STORE") or None, **page_options)
     elif kind == "uncached":

@@ -119,6 +119,25 @@ def prefill(url: str, host: str, start: int, stop: int) -> float:
     return time.perf_counter() - began
 
 
+def prefill_process(store: Any, host: str, count: int) -> None:
+    """Pages ``/p/0`` .. ``/p/<count-1>`` in this process' own store (a worker at start-up,
+    ``BENCH_PREFILL``): put into a memory store; kept as the local copies of a local layer,
+    whose backend the harness fills with the same pages (nothing is written twice)."""
+    from wsgi_isr.keys import path_tags, request_key
+    from wsgi_isr.stores import LocalLayer
+
+    template = scaling_template(host)
+    for i in range(count):
+        rk = request_key(environ(f"/p/{i}", host))
+        assert rk is not None
+        tags = ("all", "few") if i < 10 else ("all",)
+        entry = dataclasses.replace(template, tags=tags + path_tags(rk.path))
+        if isinstance(store, LocalLayer):
+            store._remember(rk.key, entry)  # what a first lookup would keep
+        else:
+            store.put(rk.key, entry, None)
+
+
 # -- revalidate_tag cost --------------------------------------------------------------------
 
 

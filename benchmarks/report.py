@@ -30,6 +30,8 @@ THROUGHPUT_TARGETS = {
     "isr-redis": 0.55,
     "isr-redis-local": 0.90,
 }
+#: Hit throughput on the most pages against the fewest (issue 16, target 2); 0.9 otherwise.
+SCALING_TARGETS = {"file": 0.8}
 
 #: (ISR contender, Flask-Caching contender) compared: every store with SimpleCache, and
 #: with Flask-Caching on the same backend
@@ -94,16 +96,19 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     for st, r in results.get("scaling", {}).get("stores", {}).items():
         sizes = results["scaling"]["sizes"]
         by_cpu = r.get("last_first_cpu")
+        target = SCALING_TARGETS.get(st, 0.9)
         rows.append(
             (
                 f"hit throughput flat from {sizes[0]:,} to {sizes[-1]:,} pages,"
-                f" last/first ≥ 0.9 ({st})",
+                f" last/first ≥ {target} ({st})",
                 f"{r['last_first']:.2f}"
                 + (f" (from server CPU per request: {by_cpu:.2f})" if by_cpu else ""),
-                r["last_first"] >= 0.9,
+                r["last_first"] >= target,
             )
         )
         rv = r["revalidate"]
+        if rv is None:  # a per-process store: no other process to invalidate from
+            continue
         ratio = rv["all"] / rv["few"]
         rows.append(
             (
@@ -428,7 +433,9 @@ def _scaling(r: dict[str, Any]) -> list[str]:
         "## Scaling with the number of cached pages",
         "",
         f"Random pages out of N pre-filled ones (through `Store.put`; "
-        f"{r['prefill_seconds']:.0f} s for all stores).",
+        f"{r['prefill_seconds']:.0f} s for the shared stores; memory:// and the local "
+        "layer's copies are filled by each worker at start-up, `BENCH_PREFILL`, with bounds "
+        "that hold every page and, for the local layer, `local_ttl=3600`).",
         "",
     ]
     rows = []
@@ -455,6 +462,8 @@ def _scaling(r: dict[str, Any]) -> list[str]:
     rows = []
     for st, x in r["stores"].items():
         rv = x["revalidate"]
+        if rv is None:
+            continue
         rows.append(
             [
                 st,

@@ -39,7 +39,7 @@ from benchmarks.load import (
     median,
     percentile,
 )
-from benchmarks.servers import HOST, REPO, Server, Servers
+from benchmarks.servers import HOST, REPO, Server, Servers, free_port
 
 
 def _line(label: str, r: LoadResult) -> str:
@@ -377,41 +377,76 @@ def coalescing(run: Run) -> dict[str, Any]:
     return out
 
 
+#: The scaling section's stores: (name, store kind, in-process copies). ``memory`` and the
+#: local layer are per process, so each worker fills its own (``BENCH_PREFILL``).
+_SCALING_STORES = (
+    ("memory", "memory", False),
+    ("file", "file", False),
+    ("redis", "redis", False),
+    ("redis+local", "redis", True),
+)
+
+
+def _scaling_env(run: Run, st: str, kind: str, local: bool, size: int, port: int) -> dict[str, str]:
+    tag = f"scale-{st.replace('+', '-')}-{size}"
+    bound = str(2 * max(run.settings.sizes))  # room for every page, and the markers
+    env = {"BENCH_APP": "isr", "BENCH_STORE": run.store_url(kind, tag)}
+    if kind == "memory":  # the default bound (10,000) would evict most of 100,000 pages
+        env["BENCH_STORE"] = f"memory://?max_entries={bound}"
+    if local:
+        # a TTL longer than the run and room for every page: what is measured is a hit on
+        # the local copy; a page visited less often than local_ttl costs the redis row's
+        # round trip instead
+        env.update(
+            BENCH_LOCAL_TTL="3600", BENCH_LOCAL_MAX_ENTRIES=bound, BENCH_LOCAL_MAX_BYTES="8GB"
+        )
+    if kind == "memory" or local:
+        env.update(BENCH_PREFILL=str(size), BENCH_PREFILL_HOST=f"{HOST}:{port}")
+    return env
+
+
 def scaling(run: Run) -> dict[str, Any]:
-    """Hit throughput on random pages out of 100 / 10,000 / 100,000 cached ones (file, redis),
-    then the cost of ``revalidate_tag`` for a tag on 10 pages against one on every page."""
+    """Hit throughput on random pages out of 100 / 10,000 / 100,000 cached ones (memory, file,
+    redis, redis + local layer), then the cost of ``revalidate_tag`` for a tag on 10 pages
+    against one on every page."""
     s = run.settings
-    stores = ["file"] + (["redis"] if shutil.which("redis-server") else [])
+    has_redis = shutil.which("redis-server") is not None
+    stores = [x for x in _SCALING_STORES if has_redis or x[1] != "redis"]
+    if not local_ttl_supported():
+        stores = [x for x in stores if not x[2]]
     out: dict[str, Any] = {"sizes": list(s.sizes), "stores": {}}
     with Servers(run.workdir) as servers:
         live: dict[tuple[str, int], tuple[Server, str]] = {}
-        for st in stores:
+        for st, kind, local in stores:
             for size in s.sizes:
-                tag = f"scale-{st}-{size}"
-                url = run.store_url(st, tag)
-                srv = servers.gunicorn(tag, {"BENCH_APP": "isr", "BENCH_STORE": url})
-                live[(st, size)] = (srv, url)
-        servers.wait_ready()
+                port = free_port()
+                env = _scaling_env(run, st, kind, local, size, port)
+                srv = servers.gunicorn(f"scale-{st}-{size}", env, port=port)
+                live[(st, size)] = (srv, env["BENCH_STORE"])
+        servers.wait_ready(timeout=180)  # the workers of per-process stores fill them first
         began = time.perf_counter()
-        _prefill_all({k: (url, f"{HOST}:{srv.port}") for k, (srv, url) in live.items()})
+        shared = {k: (url, f"{HOST}:{srv.port}") for k, (srv, url) in live.items()}
+        _prefill_all({k: v for k, v in shared.items() if not v[0].startswith("memory:")})
         out["prefill_seconds"] = time.perf_counter() - began
-        run.say(
-            f"  pre-filled {sum(s.sizes) * len(stores):,} pages in {out['prefill_seconds']:.0f} s"
-        )
+        run.say(f"  pre-filled the shared stores in {out['prefill_seconds']:.0f} s")
         jobs: dict[str, Job] = {}
         for (st, size), (srv, _) in live.items():
             paths = Numbered("/p/", size)
             run.load(srv.port, paths, s.warm)
             check = _tally([fetch(HOST, srv.port, paths[i]) for i in (0, size // 2, size - 1)])
             run.say(f"  warmed {st} {size:,}: {check}")
-            backing = (run.redis(),) if st == "redis" else ()
+            backing = (run.redis(),) if st.startswith("redis") else ()
             jobs[f"{st} {size}"] = Job(srv.port, paths, (srv, *backing))
         results = _alternate(run, jobs, s.aux_rounds, "scaling")
-        for st in stores:
+        for st, _kind, _local in stores:
             per = {size: _summary(results[f"{st} {size}"]) for size in s.sizes}
             largest_srv, largest_url = live[(st, s.sizes[-1])]
-            timing = probes.revalidate_timing(largest_url, f"{HOST}:{largest_srv.port}", reps=15)
-            run.say(f"  revalidate_tag {st}: {timing}")
+            timing = None
+            if not largest_url.startswith("memory:"):  # another process cannot see it
+                timing = probes.revalidate_timing(
+                    largest_url, f"{HOST}:{largest_srv.port}", reps=15
+                )
+                run.say(f"  revalidate_tag {st}: {timing}")
             first, last = per[s.sizes[0]], per[s.sizes[-1]]
             out["stores"][st] = {
                 "sizes": {str(k): v for k, v in per.items()},

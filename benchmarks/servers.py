@@ -160,9 +160,10 @@ class Servers:
         finally:
             log.close()
 
-    def gunicorn(self, name: str, env: dict[str, str]) -> Server:
-        """``gunicorn -k gevent -w 2`` serving ``benchmarks.apps:from_env()`` with ``env``."""
-        port = free_port()
+    def gunicorn(self, name: str, env: dict[str, str], port: int | None = None) -> Server:
+        """``gunicorn -k gevent -w 2`` serving ``benchmarks.apps:from_env()`` with ``env``
+        (on ``port``, else a free one)."""
+        port = port or free_port()
         cmd = [
             sys.executable,
             "-m",

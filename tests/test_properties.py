@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client, EnvironBuilder
 
-from wsgi_isr import FileStore, ISRMiddleware, MemoryStore, RedisStore
+from wsgi_isr import FileStore, ISRMiddleware, MemoryStore, RedisStore, keys
 from wsgi_isr.keys import (
     MAX_KEY,
     MAX_LAYOUT_DEPTH,
@@ -353,6 +353,63 @@ def key_of(query: str, allow: Any = None, **kw: Any) -> str:
     rk = request_key(environ(query=query, **kw), query_params=allow)
     assert rk is not None
     return rk.key
+
+
+#: Characters of a URL with a fast path of their own (plain) and every one that takes
+#: a request off it (quoting, '+', '=', '&', latin-1, a separator, control characters).
+url_chars = st.sampled_from(
+    list(string.ascii_letters[:6] + string.digits[:3] + "/:@!$&'()*+,;=._~-?")
+    + ["%", "%41", "%2F", "+", " ", "#", "|", "é", "\xff", "\x00", "\n"]
+)
+url_text = st.lists(url_chars, max_size=12).map("".join)
+query_name = st.sampled_from(["", "a", "b", "c", "utm_source", "A", "a b", "é", "x%41"])
+plain_query = st.lists(st.tuples(query_name, url_text), max_size=4).map(
+    lambda ps: "&".join(f"{k}={v}" for k, v in ps)
+)
+hostish = st.one_of(
+    st.sampled_from(
+        ["example.com", "Example.COM", "example.com:80", "example.com:443", "a.b.", "[::1]:8080"]
+        + ["", " x.com ", "bad host", "x.com:99999", "x.com:8080", "..", "h_1.local:0"]
+    ),
+    st.text(st.sampled_from("abc.-:[]19 _"), max_size=12),
+)
+
+
+@PROPS
+@given(
+    scheme=st.sampled_from(["http", "https", "HTTPS", "ftp", ""]),
+    host=st.one_of(st.none(), hostish),
+    server=st.tuples(hostish, st.sampled_from(["", "80", "443", "8000"])),
+    script_name=st.one_of(st.just(""), st.sampled_from(["/mnt", "/a/b", "mnt", "/"]), url_text),
+    path=st.one_of(url_text, url_text.map(lambda p: "/" + p)),
+    query=st.one_of(plain_query, url_text),
+    allow=st.one_of(st.none(), st.sets(query_name, max_size=3)),
+)
+@example(scheme="http", host="Example.com:80", server=("", ""), script_name="", path="/p/1",
+         query="b=2&a=1", allow=None)  # fmt: skip
+def test_fast_request_key_is_the_general_one(
+    scheme: str,
+    host: str | None,
+    server: tuple[str, str],
+    script_name: str,
+    path: str,
+    query: str,
+    allow: set[str] | None,
+) -> None:
+    """Plain requests skip parsing and quoting: the key they get is the one the general
+    path computes, for every request."""
+    env = {
+        "wsgi.url_scheme": scheme,
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": server[1],
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+    }
+    if host is not None:
+        env["HTTP_HOST"] = host
+    assert request_key(env, query_params=allow) == keys._request_key(env, allow)
+    assert request_key(env, query_params=allow) == keys._request_key(env, allow)  # memos too
 
 
 pair = st.tuples(st.text(latin1, max_size=6), st.text(latin1, max_size=6))

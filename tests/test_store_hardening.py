@@ -5,12 +5,14 @@ store says about the server's eviction settings, and the in-process bounds in by
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,22 +229,29 @@ def test_request_key_memo_is_bounded_in_bytes() -> None:
     keys._memo.bytes = 0
     host = "h" * 200 + ".example.com"
     for i in range(3000):
-        env = EnvironBuilder(path=f"/p/{i}", query_string="q=" + "x" * 8000).get_environ()
+        # names out of order: off the fast path, through the memo
+        env = EnvironBuilder(path=f"/p/{i}", query_string="q=" + "x" * 8000 + "&a=1").get_environ()
         env["HTTP_HOST"] = host
         assert keys.request_key(env) is not None
         assert keys._memo.bytes <= keys._MEMO_BYTES
     assert len(keys._memo) < 3000  # emptied on the byte bound, long before 4096 entries
 
 
-def test_header_memo_is_bounded_in_bytes() -> None:
-    responses._memo.clear()
-    responses._memo.bytes = 0
+def test_hit_headers_live_and_die_with_their_entry() -> None:
     big = ("X-Long", "v" * 20_000)
-    entries = [Entry("200 OK", (big,), b"", 1e6, 60.0, None, (), "", "") for _ in range(1000)]
-    for e in entries:
-        responses.entry_headers(e, 1e6 + 1, "HIT")
-        assert responses._memo.bytes <= responses._MEMO_BYTES
-    assert len(responses._memo) < 1000
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        entries = [Entry("200 OK", (big,), b"", 1e6, 60.0, None, (), "", "") for _ in range(300)]
+        for e in entries:
+            assert ("X-Long", big[1]) in responses.entry_headers(e, 1e6 + 1, "HIT")
+            assert ("X-Long", big[1]) in responses.entry_headers(e, 1e6 + 1, "HIT")
+        del entries, e
+        gc.collect()
+        # nothing built for serving them is kept anywhere else (no memo of the process)
+        assert tracemalloc.get_traced_memory()[0] - baseline < 200_000
+    finally:
+        tracemalloc.stop()
 
 
 def test_failure_counts_are_bounded_in_bytes() -> None:

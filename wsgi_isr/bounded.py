@@ -50,7 +50,8 @@ def text_size(*parts: Any) -> int:
 
 class ByteLRU(Generic[V]):
     """Least-recently-used mapping of at most ``max_entries`` items and ``max_bytes``
-    (as the caller sizes them). Thread-safe. ``0`` for either bound means unbounded.
+    (as the caller sizes them). Thread-safe for string (or tuple of string) keys. ``0`` for
+    either bound means unbounded.
     An item larger than ``max_bytes`` on its own is not kept (``set`` returns False)."""
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
@@ -73,12 +74,18 @@ class ByteLRU(Generic[V]):
         return iter(list(self._items))
 
     def get(self, key: Any) -> V | None:
-        with self._lock:
-            held = self._items.get(key)
-            if held is None:
-                return None
-            self._items.move_to_end(key)
-            return held[0]
+        # no lock (a hit's only access): ``get`` and ``move_to_end`` are each one atomic
+        # step for string keys under the GIL, and the byte count they do not touch is
+        # what the lock guards; an item popped between the two was simply just removed
+        items = self._items
+        held = items.get(key)
+        if held is None:
+            return None
+        try:  # noqa: SIM105 (contextlib.suppress would cost more than the lookup)
+            items.move_to_end(key)
+        except KeyError:
+            pass
+        return held[0]
 
     def set(self, key: Any, value: V, size: int) -> bool:
         with self._lock:

@@ -45,8 +45,13 @@ class Freshness:
         if self.expire is not None and age >= self.expire:
             return State.EXPIRED
         stale = self.revalidate is not None and age >= self.revalidate
+        tags = self.tags + extra_tags if extra_tags else self.tags
+        # nearly always none of them was ever invalidated: one call (in C for a dict)
+        # tells, instead of a lookup per tag
+        if not tag_states or tag_states.keys().isdisjoint(tags):
+            return State.STALE if stale else State.FRESH
         get = tag_states.get
-        for tag in self.tags + extra_tags if extra_tags else self.tags:
+        for tag in tags:
             st = get(tag)
             if st is None:
                 continue
@@ -80,6 +85,9 @@ class Entry(Freshness):
     tags: tuple[str, ...]
     etag: str
     last_modified: str
+    #: What serving it sends that never changes (:class:`wsgi_isr.responses.Prepared`),
+    #: built by the first hit and kept as long as the entry is: not part of its value.
+    prepared: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -11,13 +11,13 @@ shortened with a SHA-256 of the whole, so an attacker cannot grow them.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import io
 import re
 import sys
-from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from .bounded import Memo, text_size
@@ -35,9 +35,9 @@ PAGE_TAG = "_isr_page:"
 LAYOUT_TAG = "_isr_layout:"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RequestKey:
-    """Where a request's page lives in the store, and how to render it again."""
+class RequestKey(NamedTuple):
+    """Where a request's page lives in the store, and how to render it again (a named
+    tuple: one is built per request, in a third of a frozen dataclass' time)."""
 
     key: str
     scheme: str
@@ -88,25 +88,77 @@ def quote_path(path: str) -> str:
     return quote(raw, _PATH_SAFE)
 
 
-#: Recently computed keys: the same URLs come back again and again, and building a
-#: key (host check, path quoting, query parsing) costs more than the rest of a hit.
+#: What :func:`quote` leaves as it is in a path, and in a query name or value: a request
+#: made of these characters only (nearly every request) is its own canonical form.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
+_PLAIN_QUERY = re.compile(
+    r"[A-Za-z0-9/:@!$'()*,;._~?-]*=[A-Za-z0-9/:@!$'()*,;._~?-]*"
+    r"(?:&[A-Za-z0-9/:@!$'()*,;._~?-]*=[A-Za-z0-9/:@!$'()*,;._~?-]*)*"
+)
+#: Normalised hosts by scheme: a site has a handful, and checking one costs a regular
+#: expression; bounded, since a visitor chooses the ``Host`` header.
+_HOSTS: dict[str, Memo[str, str | None]] = {
+    "http": Memo(256, 64 << 10),
+    "https": Memo(256, 64 << 10),
+}
+#: Keys of requests off the fast path (quoted paths, unsorted queries...): the same
+#: URLs come back again and again, and parsing them costs more than the rest of a hit.
 _MEMO_SIZE = 4096
 _MEMO_BYTES = 8 << 20  # with 8 KiB URLs, 4096 keys would be ~100 MiB: bounded in bytes too
 _memo: Memo[tuple[Any, ...], RequestKey | None] = Memo(_MEMO_SIZE, _MEMO_BYTES)
+_UNSET: Any = object()
+#: ``RequestKey(...)`` without the generated ``__new__``'s Python frame (once per request).
+_new_key: Callable[[tuple[str, ...]], RequestKey] = functools.partial(tuple.__new__, RequestKey)
 
 
 def request_key(
     environ: WSGIEnvironment, *, query_params: Collection[str] | None = None
 ) -> RequestKey | None:
+    """The key of this request, or ``None`` if its host is malformed (the cache is
+    then bypassed)."""
     get = environ.get
+    scheme = get("wsgi.url_scheme", "http")
+    http_host = get("HTTP_HOST")
+    script_name = get("SCRIPT_NAME", "")
+    path_info = get("PATH_INFO", "") or "/"
+    qs = get("QUERY_STRING", "")
+    # the fast path: plain strings need no parsing or quoting, and give the very key the
+    # general path below would (tests/test_properties.py checks it on random requests)
+    hosts = _HOSTS.get(scheme) if type(scheme) is str else None
+    if (
+        hosts is not None
+        and type(http_host) is str
+        and type(path_info) is str
+        and type(script_name) is str
+        and type(qs) is str
+        and http_host
+        and _PLAIN_PATH.fullmatch(path_info)
+        and (not script_name or (script_name[0] == "/" and _PLAIN_PATH.fullmatch(script_name)))
+    ):
+        query = _plain_query(qs, query_params) if qs else ""
+        if query is not None:
+            host = hosts.get(http_host, _UNSET)
+            if host is _UNSET:
+                host = normalise_host({"wsgi.url_scheme": scheme, "HTTP_HOST": http_host})
+                hosts.remember(http_host, host, text_size(http_host, host))
+            if host is None:
+                return None
+            if script_name:
+                where, path = f"{script_name}|{path_info}", script_name + path_info
+            else:
+                where = path = path_info
+            key = f"{scheme}://{host}{where}?{query}"
+            if len(key) > MAX_KEY:
+                key = shorten(key)
+            return _new_key((key, scheme, host, script_name, path_info, query, path))
     memo_key = (
-        get("wsgi.url_scheme"),
-        get("HTTP_HOST"),
+        scheme,
+        http_host,
         get("SERVER_NAME"),
         get("SERVER_PORT"),
-        get("SCRIPT_NAME"),
-        get("PATH_INFO"),
-        get("QUERY_STRING"),
+        script_name,
+        path_info,
+        qs,
         query_params,
     )
     try:
@@ -116,9 +168,25 @@ def request_key(
     except TypeError:  # an unhashable value where a string belongs: compute, do not memo
         return _request_key(environ, query_params)
     rk = _request_key(environ, query_params)
-    size = text_size(*memo_key[:7]) + (0 if rk is None else text_size(*dataclasses.astuple(rk)))
+    size = text_size(*memo_key[:7]) + (0 if rk is None else text_size(*rk))
     _memo.remember(memo_key, rk, size)
     return rk
+
+
+def _plain_query(qs: str, allow: Collection[str] | None) -> str | None:
+    """:func:`normalise_query` of a non-empty query made of ``name=value`` pairs of plain
+    characters whose names are already in order; ``None`` for any other query."""
+    if not _PLAIN_QUERY.fullmatch(qs):
+        return None
+    if "&" not in qs:
+        return qs if allow is None or qs.partition("=")[0] in allow else ""
+    pairs = qs.split("&")
+    names = [p.partition("=")[0] for p in pairs]
+    if names != sorted(names):
+        return None
+    if allow is None:
+        return qs
+    return "&".join(p for p, n in zip(pairs, names, strict=True) if n in allow)
 
 
 def _request_key(

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgi_isr")
 P = ParamSpec("P")
 T = TypeVar("T")
+_NO_VARY: tuple[str, ...] = ()
 
 
 def _has_credentials(environ: WSGIEnvironment) -> bool:
@@ -294,26 +295,34 @@ class ISRMiddleware:
     # -- request path ----------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        # every request, cached or not, is this middleware's: a webhook view's
-        # module-level wsgi_isr.revalidate_tag() acts on it, not on another site's
-        token = current_middleware.set(self)
-        try:
-            path_info = environ.get("PATH_INFO", "")
-            if self.secret is not None and (
-                path_info == self.endpoint or path_info.startswith(self.endpoint + "/")
-            ):
-                from .endpoint import handle
+        path_info = environ.get("PATH_INFO", "")
+        if (
+            self.secret is not None
+            and path_info.startswith(self.endpoint)
+            and (path_info == self.endpoint or path_info.startswith(self.endpoint + "/"))
+        ):
+            from .endpoint import handle
 
-                return handle(self, environ, start_response)
-            if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
-                return self.app(environ, _without_internal(start_response))
-            rk = request_key(environ, query_params=self.query_params)
-            if rk is None:
-                return self._bypass(environ, start_response, preview=False)
+            return self._as_current(handle, self, environ, start_response)
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            return self._as_current(self.app, environ, _without_internal(start_response))
+        rk = request_key(environ, query_params=self.query_params)
+        if rk is None:
+            return self._as_current(self._bypass, environ, start_response, False)
+        if self.trusted_hosts is not None or self.bypass_token is not None or self.bypass_cookies:
             bypass = self._bypassed(environ, rk)
             if bypass is not None:
-                return self._bypass(environ, start_response, preview=bypass == "token")
-            return self._serve(environ, start_response, rk)
+                return self._as_current(self._bypass, environ, start_response, bypass == "token")
+        return self._serve(environ, start_response, rk)
+
+    def _as_current(self, call: Callable[..., Iterable[bytes]], *args: Any) -> Iterable[bytes]:
+        """``call(*args)`` with this middleware current: whatever the application (or a
+        render) does meanwhile, a module-level ``wsgi_isr.revalidate_tag()`` in a webhook
+        view say, acts on this site and not another's. A fresh hit runs no application
+        code, and goes without."""
+        token = current_middleware.set(self)
+        try:
+            return call(*args)
         finally:
             current_middleware.reset(token)
 
@@ -335,7 +344,7 @@ class ISRMiddleware:
         return None
 
     def _bypass(
-        self, environ: WSGIEnvironment, start_response: StartResponse, *, preview: bool
+        self, environ: WSGIEnvironment, start_response: StartResponse, preview: bool
     ) -> Iterable[bytes]:
         self.stats.incr("bypasses")
         return self._pass(environ, start_response, R.BYPASS, R.CS_BYPASS, preview=preview)
@@ -382,7 +391,7 @@ class ISRMiddleware:
         the tag states, and the key and vary names it was found under."""
         lookup = self.store.lookup_through if through else self.store.lookup
         record, tag_states = lookup(rk.key)
-        key, vary = rk.key, cast(tuple[str, ...], ())
+        key, vary = rk.key, _NO_VARY
         if isinstance(record, VaryMarker):
             vary = record.headers
             key = variant_key(rk.key, vary, environ)
@@ -396,25 +405,59 @@ class ISRMiddleware:
         landings = self.landings
         if not landings.idle and landings.joinable(rk.key) and not _has_credentials(environ):
             self.stats.incr("misses")
-            return coalesced_miss(self, environ, start_response, rk, rk.key, ())
-        try:
-            record, tag_states, key, vary = self._find(environ, rk)
+            return self._as_current(coalesced_miss, self, environ, start_response, rk, rk.key, ())
+        try:  # _find, inline: this is the hit path
+            key, vary = rk.key, _NO_VARY
+            record, tag_states = self.store.lookup(key)
+            if isinstance(record, VaryMarker):
+                vary = record.headers
+                key = variant_key(key, vary, environ)
+                record, tag_states = self.store.lookup(key)
             now = self.store.now()
-            state = record.state(now, tag_states) if isinstance(record, Entry) else None
-            ticket = None
-            if state is not State.FRESH and isinstance(self.store, LocalLayer):
-                # only a FRESH local copy is trusted, or a STALE one being regenerated
-                # with no landing heard since: anything else may be out of date
-                ticket = self.regen.ask(key, record, state)
-                if ticket is not None:
-                    local_key = key
-                    try:
-                        record, tag_states, key, vary = self._find(environ, rk, through=True)
-                    finally:
-                        self.regen.asked(local_key, ticket)
-                    state = record.state(now, tag_states) if isinstance(record, Entry) else None
         except StoreError as exc:
-            return self._store_down(environ, start_response, exc)
+            return self._as_current(self._store_down, environ, start_response, exc)
+        if isinstance(record, Entry):
+            state = record.state(now, tag_states)
+            # the hit path: nothing more to decide (and no application code to run)
+            if state is State.FRESH and not (
+                (record.prepared or R.prepared(record)).personal and _has_credentials(environ)
+            ):
+                self.stats.incr("hits")
+                return self._respond(environ, start_response, record, now, R.HIT)
+        else:
+            state = None
+        return self._as_current(
+            self._decide, environ, start_response, rk, record, tag_states, key, vary, now, state
+        )
+
+    def _decide(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        rk: RequestKey,
+        record: Record | None,
+        tag_states: Mapping[str, TagState],
+        key: str,
+        vary: tuple[str, ...],
+        now: float,
+        state: State | None,
+    ) -> Iterable[bytes]:
+        """Everything but a plain fresh hit: a local copy to check in the backend,
+        stale pages, misses, markers, visitors with credentials."""
+        ticket = None
+        if state is not State.FRESH and isinstance(self.store, LocalLayer):
+            # only a FRESH local copy is trusted, or a STALE one being regenerated with
+            # no landing heard since: anything else may be out of date
+            ticket = self.regen.ask(key, record, state)
+            if ticket is not None:
+                local_key = key
+                try:
+                    record, tag_states, key, vary = self._find(environ, rk, through=True)
+                except StoreError as exc:
+                    return self._store_down(environ, start_response, exc)
+                finally:
+                    self.regen.asked(local_key, ticket)
+                state = record.state(now, tag_states) if isinstance(record, Entry) else None
         if isinstance(record, PassMarker):
             return self._hit_for_pass(environ, start_response, record)
         if (

@@ -1,21 +1,22 @@
 """Building what the client receives for a cached entry, and the fixed answers.
 
-Per-request work is limited to the few headers that depend on the clock; the
-rest was computed when the entry was written.
+Per-request work is limited to the few headers that depend on the clock (``Age``,
+``Cache-Control``, ``Cache-Status``); the rest is built once per entry
+(:class:`Prepared`), so a hit on the hundred-thousandth page costs what one on the
+first does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from werkzeug.http import http_date, parse_date
 
-from .bounded import Memo, text_size
 from .entry import Entry
+from .policy import varies_on_credentials
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -87,54 +88,77 @@ def cache_status(label: str, entry: Entry, now: float, detail: str | None = None
     return "; ".join(parts)
 
 
-#: Client headers change at most once a second per entry and label: reuse them.
-_MEMO_SIZE = 4096
-_MEMO_BYTES = 8 << 20
-_memo: Memo[tuple[object, ...], tuple[weakref.ref[Entry], tuple[tuple[str, str], ...]]] = Memo(
-    _MEMO_SIZE, _MEMO_BYTES
-)
+class Prepared:
+    """What serving one entry sends that never changes, built once per entry object (the
+    whitenoise way: a hit then only adds the few headers that depend on the clock).
+
+    ``head``: the stored headers but ``Cache-Control``, then ``Content-Length``, ``ETag``,
+    ``Last-Modified``; ``browser``: the application's browser directives, to append to our
+    ``Cache-Control``; ``forever_hit``: the clock-free tail of a plain HIT of a page
+    without ``revalidate`` nor ``expire``; ``personal``: the page varies on credentials;
+    ``edge``: the tag headers of the caches in front (:mod:`wsgi_isr.purge.edge`).
+    """
+
+    __slots__ = ("browser", "edge", "forever_hit", "head", "personal")
+
+    def __init__(self, entry: Entry) -> None:
+        head = []
+        browser = ""
+        for k, v in entry.headers:
+            if k == "Cache-Control":  # the app's browser directives (policy.stored_headers)
+                browser = f"{browser}, {v}"
+            else:
+                head.append((k, v))
+        if entry.status[:3] not in _NO_BODY_STATUS:
+            head.append(("Content-Length", str(len(entry.body))))
+        head += (("ETag", entry.etag), ("Last-Modified", entry.last_modified))
+        self.head: tuple[tuple[str, str], ...] = tuple(head)
+        self.browser = browser
+        self.forever_hit: tuple[tuple[str, str], ...] | None = None
+        if entry.revalidate is None and entry.expire is None:
+            self.forever_hit = (
+                ("Cache-Control", f"{_FOREVER_CC}{browser}"),
+                ("X-ISR-Cache", HIT),
+                ("Cache-Status", "wsgi-isr; hit"),
+            )
+        self.personal = varies_on_credentials(entry.headers)
+        self.edge: tuple[object, tuple[tuple[str, str], ...], bool] | None = None
+
+
+_FOREVER_CC = f"public, s-maxage={FOREVER}, stale-while-revalidate={FOREVER}"
+
+
+def prepared(entry: Entry) -> Prepared:
+    """The entry's :class:`Prepared` (built on first use; two threads building it at
+    once build equal ones)."""
+    p: Prepared | None = entry.prepared
+    if p is None:
+        p = Prepared(entry)
+        object.__setattr__(entry, "prepared", p)  # a cache, not part of the frozen value
+    return p
 
 
 def entry_headers(
     entry: Entry, now: float, label: str, detail: str | None = None
 ) -> list[tuple[str, str]]:
     """The full header list for serving ``entry`` at ``now`` as ``label``."""
-    age = max(0, int(now - entry.created))
-    # by identity: stores hand out the same immutable object while a page is unchanged;
-    # a weak reference tells a live entry from a dead one whose id was reused, without
-    # keeping bodies alive
-    memo_key = (id(entry), label, detail, age)
-    cached = _memo.get(memo_key)
-    if cached is None or cached[0]() is not entry:
-        cached = (weakref.ref(entry), tuple(_entry_headers(entry, age, label, detail)))
-        _memo.remember(memo_key, cached, text_size(*(s for h in cached[1] for s in h)))
-    return list(cached[1])
-
-
-def _entry_headers(
-    entry: Entry, age: int, label: str, detail: str | None = None
-) -> list[tuple[str, str]]:
-    # freshness as at the END of this second of age: reused for the whole second, the
-    # headers must never promise more than remains at its last instant
-    now = entry.created + age + 1
-    cache_control = cdn_cache_control(entry, now, label == STALE or detail == LANDED_STALE)
-    headers = []
-    for k, v in entry.headers:
-        if k == "Cache-Control":  # the app's browser directives (policy.stored_headers)
-            cache_control = f"{cache_control}, {v}"
-        else:
-            headers.append((k, v))
-    if entry.status[:3] not in _NO_BODY_STATUS:
-        headers.append(("Content-Length", str(len(entry.body))))
-    headers += (
-        ("ETag", entry.etag),
-        ("Last-Modified", entry.last_modified),
+    p = entry.prepared or prepared(entry)
+    age = int(now - entry.created)
+    if age < 0:
+        age = 0
+    if p.forever_hit is not None and label == HIT and detail is None:
+        return [*p.head, ("Age", str(age)), *p.forever_hit]
+    # freshness as at the END of this second of age: the headers must never promise
+    # more than remains at its last instant
+    at = entry.created + age + 1
+    stale = label == STALE or detail == LANDED_STALE
+    return [
+        *p.head,
         ("Age", str(age)),
-        ("Cache-Control", cache_control),
+        ("Cache-Control", cdn_cache_control(entry, at, stale) + p.browser),
         ("X-ISR-Cache", label),
-        ("Cache-Status", cache_status(label, entry, now, detail)),
-    )
-    return headers
+        ("Cache-Status", cache_status(label, entry, at, detail)),
+    ]
 
 
 def _etags(value: str) -> Iterable[str]:
@@ -148,13 +172,13 @@ def _etags(value: str) -> Iterable[str]:
 
 def not_modified(entry: Entry, environ: WSGIEnvironment) -> bool:
     """Whether a conditional GET/HEAD for this entry can be answered with 304."""
-    if not entry.status.startswith("200"):
-        return False
     inm = environ.get("HTTP_IF_NONE_MATCH")
+    ims = environ.get("HTTP_IF_MODIFIED_SINCE")
+    if (inm is None and not ims) or not entry.status.startswith("200"):
+        return False
     if inm is not None:
         strong = entry.etag[2:] if entry.etag.startswith("W/") else entry.etag
         return any(t == "*" or t == strong for t in _etags(inm))
-    ims = environ.get("HTTP_IF_MODIFIED_SINCE")
     if ims:
         since, modified = parse_date(ims), parse_date(entry.last_modified)
         return since is not None and modified is not None and modified <= since

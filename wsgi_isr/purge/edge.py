@@ -13,9 +13,9 @@ of a cached answer (hit, stale, miss, coalesced, 304). It
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Sequence
 
+from .. import responses as R
 from ..entry import Entry
 from .base import Purger, edge_key
 
@@ -34,24 +34,23 @@ class EdgeHeaders:
             if target.header and target.header.lower() not in {h.lower() for h in self.headers}:
                 self.headers[target.header] = target
         self._drop = frozenset(h.lower() for h in self.headers)
-        #: id(entry) -> (entry, its tag headers, whether the app set such a header itself)
-        self._memo: dict[int, tuple[weakref.ref[Entry], tuple[tuple[str, str], ...], bool]] = {}
         self._capped_memo: dict[str, str] = {}
 
     def tag_headers(self, entry: Entry) -> tuple[tuple[tuple[str, str], ...], bool]:
         """The tag headers of ``entry``, and whether the application set one of those
         headers itself (computed once per stored entry)."""
-        memo = self._memo.get(id(entry))
-        if memo is not None and memo[0]() is entry:
-            return memo[1], memo[2]
+        # kept with the entry (not in a memo of this object's, which a site with more
+        # pages than it holds would empty again and again)
+        prepared = entry.prepared or R.prepared(entry)
+        held = prepared.edge
+        if held is not None and held[0] is self:
+            return held[1], held[2]
         keys = list(dict.fromkeys(edge_key(t) for t in entry.tags))
         value = tuple(
             (name, target.header_value(keys)) for name, target in self.headers.items() if keys
         )
         app_tagged = any(k.lower() in self._drop for k, _ in entry.headers)
-        if len(self._memo) >= _MEMO_SIZE:
-            self._memo.clear()
-        self._memo[id(entry)] = (weakref.ref(entry), value, app_tagged)
+        prepared.edge = (self, value, app_tagged)
         return value, app_tagged
 
     def apply(self, entry: Entry, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -22,8 +22,21 @@ from collections.abc import Callable, Iterable, Mapping
 from ..bounded import ByteLRU, parse_size
 from ..entry import Entry, Record, TagState, VaryMarker
 from ..errors import StoreError
+from ..responses import prepared
 from .base import Store
 from .memory import record_size
+
+#: This process' id, kept up to date across forks: ``os.getpid()`` is a system call,
+#: too dear to make on every hit.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class LocalLayer(Store):
@@ -55,8 +68,9 @@ class LocalLayer(Store):
         self._others: ByteLRU[tuple[Record | None, float]] = ByteLRU(max_markers, 0)
         self._subscribed_pid = 0
         self.landing_poll = backend.landing_poll
+        self.now = backend.now  # type: ignore[method-assign]
 
-    def now(self) -> float:
+    def now(self) -> float:  # shadowed in __init__ by the backend's own, one call less a hit
         return self.backend.now()
 
     def _on_invalidation(self) -> None:
@@ -66,8 +80,8 @@ class LocalLayer(Store):
                 sync()
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
-        if self._subscribed_pid != os.getpid():  # per process: threads do not survive fork
-            self._subscribed_pid = os.getpid()
+        if self._subscribed_pid != _pid:  # per process: threads do not survive fork
+            self._subscribed_pid = _pid
             self.backend.subscribe(self._on_invalidation)
         held = self._pages.get(key) or self._others.get(key)
         if held is not None and held[1] > self.monotonic():
@@ -82,6 +96,8 @@ class LocalLayer(Store):
 
     def _remember(self, key: str, record: Record | None) -> None:
         held = (record, self.monotonic() + self.ttl)
+        if isinstance(record, Entry):
+            prepared(record)  # what its hits send, built now, not by the first hit
         if isinstance(record, Entry | VaryMarker):
             self._others.pop(key)
             self._pages.set(key, held, record_size(record) + len(key) + 100)

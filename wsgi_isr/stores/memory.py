@@ -20,6 +20,7 @@ from typing import Any
 from .. import codec
 from ..bounded import ByteLRU, parse_size
 from ..entry import DataEntry, Entry, PassMarker, Record, TagState
+from ..responses import prepared
 from .base import Store, merge_tag_state, new_token, record_ttl
 
 
@@ -87,6 +88,8 @@ class MemoryStore(Store):
         lru, other = self.pages, self.passes
         if isinstance(record, PassMarker):
             lru, other = other, lru
+        elif isinstance(record, Entry):
+            prepared(record)  # what its hits send, built at write time, not by the first hit
         lru.set(key, held, record_size(record) + len(key) + 100)
         other.pop(key)
 
