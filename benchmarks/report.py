@@ -361,66 +361,7 @@ def _coalescing(r: dict[str, Any]) -> list[str]:
     lines.append(_table(["store", "requests", "regenerations", "p99 ms", "replies"], rows))
     for name, why in r["skipped"].items():
         lines.append(f"\n- skipped {name}: {why}")
-    lines += _cpu_split(r)
     return lines
-
-
-_ROLES = (("workers", "gunicorn workers (app + middleware)"), ("master", "gunicorn master"))
-
-
-def _cpu_split(r: dict[str, Any]) -> list[str]:
-    """Server CPU per request by process: where a request's CPU is spent."""
-    rows = []
-    for name, c in r["contenders"].items():
-        parts = c.get("cpu_parts_us") or {}
-        if not parts or name == "nginx":
-            continue
-        total = sum(parts.values())
-        cells = [_n(parts[k]) if k in parts else "" for k, _ in _ROLES]
-        redis = parts.get("redis-server")
-        cells.append(f"{_n(redis)} ({redis / total:.0%})" if redis is not None else "")
-        rows.append([name, *cells, _n(total)])
-    if not rows:
-        return []
-    header = ["contender", *(label for _, label in _ROLES), "redis-server", "sum"]
-    return [
-        "",
-        "Server CPU per request by process (µs, median over rounds of each part, so the "
-        "sum can differ a little from the column above): the gunicorn workers run the app, "
-        "the middleware and the Redis client; redis-server is the store's own share.",
-        "",
-        _table(header, rows),
-        *_worker_shares(r),
-    ]
-
-
-def _worker_shares(r: dict[str, Any]) -> list[str]:
-    """Inside a worker: py-spy's shares of its busy time, and the µs per request they
-    make of the workers' CPU above."""
-    sampled = r.get("worker_shares") or {}
-    groups = sorted({g for s in sampled.values() for g in s})
-    rows = []
-    for name, shares in sampled.items():
-        workers = (r["contenders"].get(name, {}).get("cpu_parts_us") or {}).get("workers")
-        cells = []
-        for g in groups:
-            share = shares.get(g, 0.0)
-            us = f"{_n(share * workers)} µs, " if workers else ""
-            cells.append(f"{us}{share:.0%}")
-        rows.append([name, *cells])
-    if not rows:
-        return []
-    return [
-        "",
-        "Inside one gunicorn worker (py-spy samples of its busy time under the same load, "
-        "after the measured rounds; µs per request = share × the workers' CPU above). "
-        "A sample counts for the first found on its stack: the store client (wsgi_isr's "
-        "Redis store, redis-py, hiredis: the round trip and its socket calls), the cache "
-        "layer (the rest of wsgi_isr; Flask-Caching and cachelib), the app (Flask, "
-        "werkzeug), else the server (gunicorn's HTTP parsing and writing, gevent's hub).",
-        "",
-        _table(["contender", *groups], rows),
-    ]
 
 
 def _fmt_tally(t: dict[str, int]) -> str:
