@@ -254,14 +254,14 @@ def coalesced_miss(
             lock = lock_name(key)
             held: tuple[str, float] | None = None
             if joined:
-                joined, landed, lkey, lvary = False, None, key, vary
+                joined, landed, lkey, lvary, fresh = False, None, key, vary, False
             else:
                 try:
                     if time.monotonic() >= next_try:
                         held = regen.lock(lock)
                         next_try = time.monotonic() + LOCK_RETRY
                     # taken or not, a render may have landed since our lookup: look first
-                    landed, lkey, lvary = _landed(mw, environ, rk)
+                    landed, lkey, lvary, fresh = _landed(mw, environ, rk)
                 except StoreError as exc:
                     return mw._store_down(environ, start_response, exc)
             if (landed is not None or lkey != key) and held is not None:
@@ -270,10 +270,12 @@ def coalesced_miss(
             if isinstance(landed, PassMarker):
                 return mw._hit_for_pass(environ, start_response, landed)
             if isinstance(landed, Entry):
-                # the other waiters on that key in this process need no lookup of their own
-                landings.hand_over(lkey, landed)
+                # the other waiters on that key in this process need no lookup of their
+                # own, unless it was invalidated while it rendered (then they look too)
+                landings.hand_over(lkey, landed if fresh else None)
                 mw.stats.incr("coalesced")
-                return mw._respond(environ, start_response, landed, store.now(), R.HIT, "coalesced")
+                detail = "coalesced" if fresh else R.LANDED_STALE
+                return mw._respond(environ, start_response, landed, store.now(), R.HIT, detail)
             if lkey != key:  # the page varies: coalesce on this visitor's variant instead
                 landings.leave(key)
                 key, vary, next_try = lkey, lvary, 0.0
@@ -359,7 +361,11 @@ def _render_and_answer(
         # stored, refused or failed: the waiters elsewhere look now (those here get the
         # entry, if it was stored under the key they wait on, from _lead)
         mw.landings.announce(key)
-    handed = settled.entry if settled.key == key else None
+    entry, now = settled.entry, mw.store.now()  # its age counts from its render's start
+    fresh = entry is not None and _still_fresh(mw, entry, now)
+    # the waiters here are handed only a page still fresh: one invalidated while it
+    # rendered is looked up by them (and judged as they find it), never served as a HIT
+    handed = entry if settled.key == key and fresh else None
     if settled.entry is None and not _rendered_as_asked(captured, env, environ):
         # not stored, and it varies on a request header the clean render did not have
         # as this visitor sent it: the visitor gets the app's answer to their own request
@@ -372,15 +378,18 @@ def _render_and_answer(
     if settled.key != _visitor_key(rk, settled, environ):
         captured.close()
         return None, handed
-    entry = settled.entry
-    now = mw.store.now()  # the render took time: its age counts from when it started
+    detail = None if fresh else R.LANDED_STALE
+    return mw._respond(environ, start_response, settled.entry, now, R.MISS, detail), handed
+
+
+def _still_fresh(mw: ISRMiddleware, entry: Entry, now: float) -> bool:
+    """Whether a page that just landed is still fresh by the store's tag state (an
+    invalidation may have come while it rendered)."""
     try:
-        fresh = entry.state(now, mw.store.tag_states(entry.tags)) is State.FRESH
+        return entry.state(now, mw.store.tag_states(entry.tags)) is State.FRESH
     except StoreError as exc:
         mw._store_failed(exc)
-        fresh = False  # cannot tell: promise nothing to the caches in front
-    detail = None if fresh else R.LANDED_STALE
-    return mw._respond(environ, start_response, entry, now, R.MISS, detail), handed
+        return False  # cannot tell: promise nothing to the caches in front
 
 
 def _rendered_as_asked(captured: Captured, env: WSGIEnvironment, environ: WSGIEnvironment) -> bool:
@@ -401,15 +410,20 @@ def _visitor_key(rk: RequestKey, settled: Settled, environ: WSGIEnvironment) -> 
 
 def _landed(
     mw: ISRMiddleware, environ: WSGIEnvironment, rk: RequestKey
-) -> tuple[Entry | PassMarker | None, str, tuple[str, ...]]:
-    """A servable record for this visitor (read past any local layer), and the key
-    and vary names it lives under, following a Vary marker to the visitor's variant."""
+) -> tuple[Entry | PassMarker | None, str, tuple[str, ...], bool]:
+    """A servable record for this visitor (read past any local layer), the key and
+    vary names it lives under (following a Vary marker to the visitor's variant), and
+    whether it is fresh (a page invalidated while it rendered is not: it is served,
+    as its leader serves it, without a promise to the caches in front)."""
     record, tag_states, key, vary = mw._find(environ, rk, through=True)
-    if isinstance(record, Entry) and record.state(mw.store.now(), tag_states) is State.EXPIRED:
-        return None, key, vary
-    if isinstance(record, Entry | PassMarker):
-        return record, key, vary
-    return None, key, vary
+    if isinstance(record, Entry):
+        state = record.state(mw.store.now(), tag_states)
+        if state is State.EXPIRED:
+            return None, key, vary, False
+        return record, key, vary, state is State.FRESH
+    if isinstance(record, PassMarker):
+        return record, key, vary, False
+    return None, key, vary, False
 
 
 def send_captured(
