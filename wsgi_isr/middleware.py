@@ -406,13 +406,8 @@ class ISRMiddleware:
         if not landings.idle and landings.joinable(rk.key) and not _has_credentials(environ):
             self.stats.incr("misses")
             return self._as_current(coalesced_miss, self, environ, start_response, rk, rk.key, ())
-        try:  # _find, inline: this is the hit path
-            key, vary = rk.key, _NO_VARY
-            record, tag_states = self.store.lookup(key)
-            if isinstance(record, VaryMarker):
-                vary = record.headers
-                key = variant_key(key, vary, environ)
-                record, tag_states = self.store.lookup(key)
+        try:
+            record, tag_states, key, vary = self._find(environ, rk)
             now = self.store.now()
         except StoreError as exc:
             return self._as_current(self._store_down, environ, start_response, exc)
