@@ -33,17 +33,13 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import StoreError
+from .forks import generation
 
 if TYPE_CHECKING:
     from .stores import Store
 
 #: The longest a render lock outlives a dead holder.
 LEASE = 5.0
-
-#: Forks this process is removed from its first ancestor (a child's HeldLocks start
-#: afresh without a getpid system call per request).
-_forks = [0]
-os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
 class LeaseKeeper:
@@ -178,14 +174,14 @@ class HeldLocks:
         self._notes: dict[str, tuple[float | None, int, float, float]] = {}
         self._forgotten: dict[str, int] = {}  # name -> the number of its last landing
         self._bytes = 0
-        self._fork = _forks[0]
+        self._fork = generation()
 
     def ticket(self) -> Ticket:
         return Ticket(next(self._numbers), self.monotonic(), self.clock())
 
     def quiet(self, name: str, seen: float | None) -> bool:
         """True if lock ``name`` is known to be held for visitors who saw ``seen``."""
-        if self._fork != _forks[0]:  # a forked child: its parent's holds are not its own
+        if self._fork != generation():  # a forked child: its parent's holds are not its own
             self._reset()
             return False
         note = self._notes.get(name)
@@ -199,7 +195,7 @@ class HeldLocks:
     def note(self, name: str, seen: float | None, ticket: Ticket, seconds: float) -> None:
         """Lock ``name`` was found held (or taken) by the attempt of ``ticket``, and stays
         so for ``seconds`` from when it began, unless a landing is heard sooner."""
-        if self._fork != _forks[0] or seconds <= 0:
+        if self._fork != generation() or seconds <= 0:
             return
         if ticket.n <= self._floor or ticket.n <= self._forgotten.get(name, 0):
             return  # a landing was heard meanwhile: the answer may be out of date
@@ -214,7 +210,7 @@ class HeldLocks:
 
     def forget(self, name: str) -> None:
         """The render under ``name`` landed (or gave up): ask again, from now on."""
-        if self._fork != _forks[0]:
+        if self._fork != generation():
             self._reset()
         self._grow(len(name))
         self._forgotten[name] = next(self._numbers)

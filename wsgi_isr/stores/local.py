@@ -15,28 +15,16 @@ regeneration in another process never causes a second regeneration.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 
 from ..bounded import ByteLRU, parse_size
 from ..entry import Entry, Record, TagState, VaryMarker
 from ..errors import StoreError
+from ..forks import generation
 from ..responses import prepared
 from .base import Store
 from .memory import record_size
-
-#: This process' id, kept up to date across forks: ``os.getpid()`` is a system call,
-#: too dear to make on every hit.
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 class LocalLayer(Store):
@@ -66,7 +54,7 @@ class LocalLayer(Store):
             max_entries, parse_size(max_bytes)
         )
         self._others: ByteLRU[tuple[Record | None, float]] = ByteLRU(max_markers, 0)
-        self._subscribed_pid = 0
+        self._subscribed_in = -1  # the fork that subscribed
         self.landing_poll = backend.landing_poll
         self.now = backend.now  # type: ignore[method-assign]
 
@@ -80,8 +68,8 @@ class LocalLayer(Store):
                 sync()
 
     def lookup(self, key: str) -> tuple[Record | None, Mapping[str, TagState]]:
-        if self._subscribed_pid != _pid:  # per process: threads do not survive fork
-            self._subscribed_pid = _pid
+        if self._subscribed_in != generation():  # per process: threads do not survive fork
+            self._subscribed_in = generation()
             self.backend.subscribe(self._on_invalidation)
         held = self._pages.get(key) or self._others.get(key)
         if held is not None and held[1] > self.monotonic():
