@@ -165,8 +165,7 @@ class Landings:
     def led(self, key: str, entry: Entry | None) -> None:
         """The leader of ``key`` is done: its waiters here are handed ``entry``."""
         self._leading.discard(key)  # first: a waiter coming now must not count on it
-        self.idle = not (self._waiting or self._leading)
-        self._wake(key, entry)
+        self._wake(key, entry)  # (which brings ``idle`` up to date)
 
     def joinable(self, key: str) -> bool:
         """Whether this process already waits on or renders ``key``: a miss coming now
@@ -175,16 +174,18 @@ class Landings:
 
     def _heard(self, key: str) -> None:
         """The store says ``key`` landed somewhere: this process' looker looks now."""
-        for watcher in self._watchers:
-            watcher(key)
+        self._tell_watchers(key)
         landing = self._waiting.get(key)
         if landing is not None and key not in self._leading:
             landing.prod.set()
 
+    def _tell_watchers(self, key: str) -> None:
+        for watcher in self._watchers:  # a list replaced, never changed: no copy needed
+            watcher(key)
+
     def _wake(self, key: str, entry: Entry | None = None, *, landed: bool = True) -> None:
         if landed:  # (not when a looker merely leaves: nothing landed)
-            for watcher in self._watchers:
-                watcher(key)
+            self._tell_watchers(key)
         landing = self._waiting.pop(key, None)
         self.idle = not (self._waiting or self._leading)
         if landing is not None:
