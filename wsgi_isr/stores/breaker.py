@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("wsgi_isr")
+T = TypeVar("T")
 
 #: Commands that never pass the breaker (they do no I/O, or must always run).
 _UNGUARDED = frozenset({"close", "pubsub", "get_encoder", "connection_pool"})
@@ -77,6 +78,18 @@ class Breaker:
                 log.warning("wsgi_isr: the store answers again; circuit closed")
             self.streak, self._interval, self._probe_until = 0, self.first, 0.0
 
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` as one command to the server: skipped while the
+        circuit is open (:class:`BreakerOpen`), its outcome counted."""
+        self.check()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self.failed(exc)
+            raise
+        self.succeeded()
+        return result
+
     def failed(self, exc: BaseException) -> None:
         if not self.is_timeout(exc):
             return  # refused, reset, an error reply: answered at once, nothing to save
@@ -103,17 +116,10 @@ class _Guarded:
         attr = getattr(self._client, name)
         if name in _UNGUARDED or name.startswith("_") or not callable(attr):
             return attr
-        breaker = self._breaker
+        call = self._breaker.call
 
         def command(*args: Any, **kwargs: Any) -> Any:
-            breaker.check()
-            try:
-                result = attr(*args, **kwargs)
-            except Exception as exc:
-                breaker.failed(exc)
-                raise
-            breaker.succeeded()
-            return result
+            return call(attr, *args, **kwargs)
 
         self.__dict__[name] = command  # made once per command name
         return command

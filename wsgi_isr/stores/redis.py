@@ -350,14 +350,7 @@ class RedisStore(Store):
         """``command`` through the auto-pipeline, passed through the breaker like the
         client's commands."""
         assert self._pipe is not None
-        self.breaker.check()
-        try:
-            reply = self._pipe.call(self._pipe.pack(command))
-        except Exception as exc:
-            self.breaker.failed(exc)
-            raise
-        self.breaker.succeeded()
-        return reply
+        return self.breaker.call(self._pipe.call, self._pipe.pack(command))
 
     def _sync_tags(self, seq: int) -> Mapping[str, TagState]:
         # no lock: one held across this I/O would, under gevent, block every greenlet of
@@ -422,13 +415,8 @@ class RedisStore(Store):
             args = ["" if at is None else repr(float(at)), "1" if hard else "0", *names]
             if self.durability is not None:  # + WAIT for the replicas, on one connection
                 # on the client's own connection (a pipeline), so the breaker is told here
-                self.breaker.check()
-                try:
-                    seq, stamp = self.durability.run(self._raw, self._invalidate, keys, args)
-                except Exception as exc:
-                    self.breaker.failed(exc)
-                    raise
-                self.breaker.succeeded()
+                run = self.durability.run
+                seq, stamp = self.breaker.call(run, self._raw, self._invalidate, keys, args)
             else:
                 seq, stamp = self._invalidate(keys=keys, args=args)
             self.client.publish(self._channel, seq)
