@@ -6,7 +6,7 @@ thread, pool or runner made then and used later must be remade per process, and 
 lock may be held across I/O (a real lock held by a greenlet waiting for Redis blocks
 every other greenlet of the worker: the whole worker deadlocks). Readers plus an
 invalidation every 20 ms, bounded in time: every request answers, no worker is
-restarted. Also ``-k gthread`` and ``max_requests`` worker recycling.
+restarted. Also ``-k gthread``, ``-k sync`` and ``max_requests`` worker recycling.
 """
 
 from __future__ import annotations
@@ -163,16 +163,22 @@ def test_preload_gevent_under_invalidation_traffic(
 
 
 @pytest.mark.redis
-def test_preload_gthread_under_invalidation_traffic(
-    tmp_path: Path, request: pytest.FixtureRequest
+@pytest.mark.parametrize(
+    ("worker_class", "threads"),
+    [("gthread", ("--threads", "8")), ("sync", ())],
+)
+def test_preload_threaded_workers_under_invalidation_traffic(
+    worker_class: str, threads: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    """gunicorn's thread-based workers: ``gthread`` (a thread per connection) and the
+    default ``sync`` (one request at a time, the regenerations on background threads)."""
     _run(
         tmp_path,
         _store_url("redis", tmp_path, request),
         _no_failures_no_restarts,
         seconds=3.0,
-        worker_class="gthread",
-        args=("--preload", "--threads", "8"),
+        worker_class=worker_class,
+        args=("--preload", *threads),
         env={"ISR_LOCAL_TTL": "1"},
     )
 
