@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -362,6 +363,30 @@ def latency_probe(
     for t in threads:
         t.join()
     return Probe(samples, {p: dict(t) for p, t in tallies.items()})
+
+
+def visit_all(host: str, port: int, paths: Paths, threads: int = 8) -> dict[str, int]:
+    """Request every path once (``threads`` keep-alive connections, each a slice of the
+    paths, bounded by their number); the count of each ``X-ISR-Cache`` answer."""
+
+    def visit(part: int) -> collections.Counter[str]:
+        seen: collections.Counter[str] = collections.Counter()
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            for i in range(part, len(paths), threads):
+                conn.request("GET", paths[i])
+                reply = conn.getresponse()
+                reply.read()
+                seen[f"{reply.status} {reply.getheader('X-ISR-Cache')}"] += 1
+        finally:
+            conn.close()
+        return seen
+
+    total: collections.Counter[str] = collections.Counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for seen in pool.map(visit, range(threads)):
+            total.update(seen)
+    return dict(total)
 
 
 def fetch(host: str, port: int, path: str, **kwargs: object) -> Reply:

@@ -368,6 +368,14 @@ def _fmt_tally(t: dict[str, int]) -> str:
     return ", ".join(f"{k}×{v}" for k, v in sorted(t.items()))
 
 
+def _visited(visited: dict[str, dict[str, int]]) -> str:
+    """``every answer a HIT`` when so; otherwise the rows whose answers were not all HITs."""
+    odd = {row: seen for row, seen in visited.items() if set(seen) != {"200 HIT"}}
+    if not odd:
+        return "every answer a HIT"
+    return "; ".join(f"{row}: {_fmt_tally(seen)}" for row, seen in odd.items())
+
+
 def _scaling(r: dict[str, Any]) -> list[str]:
     sizes = r["sizes"]
     lines = [
@@ -376,7 +384,10 @@ def _scaling(r: dict[str, Any]) -> list[str]:
         f"Random pages out of N pre-filled ones (through `Store.put`; "
         f"{r['prefill_seconds']:.0f} s for the shared stores; memory:// and the local "
         "layer's copies are filled by each worker at start-up, `BENCH_PREFILL`, with bounds "
-        "that hold every page and, for the local layer, `local_ttl=3600`).",
+        "that hold every page and, for the local layer, `local_ttl=3600`). Every page of "
+        "every row was requested once before the rounds"
+        + (f" ({_visited(r['visited'])})" if r.get("visited") else "")
+        + ": a file's first read after its write costs the kernel more, once per write.",
         "",
     ]
     rows = []
