@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import wait_for
 from werkzeug.test import Client
 
 from wsgi_isr import ISRMiddleware
@@ -47,15 +48,16 @@ def _waiting_on(mw: ISRMiddleware, key_part: str) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard"])
-def test_coalesced_waiter_handed_an_invalidated_render_promises_cdn_freshness(
+def test_coalesced_waiter_of_an_invalidated_render_promises_no_cdn_freshness(
     tmp_path: Path, mode: str
 ) -> None:
-    """A soft invalidation comes while a miss leader renders: the leader's own answer
-    says so (``detail=invalidated-while-rendering``, ``s-maxage=0``: a cache in front
-    fetching it now missed the purge), but the waiter of the same process that is
-    handed the very same entry — a visitor who arrived AFTER the invalidation and
-    joined the wait without a lookup — gets a plain ``HIT; coalesced`` with
-    ``s-maxage=59``: the CDN keeps the invalidated page for a minute."""
+    """An invalidation comes while a miss leader renders: the leader's own answer says
+    so (``detail=invalidated-while-rendering``, ``s-maxage=0``: a cache in front
+    fetching it now missed the purge). A waiter of the same process, a visitor who
+    arrived AFTER the invalidation and joined the wait without a lookup, is not handed
+    that entry as a plain ``HIT; coalesced`` with ``s-maxage=59`` (the CDN would keep
+    the invalidated page for a minute; the red team's finding): after a soft one it
+    gets the same render with ``s-maxage=0``, after a hard one a render made since."""
     app = _Slow()
     mw = ISRMiddleware(app, store=f"file://{tmp_path / 'c'}", secret="s" * 32)
     replies: dict[str, Any] = {}
@@ -65,12 +67,12 @@ def test_coalesced_waiter_handed_an_invalidated_render_promises_cdn_freshness(
 
     leader = threading.Thread(target=get, args=("leader",))
     leader.start()
-    assert _until(lambda: _waiting_on(mw, "/post"))
+    assert wait_for(lambda: _waiting_on(mw, "/post"), 5.0, 0.005)
     mw.revalidate_tag("post", mode=mode)  # the render in flight is stale when it lands
     time.sleep(0.05)
     waiter = threading.Thread(target=get, args=("waiter",))
     waiter.start()  # arrives after the invalidation; joins the wait
-    assert _until(lambda: any(k for k in mw.landings._waiting))
+    assert wait_for(lambda: any(k for k in mw.landings._waiting), 5.0, 0.005)
     app.gate.set()
     leader.join(10)
     waiter.join(10)
@@ -89,20 +91,13 @@ def test_coalesced_waiter_handed_an_invalidated_render_promises_cdn_freshness(
         assert wait.get_data() == b"render 2", wait.headers
 
 
-def _until(check: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def test_waiter_elsewhere_serves_an_invalidated_landing_as_fresh_hit(redis_url: str) -> None:
+def test_waiter_elsewhere_serves_an_invalidated_landing_without_promising_it(
+    redis_url: str,
+) -> None:
     """The same over Redis, two processes: the waiter of process B is woken by the
     landing of A's render, which an invalidation made stale while it ran; B's looker
-    serves it as ``HIT; coalesced`` (not STALE, no regeneration started) with an
-    ``s-maxage`` of the full minute, where A's own answer announced ``s-maxage=0``."""
+    serves that one render (no second one) with ``s-maxage=0``, as A's own answer does,
+    not as a fresh ``HIT; coalesced`` with the full minute."""
     from wsgi_isr import RedisStore
 
     app = _Slow()
@@ -117,10 +112,10 @@ def test_waiter_elsewhere_serves_an_invalidated_landing_as_fresh_hit(redis_url: 
 
         leader = threading.Thread(target=get, args=("leader", mw_a))
         leader.start()
-        assert _until(lambda: _waiting_on(mw_a, "/post"))
+        assert wait_for(lambda: _waiting_on(mw_a, "/post"), 5.0, 0.005)
         waiter = threading.Thread(target=get, args=("waiter", mw_b))
         waiter.start()
-        assert _until(lambda: _waiting_on(mw_b, "/post"))
+        assert wait_for(lambda: _waiting_on(mw_b, "/post"), 5.0, 0.005)
         mw_a.revalidate_tag("post")  # soft, while the render runs
         time.sleep(0.05)
         app.gate.set()

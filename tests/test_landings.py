@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import wait_for
 from werkzeug.test import Client
 
 import wsgi_isr.misses
 from wsgi_isr import FileStore, ISRMiddleware, RedisStore
 from wsgi_isr.stores import Store
-
-
-def _until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class _Gated:
@@ -90,10 +82,12 @@ def test_waiters_elsewhere_cost_one_lookup_per_landing(
     waiter = ISRMiddleware(app, store=redis_stores[1])
     calls = _count_lookups(redis_stores[1])
     lead, _ = _waiters(leader, 1)
-    assert _until(lambda: bool(leader.regen.leases._held)), "the leader took the lock"
+    assert wait_for(lambda: bool(leader.regen.leases._held), 5.0, 0.01), "the leader took the lock"
     n = 8
     threads, replies = _waiters(waiter, n)
-    assert _until(lambda: waiter.stats["misses"] == n and len(waiter.landings._waiting) == 1)
+    assert wait_for(
+        lambda: waiter.stats["misses"] == n and len(waiter.landings._waiting) == 1, 5.0, 0.01
+    )
     time.sleep(0.2)  # all waiting
     arrived = len(calls)
     app.gate.set()
@@ -117,10 +111,12 @@ def test_one_waiter_per_process_polls_a_file_store(
     waiter = ISRMiddleware(app, store=store)
     calls = _count_lookups(store)
     lead, _ = _waiters(leader, 1)
-    assert _until(lambda: bool(leader.regen.leases._held)), "the leader took the lock"
+    assert wait_for(lambda: bool(leader.regen.leases._held), 5.0, 0.01), "the leader took the lock"
     n = 6
     threads, replies = _waiters(waiter, n)
-    assert _until(lambda: waiter.stats["misses"] == n and len(waiter.landings._waiting) == 1)
+    assert wait_for(
+        lambda: waiter.stats["misses"] == n and len(waiter.landings._waiting) == 1, 5.0, 0.01
+    )
     time.sleep(0.2)  # polled every landing_poll meanwhile
     app.gate.set()
     for t in [*lead, *threads]:
@@ -162,11 +158,11 @@ def test_the_leader_answers_before_its_own_process_waiters(
     client = Client(stamped, use_cookies=False)
     lead = threading.Thread(target=client.get, args=("/p",))
     lead.start()
-    assert _until(lambda: bool(mw.regen.leases._held)), "the leader took the lock"
+    assert wait_for(lambda: bool(mw.regen.leases._held), 5.0, 0.01), "the leader took the lock"
     others = [threading.Thread(target=client.get, args=("/p",)) for _ in range(4)]
     for t in others:
         t.start()
-    assert _until(lambda: len(mw.landings._waiting) == 1)
+    assert wait_for(lambda: len(mw.landings._waiting) == 1, 5.0, 0.01)
     time.sleep(0.1)
     app.gate.set()
     for t in [lead, *others]:
@@ -192,10 +188,10 @@ def test_a_miss_joins_the_waiters_of_its_process_without_a_round_trip(
     mw.regen.lock = counted  # type: ignore[method-assign]
     calls = _count_lookups(redis_stores[0])
     lead, _ = _waiters(mw, 1)
-    assert _until(lambda: bool(mw.regen.leases._held)), "the leader took the lock"
+    assert wait_for(lambda: bool(mw.regen.leases._held), 5.0, 0.01), "the leader took the lock"
     n = 6
     threads, replies = _waiters(mw, n)
-    assert _until(lambda: mw.stats["misses"] == 1 + n)
+    assert wait_for(lambda: mw.stats["misses"] == 1 + n, 5.0, 0.01)
     time.sleep(0.1)
     app.gate.set()
     for t in [*lead, *threads]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from helpers import CountingApp
+from servers import wait_for
 from werkzeug.test import Client
 
 import wsgi_isr.misses
@@ -44,15 +45,6 @@ def _subscribers(admin: redis.Redis, channel: str) -> int:
     return int(dict(admin.pubsub_numsub(channel)).get(channel.encode(), 0))
 
 
-def _until(check: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_a_waiter_elsewhere_is_woken_by_the_landing(
     redis_url: str, stores: list[RedisStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,12 +69,14 @@ def test_a_waiter_elsewhere_is_woken_by_the_landing(
 
     lead = threading.Thread(target=get, args=("leader", leader))
     lead.start()
-    assert _until(lambda: bool(leader.regen.leases._held)), "the leader took the lock"
+    assert wait_for(lambda: bool(leader.regen.leases._held), 5.0, 0.01), "the leader took the lock"
     wait = threading.Thread(target=get, args=("waiter", waiter))
     wait.start()
     admin = _admin(redis_url)
     landings = _prefix(redis_url) + "landings"
-    assert _until(lambda: bool(waiter.landings._waiting) and _subscribers(admin, landings) >= 1)
+    assert wait_for(
+        lambda: bool(waiter.landings._waiting) and _subscribers(admin, landings) >= 1, 5.0, 0.01
+    )
     gate.set()
     lead.join(10)
     wait.join(10)  # woken: well before its 30 s pause ends
@@ -106,7 +100,7 @@ def test_a_subscriber_cut_off_longer_than_local_ttl_serves_no_older_page(
     assert client.get("/p").headers["X-ISR-Cache"] == "HIT"
     admin = _admin(redis_url)
     channel = _prefix(redis_url) + "invalidations"
-    assert _until(lambda: _subscribers(admin, channel) >= 1), "host B listens"
+    assert wait_for(lambda: _subscribers(admin, channel) >= 1, 5.0, 0.01), "host B listens"
 
     admin.client_kill_filter(_type="pubsub")  # every subscriber's connection is dropped
     assert _subscribers(admin, channel) == 0
