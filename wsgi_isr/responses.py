@@ -104,11 +104,11 @@ class Prepared:
     def __init__(self, entry: Entry) -> None:
         head = []
         browser = ""
-        for k, v in entry.headers:
-            if k == "Cache-Control":  # the app's browser directives (policy.stored_headers)
-                browser = f"{browser}, {v}"
+        for pair in entry.headers:  # the entry's own pairs, not copies: one per page held
+            if pair[0] == "Cache-Control":  # the app's browser directives (stored_headers)
+                browser = f"{browser}, {pair[1]}"
             else:
-                head.append((k, v))
+                head.append(pair)
         if entry.status[:3] not in _NO_BODY_STATUS:
             head.append(("Content-Length", str(len(entry.body))))
         head += (("ETag", entry.etag), ("Last-Modified", entry.last_modified))
@@ -116,16 +116,24 @@ class Prepared:
         self.browser = browser
         self.forever_hit: tuple[tuple[str, str], ...] | None = None
         if entry.revalidate is None and entry.expire is None:
-            self.forever_hit = (
-                ("Cache-Control", f"{_FOREVER_CC}{browser}"),
-                ("X-ISR-Cache", HIT),
-                ("Cache-Status", "wsgi-isr; hit"),
-            )
+            self.forever_hit = _forever_hit(browser) if browser else _FOREVER_HIT
         self.personal = varies_on_credentials(entry.headers)
         self.edge: tuple[object, tuple[tuple[str, str], ...], bool] | None = None
 
 
 _FOREVER_CC = f"public, s-maxage={FOREVER}, stale-while-revalidate={FOREVER}"
+
+
+def _forever_hit(browser: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("Cache-Control", f"{_FOREVER_CC}{browser}"),
+        ("X-ISR-Cache", HIT),
+        ("Cache-Status", "wsgi-isr; hit"),
+    )
+
+
+#: The tail of every such page without browser directives: one object, not one per page.
+_FOREVER_HIT = _forever_hit("")
 
 
 def prepared(entry: Entry) -> Prepared:

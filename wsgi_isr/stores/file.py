@@ -43,6 +43,7 @@ from ..errors import StoreError
 from .base import Store, merge_tag_state, new_token, record_ttl
 from .changes import RECHECK_SECONDS, ChangeMark, FifoMemo
 from .flocks import FlockLocks
+from .memory import record_size
 from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular, read_regular
 
 log = logging.getLogger("wsgi_isr")
@@ -53,11 +54,12 @@ _Version = tuple[int, int, int]  # (st_ino, st_mtime_ns, st_size) of a record fi
 #: (0 pages, 1 markers, -1 none), size in the memo's budget)
 _Known = tuple[int, _Version, float, "Record | None", str, int, int]
 
-#: In-process bound on the decoded records memoised per store (see MEMO_OVERHEAD).
+#: In-process bound on the decoded records memoised per store, as
+#: :func:`~wsgi_isr.stores.memory.record_size` counts them (plus MEMO_OVERHEAD each).
 DECODED_BYTES = 64 << 20
-#: What a decoded record keeps alive beyond its file's size (objects, the key, the
-#: memo's own tuple), as measured with tracemalloc for a 2 KB page with a few headers.
-MEMO_OVERHEAD = 1024
+#: What the memo keeps for a record beyond the record itself: its tuples, the file's
+#: version, the dictionary's slot and link (the key is counted apart).
+MEMO_OVERHEAD = 400
 #: Compact the tag log when it is larger than this and twice its live content.
 COMPACT_BYTES = 1 << 20
 #: Bytes a marker file may take on average (the marker shelf's byte budget is this × count).
@@ -117,8 +119,9 @@ class FileStore(FlockLocks, Store):
     :param max_bytes: total size of the page files (``int`` or ``"2GB"``; 0: unbounded).
     :param max_markers: hit-for-pass markers kept, on their own budget.
     :param memo_bytes: per process, the decoded records kept in memory (``int`` or
-        ``"64MB"``; a 2 KB page takes about 3.3 KB): a hit on one of them costs no
-        system call while nothing changed. 0 keeps none (every hit reads its file).
+        ``"64MB"``; a 2 KB page takes about 4.4 KB, the headers its hits send included):
+        a hit on one of them costs no system call while nothing changed. 0 keeps none
+        (every hit reads its file).
     :param allow_shared_dir: skip the ownership and mode checks of the directory.
         Dangerous: any user who can write to it can replace the pages you serve.
     """
@@ -218,7 +221,7 @@ class FileStore(FlockLocks, Store):
             found = self._load(filename)
             if found is not None:
                 version, expires, record = found
-                size = version[2] + MEMO_OVERHEAD + 2 * len(key)
+                size = MEMO_OVERHEAD + 2 * len(key) + (record_size(record) if record else 0)
                 known = (epoch, version, expires, record, name, where, size)
                 self._memo.set(key, known, size)
                 return known

@@ -25,16 +25,22 @@ from .base import Store, merge_tag_state, new_token, record_ttl
 
 
 def record_size(record: Record) -> int:
-    """About how many bytes of memory ``record`` keeps alive."""
+    """About how many bytes of memory ``record`` keeps alive in a process, the
+    :class:`~wsgi_isr.responses.Prepared` answer its hits build included: what every
+    in-process bound in bytes counts (the memory store, the local layer, the file
+    store's memo). Checked against the process's RSS under churn
+    (``tests/test_memory_bounds.py``): an object's header, a string's 49 bytes, a tuple
+    slot, the allocator's rounding."""
     if isinstance(record, Entry):
         return (
             len(record.body)
-            + sum(len(k) + len(v) + 120 for k, v in record.headers)
-            + sum(len(t) + 60 for t in record.tags)
+            + sum(len(k) + len(v) + 180 for k, v in record.headers)
+            # a tag also appears in the tag headers for the caches in front, when any
+            + sum(2 * len(t) + 70 for t in record.tags)
             + len(record.status)
             + len(record.etag)
             + len(record.last_modified)
-            + 400
+            + 1200
         )
     if isinstance(record, PassMarker):
         return len(record.reason) + 200
