@@ -1,17 +1,18 @@
 """Where the microseconds of one ISR hit go, step by step, per store (in process).
 
     python benchmarks/hit_split.py [PAGES] [--redis redis://127.0.0.1:6379/0] [--wsgi-isr DIR]
-        [--only isr-memory,isr-file,isr-redis,isr-redis-local]
+        [--only isr-memory,isr-file,isr-file-no-memo,isr-redis,isr-redis-local]
 
 Each step of the middleware's hit path is timed on its own, on random pages out of
 ``PAGES`` (5,000) cached ones (every store bounded to hold them all), with the objects a
 real hit would use: the request key,
 the store lookup, the store clock, the freshness check, the header list, the 304 check,
 the counter; then the whole call through the middleware (Flask's ``wsgi_app`` hop
-included) and the bare app, for reference. Steps are timed apart, so their sum is a
-little more than the whole (a loop and a call each). ``--wsgi-isr DIR``: the package from
-another checkout (``git worktree add ../before main``), for a before/after comparison with
-the same harness. ``PROFILE.md`` reads these figures.
+included) and the bare app, for reference. ``isr-file-no-memo`` is the file store on
+the same directory with ``memo_bytes=0``: every hit reads and decodes its file. Steps
+are timed apart, so their sum is a little more than the whole (a loop and a call each).
+``--wsgi-isr DIR``: the package from another checkout (``git worktree add ../before
+main``), for a before/after comparison with the same harness. ``PROFILE.md`` reads these figures.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def main() -> None:
     stores: dict[str, tuple[str, dict[str, Any]]] = {
         "isr-memory": (f"memory://?max_entries={bound}", {}),
         "isr-file": (f"file://{work}/file?max_entries={bound}", {}),
+        # the same directory without the per-process memo: every hit reads and decodes its
+        # file, so this row shows what a hit outside the memo costs, at any number of pages
+        "isr-file-no-memo": (f"file://{work}/file?max_entries={bound}&memo_bytes=0", {}),
     }
     if args.redis:
         sep = "&" if "?" in args.redis else "?"
