@@ -1,10 +1,12 @@
 """The in-process byte bounds hold in real memory: a holder full at its bound grows the
-process by about that bound, not half as much again.
+process by about that bound, not half as much again (or, for the local layer's cached
+function results, twelve times as much: they were bounded in number only).
 
 A byte bound counts what :func:`~wsgi_isr.stores.memory.record_size` says a page keeps
 alive. Before it counted what a hit builds for the page (its ``Prepared`` headers) and
-every Python object's real size, a 64 MB file-store memo took ~94 MB per worker and a
-memory store of small pages half as much again as its ``max_bytes``. Each probe runs in a
+every Python object's real size, a 64 MB file-store memo took ~94 MB per worker, a
+memory store of small pages half as much again as its ``max_bytes``, and a cached JSON
+value with one emoji in it four times what its length said. Each probe runs in a
 process of its own (``tests/rss_probe.py``) and measures the growth of its resident set
 while the holder churns at its bound; the probes run side by side.
 """
@@ -21,14 +23,28 @@ import pytest
 
 PROBE = Path(__file__).with_name("rss_probe.py")
 BUDGET = 8 << 20
-#: (headers beyond Content-Type, tags, body bytes): a typical page, a small one, a tiny one
-SHAPES = {"page": (6, 2, 2048), "small": (2, 2, 200), "tiny": (0, 0, 50)}
-#: file-memo with one shape: its pages are written to disk first, the slow part
+#: (kind, headers, tags, size), see rss_probe.py: a typical page, a small one, a tiny one; a
+#: cached function's result with an emoji in it (every character then takes 4 bytes), a
+#: short one and a large one; a Vary marker
+SHAPES = {
+    "page": ("page", 6, 2, 2048),
+    "small": ("page", 2, 2, 200),
+    "tiny": ("page", 0, 0, 50),
+    "data-emoji": ("data", 2, 2, 5000),
+    "data-short": ("data", 0, 0, 100),
+    "data-large": ("data", 0, 2, 100_000),
+    "vary": ("vary", 4, 0, 0),
+}
+#: file-memo with two shapes: its records are written to disk first, the slow part
 CASES = [
     *(("memory", shape) for shape in SHAPES),
     *(("local", shape) for shape in SHAPES),
     ("file-memo", "page"),
+    ("file-memo", "data-emoji"),
 ]
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/statm").exists(), reason="the probe reads /proc/self/statm (Linux)"
+)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from ..errors import StoreError
 from .base import Store, merge_tag_state, new_token, record_ttl
 from .changes import RECHECK_SECONDS, ChangeMark, FifoMemo
 from .flocks import FlockLocks
-from .memory import record_size
+from .memory import held_size
 from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular, read_regular
 
 log = logging.getLogger("wsgi_isr")
@@ -55,11 +55,11 @@ _Version = tuple[int, int, int]  # (st_ino, st_mtime_ns, st_size) of a record fi
 _Known = tuple[int, _Version, float, "Record | None", str, int, int]
 
 #: In-process bound on the decoded records memoised per store, as
-#: :func:`~wsgi_isr.stores.memory.record_size` counts them (plus MEMO_OVERHEAD each).
+#: :func:`~wsgi_isr.stores.memory.held_size` counts them (plus MEMO_OVERHEAD each).
 DECODED_BYTES = 64 << 20
-#: What the memo keeps for a record beyond the record itself: its tuples, the file's
-#: version, the dictionary's slot and link (the key is counted apart).
-MEMO_OVERHEAD = 400
+#: What the memo keeps for a record beyond what every holder does: the file's version
+#: and name, a longer tuple.
+MEMO_OVERHEAD = 150
 #: Compact the tag log when it is larger than this and twice its live content.
 COMPACT_BYTES = 1 << 20
 #: Bytes a marker file may take on average (the marker shelf's byte budget is this × count).
@@ -221,7 +221,7 @@ class FileStore(FlockLocks, Store):
             found = self._load(filename)
             if found is not None:
                 version, expires, record = found
-                size = MEMO_OVERHEAD + 2 * len(key) + (record_size(record) if record else 0)
+                size = held_size(key, record) + MEMO_OVERHEAD
                 known = (epoch, version, expires, record, name, where, size)
                 self._memo.set(key, known, size)
                 return known

@@ -19,18 +19,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from ..bounded import ByteLRU, parse_size
-from ..entry import Entry, Record, TagState, VaryMarker
+from ..entry import DataEntry, Entry, Record, TagState, VaryMarker
 from ..errors import StoreError
 from ..forks import generation
 from ..responses import prepared
 from .base import Store
-from .memory import record_size
+from .memory import held_size
 
 
 class LocalLayer(Store):
-    """Pages (and Vary markers) in a :class:`ByteLRU` of ``max_entries`` and ``max_bytes``;
-    misses and hit-for-pass markers in a small one of their own (``max_markers``), so
-    URLs that do not opt in never push pages out."""
+    """Pages, Vary markers and cached function results in a :class:`ByteLRU` of
+    ``max_entries`` and ``max_bytes``; misses and hit-for-pass markers in a small one of
+    their own (``max_markers``), so URLs that do not opt in never push pages out."""
 
     def __init__(
         self,
@@ -86,12 +86,12 @@ class LocalLayer(Store):
         held = (record, self.monotonic() + self.ttl)
         if isinstance(record, Entry):
             prepared(record)  # what its hits send, built now, not by the first hit
-        if isinstance(record, Entry | VaryMarker):
+        if isinstance(record, Entry | VaryMarker | DataEntry):  # bounded in bytes
             self._others.pop(key)
-            self._pages.set(key, held, record_size(record) + len(key) + 100)
-        else:
+            self._pages.set(key, held, held_size(key, record))
+        else:  # misses and hit-for-pass markers: small, on a budget of their own
             self._pages.pop(key)
-            self._others.set(key, held, len(key) + 300)
+            self._others.set(key, held, held_size(key, record))
 
     def forget(self, key: str) -> None:
         self._pages.pop(key)

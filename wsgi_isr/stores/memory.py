@@ -12,6 +12,7 @@ flood of URLs that do not opt in never evicts a page. A user's cachelib
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,15 +24,18 @@ from ..entry import DataEntry, Entry, PassMarker, Record, TagState
 from ..responses import prepared
 from .base import Store, merge_tag_state, new_token, record_ttl
 
+#: What a holder keeps for an item beyond the record and its key: the ordered
+#: dictionary's slot and link, the tuples the item is held in.
+HELD_OVERHEAD = 300
+
 
 def record_size(record: Record) -> int:
     """About how many bytes of memory ``record`` keeps alive in a process, the
-    :class:`~wsgi_isr.responses.Prepared` answer its hits build included: what every
-    in-process bound in bytes counts (the memory store, the local layer, the file
-    store's memo). Checked against the process's RSS under churn
-    (``tests/test_memory_bounds.py``): an object's header, a string's 49 bytes, a tuple
-    slot, the allocator's rounding."""
-    if isinstance(record, Entry):
+    :class:`~wsgi_isr.responses.Prepared` answer its hits build included: an object's
+    header, a string's 49 bytes (a JSON value's exact size: it may hold characters of 2
+    or 4 bytes each), a tuple slot, the allocator's rounding. Checked against the
+    process's resident set under churn (``tests/test_memory_bounds.py``)."""
+    if isinstance(record, Entry):  # header values are Latin-1, tags ASCII: 1 byte a char
         return (
             len(record.body)
             + sum(len(k) + len(v) + 180 for k, v in record.headers)
@@ -40,13 +44,19 @@ def record_size(record: Record) -> int:
             + len(record.status)
             + len(record.etag)
             + len(record.last_modified)
-            + 1200
+            + 1000
         )
-    if isinstance(record, PassMarker):
-        return len(record.reason) + 200
     if isinstance(record, DataEntry):
-        return len(record.value) + sum(len(t) + 60 for t in record.tags) + 300
-    return sum(len(h) + 60 for h in record.headers) + 200
+        return sys.getsizeof(record.value) + sum(len(t) + 60 for t in record.tags) + 300
+    if isinstance(record, PassMarker):
+        return sys.getsizeof(record.reason) + 100
+    return sum(len(h) + 70 for h in record.headers) + 200
+
+
+def held_size(key: str, record: Record | None) -> int:
+    """What every in-process byte bound counts for ``record`` held under ``key`` (the
+    memory store, the local layer, the file store's memo)."""
+    return len(key) + HELD_OVERHEAD + (0 if record is None else record_size(record))
 
 
 class MemoryStore(Store):
@@ -96,7 +106,7 @@ class MemoryStore(Store):
             lru, other = other, lru
         elif isinstance(record, Entry):
             prepared(record)  # what its hits send, built at write time, not by the first hit
-        lru.set(key, held, record_size(record) + len(key) + 100)
+        lru.set(key, held, held_size(key, record))
         other.pop(key)
 
     def delete(self, key: str) -> None:
