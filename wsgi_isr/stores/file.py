@@ -119,7 +119,7 @@ class FileStore(FlockLocks, Store):
     :param max_bytes: total size of the page files (``int`` or ``"2GB"``; 0: unbounded).
     :param max_markers: hit-for-pass markers kept, on their own budget.
     :param memo_bytes: per process, the decoded records kept in memory (``int`` or
-        ``"64MB"``; a 2 KB page takes about 4.4 KB, the headers its hits send included):
+        ``"64MB"``; a 2 KB page takes about 4.3 KB, the headers its hits send included):
         a hit on one of them costs no system call while nothing changed. 0 keeps none
         (every hit reads its file).
     :param allow_shared_dir: skip the ownership and mode checks of the directory.
