@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from ..bounded import ByteLRU, parse_size
-from ..entry import DataEntry, Entry, Record, TagState, VaryMarker
+from ..entry import Entry, PassMarker, Record, TagState
 from ..errors import StoreError
 from ..forks import generation
 from ..responses import prepared
@@ -86,12 +86,13 @@ class LocalLayer(Store):
         held = (record, self.monotonic() + self.ttl)
         if isinstance(record, Entry):
             prepared(record)  # what its hits send, built now, not by the first hit
-        if isinstance(record, Entry | VaryMarker | DataEntry):  # bounded in bytes
-            self._others.pop(key)
-            self._pages.set(key, held, held_size(key, record))
-        else:  # misses and hit-for-pass markers: small, on a budget of their own
-            self._pages.pop(key)
-            self._others.set(key, held, held_size(key, record))
+        # misses and hit-for-pass markers on a small budget of their own; every other
+        # record (pages, Vary markers, cached function results) bounded in bytes
+        lru, other = self._pages, self._others
+        if record is None or isinstance(record, PassMarker):
+            lru, other = other, lru
+        other.pop(key)
+        lru.set(key, held, held_size(key, record))
 
     def forget(self, key: str) -> None:
         self._pages.pop(key)
