@@ -7,6 +7,8 @@ gunicorn builds them from the environment (``benchmarks/run.py`` sets it)::
 
 ``BENCH_APP``
     ``bare`` (a WSGI callable returning a constant body: the limit for a Python server),
+    ``bare-headers`` (the same, sending the headers a wsgi_isr hit of ``/page`` sends: what
+    the server alone costs to send them, without the middleware),
     ``isr`` (the Flask page app behind :class:`wsgi_isr.ISRMiddleware`),
     ``flask-caching`` (the same view under Flask-Caching's ``@cached``: SimpleCache, or
     FileSystemCache / RedisCache when ``BENCH_STORE`` names a file or redis store),
@@ -52,9 +54,14 @@ BODY = _HEAD + b"x" * (BODY_BYTES - len(_HEAD) - len(_TAIL)) + _TAIL
 _NAME = re.compile(r"[a-z0-9-]{1,64}")
 
 
-def bare_app() -> WSGIApplication:
-    """A constant response, the least work a WSGI server can be asked to do."""
-    headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(BODY)))]
+def bare_app(headers: list[tuple[str, str]] | None = None) -> WSGIApplication:
+    """A constant response, the least work a WSGI server can be asked to do (with
+    ``headers`` instead of a content type and length, when given)."""
+    if headers is None:
+        headers = [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(BODY))),
+        ]
     body = [BODY]
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -62,6 +69,33 @@ def bare_app() -> WSGIApplication:
         return body
 
     return app
+
+
+def isr_hit_headers() -> list[tuple[str, str]]:
+    """The headers a wsgi_isr hit of ``/page`` sends, taken from a real hit in process (a
+    memory store; the page rendered without its 50 ms wait): whatever the middleware's
+    header set becomes, ``bare-headers`` sends the same names with values of the same
+    length."""
+    from wsgi_isr import ISRMiddleware
+
+    app = page_app(render_seconds=0)
+    middleware = ISRMiddleware(app.wsgi_app, store="memory://")
+    env = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/page",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+    }
+    sent: list[list[tuple[str, str]]] = []
+    for _ in range(2):  # a miss, then the hit
+        sent.clear()
+        body = middleware(dict(env), lambda status, headers, exc_info=None: sent.append(headers))
+        b"".join(body)
+    (headers,) = sent
+    assert dict(headers).get("X-ISR-Cache") == "HIT", headers
+    return list(headers)
 
 
 def _record_render(counter_dir: str, name: str) -> None:
@@ -199,6 +233,8 @@ def from_env() -> WSGIApplication:
     app: WSGIApplication
     if kind == "bare":
         app = bare_app()
+    elif kind == "bare-headers":
+        app = bare_app(isr_hit_headers())
     elif kind == "isr":
         local = env.get("BENCH_LOCAL_TTL")
         local_entries = env.get("BENCH_LOCAL_MAX_ENTRIES")

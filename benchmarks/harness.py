@@ -49,6 +49,7 @@ class Contender:
 
 CONTENDERS = (
     Contender("bare", "WSGI callable, constant 2 KB body", "bare"),
+    Contender("bare-headers", "the same, with the headers an ISR hit sends", "bare-headers"),
     Contender("isr-memory", "wsgi_isr hit, memory://", "isr", "memory"),
     Contender("isr-file", "wsgi_isr hit, file://", "isr", "file"),
     Contender("isr-redis", "wsgi_isr hit, redis://", "isr", "redis"),

@@ -124,6 +124,8 @@ def throughput(run: Run) -> dict[str, Any]:
     names = [c.name for c in CONTENDERS if s.only is None or c.name in s.only]
     if "bare" not in names:
         names.insert(0, "bare")  # every ratio is to the bare app
+    if "bare-headers" not in names and any(n.startswith("isr-") for n in names):
+        names.insert(1, "bare-headers")  # what the hit's headers cost the server alone
     skipped = {}
     with Servers(run.workdir) as servers:
         live: dict[str, Server] = {}
@@ -148,14 +150,18 @@ def throughput(run: Run) -> dict[str, Any]:
         results = _alternate(run, jobs, s.rounds, "throughput")
         sampled = _where_time_goes(run, live, ("isr-redis", "flask-caching-redis"))
     out: dict[str, Any] = {"skipped": skipped, "contenders": {}, "worker_shares": sampled}
-    bare = results["bare"]
     for name, res in results.items():
         summary = _summary(res)
-        summary["ratio"] = median([r.rps / b.rps for r, b in zip(res, bare, strict=True)])
-        pairs = [(r.cpu_us, b.cpu_us) for r, b in zip(res, bare, strict=True)]
-        cpu_ratios = [b / c for c, b in pairs if c and b]
-        # the throughput a CPU-bound server would reach against bare, from CPU per request
-        summary["cpu_ratio"] = median(cpu_ratios) if cpu_ratios else None
+        for key, reference in (("", "bare"), ("headers_", "bare-headers")):
+            if reference not in results:
+                continue
+            ref = results[reference]
+            summary[key + "ratio"] = median([r.rps / b.rps for r, b in zip(res, ref, strict=True)])
+            pairs = [(r.cpu_us, b.cpu_us) for r, b in zip(res, ref, strict=True)]
+            cpu_ratios = [b / c for c, b in pairs if c and b]
+            # the throughput a CPU-bound server would reach against the reference, from
+            # CPU per request
+            summary[key + "cpu_ratio"] = median(cpu_ratios) if cpu_ratios else None
         summary["check"] = checks[name]
         summary["what"] = BY_NAME[name].what
         out["contenders"][name] = summary

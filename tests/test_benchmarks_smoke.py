@@ -50,6 +50,37 @@ def test_numbered_paths_are_a_sequence() -> None:
     assert list(paths) == ["/p/0", "/p/1", "/p/2"]
 
 
+def test_bare_headers_sends_what_a_real_hit_sends() -> None:
+    """The ``bare-headers`` reference sends the header names a wsgi_isr hit of ``/page``
+    sends, with values as long: whatever the middleware's header set becomes."""
+    from benchmarks.apps import BODY, bare_app, isr_app
+
+    app = isr_app("memory://", render_seconds=0)
+    env = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/page",
+        "SERVER_NAME": "example.org",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "example.org",
+        "wsgi.url_scheme": "http",
+    }
+    sent: list[list[tuple[str, str]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: object = None) -> None:
+        sent.append(headers)
+
+    for _ in range(2):
+        b"".join(app(dict(env), start_response))
+    hit = sent[-1]
+    assert dict(hit)["X-ISR-Cache"] == "HIT"
+    sent.clear()
+    from benchmarks.apps import isr_hit_headers
+
+    assert b"".join(bare_app(isr_hit_headers())(dict(env), start_response)) == BODY
+    (reference,) = sent
+    assert [(k, len(v)) for k, v in reference] == [(k, len(v)) for k, v in hit]
+
+
 @pytest.mark.server
 def test_quick_run_produces_throughput_figures(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
@@ -73,10 +104,11 @@ def test_quick_run_produces_throughput_figures(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     figures = json.loads(out.read_text())["results"]["throughput"]["contenders"]
-    assert set(figures) == {"bare", "isr-memory"}
+    # the reference with a hit's headers comes along with any ISR contender
+    assert set(figures) == {"bare", "bare-headers", "isr-memory"}
     for name, f in figures.items():
         assert f["rps"] > 0 and f["p99_ms"] >= f["p50_ms"] > 0, name
-    assert f["ratio"] > 0
+        assert f["ratio"] > 0 and f["headers_ratio"] > 0, name
     # the contender really served cache hits, not renders
     assert figures["isr-memory"]["check"] == {"200 HIT": 10}
     assert "| isr-memory |" in proc.stdout
