@@ -122,9 +122,19 @@ def prefill(url: str, host: str, start: int, stop: int) -> float:
 def prefill_process(store: Any, host: str, count: int) -> None:
     """Pages ``/p/0`` .. ``/p/<count-1>`` in this process' own store (a worker at start-up,
     ``BENCH_PREFILL``): put into a memory store; kept as the local copies of a local layer,
-    whose backend the harness fills with the same pages (nothing is written twice)."""
+    whose backend the harness fills with the same pages (nothing is written twice); read
+    once from a file store the harness filled, into this process' memo."""
     from wsgi_isr.keys import path_tags, request_key
     from wsgi_isr.stores import LocalLayer
+    from wsgi_isr.stores.file import FileStore
+
+    if isinstance(store, FileStore):
+        for i in range(count):
+            rk = request_key(environ(f"/p/{i}", host))
+            assert rk is not None
+            record, _ = store.lookup(rk.key)
+            assert record is not None, f"/p/{i} is not in {store.description}"
+        return
 
     template = scaling_template(host)
     for i in range(count):
