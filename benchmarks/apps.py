@@ -74,8 +74,8 @@ def bare_app(headers: list[tuple[str, str]] | None = None) -> WSGIApplication:
 def isr_hit_headers() -> list[tuple[str, str]]:
     """The headers a wsgi_isr hit of ``/page`` sends, taken from a real hit in process (a
     memory store; the page rendered without its 50 ms wait): whatever the middleware's
-    header set becomes, ``bare-headers`` sends the same names with values of the same
-    length."""
+    header set becomes, ``bare-headers`` sends the same names and values (``Age`` stays
+    ``0``, where a real hit's grows a digit or two over a run)."""
     from wsgi_isr import ISRMiddleware
 
     app = page_app(render_seconds=0)

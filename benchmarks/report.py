@@ -30,8 +30,10 @@ THROUGHPUT_TARGETS = {
     "isr-redis": 0.55,
     "isr-redis-local": 0.90,
 }
-#: Hit throughput on the most pages against the fewest (issue 16, target 2); 0.9 otherwise.
-SCALING_TARGETS = {"file": 0.8, "file-default-memo": 0.8}
+#: Hit throughput on the most pages against the fewest (issue 16, target 2): 0.8 for the
+#: file store as configured by default (most hits on 100,000 pages read their file), 0.9
+#: for every row whose in-process copies hold every page (the file row's memo included).
+SCALING_TARGETS = {"file-default-memo": 0.8}
 
 #: (ISR contender, Flask-Caching contender) compared: every store with SimpleCache, and
 #: with Flask-Caching on the same backend
@@ -193,7 +195,9 @@ def _throughput(r: dict[str, Any]) -> list[str]:
                 f"{c['ratio']:.2f}",
                 _n(c["cpu_us"]) if c.get("cpu_us") else "",
                 f"{c['cpu_ratio']:.2f}" if c.get("cpu_ratio") else "",
-                f"{c['headers_cpu_ratio']:.2f}" if c.get("headers_cpu_ratio") else "",
+                f"{c['headers_cpu_ratio']:.2f}"
+                if c.get("headers_cpu_ratio") and name.startswith("isr-")
+                else "",
                 str(c["errors"]),
                 ", ".join(f"{k}×{v}" for k, v in c["check"].items()),
             ]
@@ -393,7 +397,8 @@ def _scaling(r: dict[str, Any]) -> list[str]:
         "layer's copies are filled by each worker at start-up, `BENCH_PREFILL`, with bounds "
         "that hold every page and, for the local layer, `local_ttl=3600`; the `file` row's "
         "workers read every page into a memo that holds them all, `file-default-memo` keeps "
-        "the default 64 MB memo: most of its hits on 100,000 pages read their file). Every page of "
+        "the default 64 MB memo, ~15,600 such pages: past that most of its hits read their "
+        "file). Every page of "
         "every row was requested once before the rounds"
         + (f" ({_visited(r['visited'])})" if r.get("visited") else "")
         + ": a file's first read after its write costs the kernel more, once per write.",

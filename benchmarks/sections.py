@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -40,7 +41,7 @@ from benchmarks.load import (
     percentile,
     visit_all,
 )
-from benchmarks.servers import HOST, REPO, Server, Servers, free_port
+from benchmarks.servers import HOST, REPO, Server, Servers, reserve_port
 
 
 def _line(label: str, r: LoadResult) -> str:
@@ -435,34 +436,44 @@ def scaling(run: Run) -> dict[str, Any]:
     s = run.settings
     has_redis = shutil.which("redis-server") is not None
     stores = [x for x in _SCALING_STORES if has_redis or x[1] != "redis"]
-    if not local_ttl_supported():
-        stores = [x for x in stores if not x[2]]
+    if not local_ttl_supported():  # an older wsgi_isr: no local layer in front of Redis
+        stores = [x for x in stores if not (x[1] == "redis" and x[2])]
     if s.only is not None:  # ``--only isr-file,...`` narrows this section too
         stores = [x for x in stores if _scaling_contender(*x) in s.only]
     out: dict[str, Any] = {"sizes": list(s.sizes), "stores": {}}
     with Servers(run.workdir) as servers:
-        envs: dict[tuple[str, int], tuple[int, dict[str, str]]] = {}
+        # the ports are in the keys the stores are filled with: held until each server
+        # binds its own (the filling takes a minute; nothing else may take one meanwhile)
+        envs: dict[tuple[str, int], tuple[socket.socket, dict[str, str]]] = {}
         for st, kind, local in stores:
             for size in s.sizes:
-                port = free_port()
-                envs[(st, size)] = (port, _scaling_env(run, st, kind, local, size, port))
+                held = reserve_port()
+                port = held.getsockname()[1]
+                envs[(st, size)] = (held, _scaling_env(run, st, kind, local, size, port))
         # the shared stores first: a file store's workers read every page into their memo
         # as they start (BENCH_PREFILL)
         began = time.perf_counter()
-        _prefill_all(
-            {
-                k: (env["BENCH_STORE"], f"{HOST}:{port}")
-                for k, (port, env) in envs.items()
-                if not env["BENCH_STORE"].startswith("memory:")
-            }
-        )
+        try:
+            _prefill_all(
+                {
+                    k: (env["BENCH_STORE"], f"{HOST}:{held.getsockname()[1]}")
+                    for k, (held, env) in envs.items()
+                    if not env["BENCH_STORE"].startswith("memory:")
+                }
+            )
+        except BaseException:
+            for held, _ in envs.values():
+                held.close()
+            raise
         # the kernel writes a file store's new pages back some 30 s later: not while the
         # hits are measured (the writeback competes for the same two cores)
         os.sync()
         out["prefill_seconds"] = time.perf_counter() - began
         run.say(f"  pre-filled the shared stores in {out['prefill_seconds']:.0f} s")
         live: dict[tuple[str, int], tuple[Server, str]] = {}
-        for (st, size), (port, env) in envs.items():
+        for (st, size), (held, env) in envs.items():
+            port = held.getsockname()[1]
+            held.close()
             srv = servers.gunicorn(f"scale-{st}-{size}", env, port=port)
             live[(st, size)] = (srv, env["BENCH_STORE"])
         servers.wait_ready(timeout=180)  # the workers of per-process stores fill them first

@@ -70,6 +70,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def reserve_port() -> socket.socket:
+    """A socket bound to a free loopback port and kept bound: while it is open no other
+    socket gets that port (the kernel hands out no bound port, and two reservations never
+    share one). Close it right before a server binds the port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((HOST, 0))
+    return s
+
+
 @dataclasses.dataclass
 class Server:
     name: str

@@ -52,7 +52,8 @@ def test_numbered_paths_are_a_sequence() -> None:
 
 def test_bare_headers_sends_what_a_real_hit_sends() -> None:
     """The ``bare-headers`` reference sends the header names a wsgi_isr hit of ``/page``
-    sends, with values as long: whatever the middleware's header set becomes."""
+    sends, in order, with values as long (a hit in its first second: ``Age: 0``), whatever
+    the middleware's header set becomes."""
     from benchmarks.apps import BODY, bare_app, isr_app
 
     app = isr_app("memory://", render_seconds=0)

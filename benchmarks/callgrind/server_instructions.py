@@ -48,8 +48,9 @@ CONTENDERS: dict[str, dict[str, str]] = {
 }
 
 
-def requests(port: int, n: int) -> None:
-    """``n`` GETs of ``/page`` on one keep-alive connection, each answered 200."""
+def requests(port: int, n: int, hits: bool = False) -> None:
+    """``n`` GETs of ``/page`` on one keep-alive connection, each answered 200 (and, with
+    ``hits``, a wsgi_isr ``HIT``: a store that failed open would count the render path)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=120)
     try:
         for _ in range(n):
@@ -58,6 +59,8 @@ def requests(port: int, n: int) -> None:
             reply.read()
             if reply.status != 200:
                 raise SystemExit(f"/page answered {reply.status}")
+            if hits and reply.getheader("X-ISR-Cache") != "HIT":
+                raise SystemExit(f"/page answered X-ISR-Cache: {reply.getheader('X-ISR-Cache')}")
     finally:
         conn.close()
 
@@ -81,7 +84,7 @@ def count(name: str, env: dict[str, str], workdir: str, n: int) -> int:
     """Instructions the worker of ``name`` runs per request, over ``n`` requests."""
     port = free_port()
     out = os.path.join(workdir, f"cg.{name}.%p.out")
-    log = open(os.path.join(workdir, f"{name}.log"), "wb")  # noqa: SIM115 (closed in finally)
+    hits = env.get("BENCH_APP") == "isr"
     cmd = [
         "valgrind",
         "--tool=callgrind",
@@ -95,12 +98,15 @@ def count(name: str, env: dict[str, str], workdir: str, n: int) -> int:
         "1",
         "-b",
         f"{HOST}:{port}",
+        "--timeout",
+        "0",  # a worker slowed down 50 times by valgrind is not hung
         "benchmarks.apps:from_env()",
     ]
     full_env = {**os.environ, "PYTHONPATH": REPO, **env}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=full_env, stdout=log, stderr=log, start_new_session=True
-    )
+    with open(os.path.join(workdir, f"{name}.log"), "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=full_env, stdout=log, stderr=log, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -109,17 +115,21 @@ def count(name: str, env: dict[str, str], workdir: str, n: int) -> int:
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"{name} did not start (see {log.name})") from None
+                    raise SystemExit(f"{name} did not start (see {workdir}/{name}.log)") from None
                 time.sleep(1)
         requests(port, 200)  # every page cached, every lazy set-up done
+        requests(port, 10, hits)
         worker = _worker_of(proc.pid)
         control = ["callgrind_control"]
         subprocess.run([*control, "-i", "on", str(worker)], check=True, capture_output=True)
         requests(port, 200)  # what instrumenting anew costs once: not counted
         subprocess.run([*control, "-z", str(worker)], check=True, capture_output=True)
-        requests(port, n)
+        requests(port, n, hits)
         subprocess.run([*control, "-d", str(worker)], check=True, capture_output=True)
-        dumps = sorted(glob.glob(os.path.join(workdir, f"cg.{name}.{worker}.out.*")))
+        dumps = sorted(
+            glob.glob(os.path.join(workdir, f"cg.{name}.{worker}.out.*")),
+            key=lambda path: int(path.rsplit(".", 1)[1]),
+        )
         if not dumps:
             raise SystemExit(f"no callgrind dump for {name}")
         with open(dumps[-1]) as f:
@@ -135,7 +145,22 @@ def count(name: str, env: dict[str, str], workdir: str, n: int) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
+
+
+def _wait_for_redis(url: str) -> None:
+    """Until redis-server answers PING (a store that is not up fails open: renders)."""
+    import redis
+
+    deadline = time.monotonic() + 10
+    client = redis.Redis.from_url(url)
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise SystemExit("redis-server did not start") from None
+            time.sleep(0.1)
 
 
 def main() -> None:
@@ -147,31 +172,31 @@ def main() -> None:
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found (apt-get install valgrind)")
-    with tempfile.TemporaryDirectory(prefix="isr-cg-") as workdir:
-        os.chmod(workdir, 0o700)
-        redis = None
-        if any("{redis}" in v for n in names for v in CONTENDERS[n].values()):
-            rport = free_port()
-            redis = subprocess.Popen(
-                ["redis-server", "--port", str(rport), "--bind", HOST, "--save", ""],
-                stdout=subprocess.DEVNULL,
-            )
-            time.sleep(0.5)
-        try:
-            counts: dict[str, int] = {}
-            for name in names:
-                env = {
-                    k: v.format(redis=f"redis://{HOST}:{rport}/0" if redis else "", dir=workdir)
-                    for k, v in CONTENDERS[name].items()
-                }
-                counts[name] = count(name, env, workdir, args.requests)
-                base = counts.get("bare")
-                vs = f"  bare / this {base / counts[name]:.3f}" if base else ""
-                print(f"{name:16s} {counts[name]:>9,} instructions per request{vs}", flush=True)
-        finally:
-            if redis is not None:
-                redis.terminate()
-                redis.wait()
+    workdir = tempfile.mkdtemp(prefix="isr-cg-")  # kept when a contender fails: its log
+    redis_server = None
+    redis_url = ""
+    if any("{redis}" in v for n in names for v in CONTENDERS[n].values()):
+        rport = free_port()
+        redis_server = subprocess.Popen(
+            ["redis-server", "--port", str(rport), "--bind", HOST, "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        redis_url = f"redis://{HOST}:{rport}/0"
+    try:
+        if redis_server is not None:
+            _wait_for_redis(redis_url)
+        counts: dict[str, int] = {}
+        for name in names:
+            env = {k: v.format(redis=redis_url, dir=workdir) for k, v in CONTENDERS[name].items()}
+            counts[name] = count(name, env, workdir, args.requests)
+            base = counts.get("bare")
+            vs = f"  bare / this {base / counts[name]:.3f}" if base else ""
+            print(f"{name:16s} {counts[name]:>9,} instructions per request{vs}", flush=True)
+    finally:
+        if redis_server is not None:
+            redis_server.terminate()
+            redis_server.wait()
+    shutil.rmtree(workdir)
 
 
 if __name__ == "__main__":
