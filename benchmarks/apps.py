@@ -76,22 +76,14 @@ def isr_hit_headers() -> list[tuple[str, str]]:
     memory store; the page rendered without its 50 ms wait): whatever the middleware's
     header set becomes, ``bare-headers`` sends the same names and values (``Age`` stays
     ``0``, where a real hit's grows a digit or two over a run)."""
-    from wsgi_isr import ISRMiddleware
+    from benchmarks.probes import environ
 
-    app = page_app(render_seconds=0)
-    middleware = ISRMiddleware(app.wsgi_app, store="memory://")
-    env = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/page",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "HTTP_HOST": "127.0.0.1",
-        "wsgi.url_scheme": "http",
-    }
+    app = isr_app("memory://", render_seconds=0)
+    env = environ("/page", "127.0.0.1")
     sent: list[list[tuple[str, str]]] = []
     for _ in range(2):  # a miss, then the hit
         sent.clear()
-        body = middleware(dict(env), lambda status, headers, exc_info=None: sent.append(headers))
+        body = app(dict(env), lambda status, headers, exc_info=None: sent.append(headers))
         b"".join(body)
     (headers,) = sent
     assert dict(headers).get("X-ISR-Cache") == "HIT", headers

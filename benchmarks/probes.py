@@ -130,10 +130,8 @@ def prefill_process(store: Any, host: str, count: int) -> None:
 
     if isinstance(store, FileStore):
         for i in range(count):
-            rk = request_key(environ(f"/p/{i}", host))
-            assert rk is not None
-            record, _ = store.lookup(rk.key)
-            assert record is not None, f"/p/{i} is not in {store.description}"
+            if store.lookup(_key(f"/p/{i}", host))[0] is None:
+                raise RuntimeError(f"/p/{i} is not in {store.description}")
         return
 
     template = scaling_template(host)

@@ -54,17 +54,11 @@ def test_bare_headers_sends_what_a_real_hit_sends() -> None:
     """The ``bare-headers`` reference sends the header names a wsgi_isr hit of ``/page``
     sends, in order, with values as long (a hit in its first second: ``Age: 0``), whatever
     the middleware's header set becomes."""
-    from benchmarks.apps import BODY, bare_app, isr_app
+    from benchmarks.apps import BODY, bare_app, isr_app, isr_hit_headers
+    from benchmarks.probes import environ
 
     app = isr_app("memory://", render_seconds=0)
-    env = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/page",
-        "SERVER_NAME": "example.org",
-        "SERVER_PORT": "80",
-        "HTTP_HOST": "example.org",
-        "wsgi.url_scheme": "http",
-    }
+    env = environ("/page", "example.org")
     sent: list[list[tuple[str, str]]] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc: object = None) -> None:
@@ -75,8 +69,6 @@ def test_bare_headers_sends_what_a_real_hit_sends() -> None:
     hit = sent[-1]
     assert dict(hit)["X-ISR-Cache"] == "HIT"
     sent.clear()
-    from benchmarks.apps import isr_hit_headers
-
     assert b"".join(bare_app(isr_hit_headers())(dict(env), start_response)) == BODY
     (reference,) = sent
     assert [(k, len(v)) for k, v in reference] == [(k, len(v)) for k, v in hit]

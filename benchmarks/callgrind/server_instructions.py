@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 
-from benchmarks.servers import HOST, free_port  # noqa: E402
+from benchmarks.servers import HOST, children, free_port  # noqa: E402
 
 #: name -> the environment of ``benchmarks.apps:from_env()`` ("{redis}": the server's URL,
 #: "{dir}": a directory of the run's own)
@@ -69,13 +69,9 @@ def _worker_of(master: int) -> int:
     """The one worker gunicorn forked (valgrind follows it: same pid, its own dump)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{master}/task/{master}/children") as f:
-                children = [int(c) for c in f.read().split()]
-        except OSError:
-            children = []
-        if children:
-            return children[0]
+        forked = children(master)
+        if forked:
+            return forked[0]
         time.sleep(0.2)
     raise SystemExit("gunicorn started no worker")
 
