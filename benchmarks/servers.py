@@ -45,14 +45,15 @@ def own_cpu_seconds(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    """The processes ``pid`` forked and that still run (Linux ``/proc``; [] elsewhere)."""
+    """The processes ``pid`` forked and that still run (Linux ``/proc``; [] elsewhere, or
+    when ``pid`` went while they were read)."""
     found: list[int] = []
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 found += [int(c) for c in f.read().split()]
     except (OSError, ValueError):
-        pass
+        return []
     return found
 
 

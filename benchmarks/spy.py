@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks.servers import children
+
 #: (group, path prefixes of py-spy's frame files), first match wins
 GROUPS = (
     ("store client", ("wsgi_isr/stores/", "redis/", "hiredis/")),
@@ -42,18 +44,6 @@ def _binary() -> str | None:
 
 def available() -> bool:
     return _binary() is not None
-
-
-def worker_pids(master: int) -> list[int]:
-    """The children of ``master`` (gunicorn's workers)."""
-    pids: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{master}/task"):
-            with open(f"/proc/{master}/task/{task}/children") as f:
-                pids += [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-    return pids
 
 
 def record(pid: int, seconds: float, rate: int = 250) -> str | None:
@@ -101,6 +91,6 @@ def shares(stacks: str) -> dict[str, float]:
 def worker_shares(master: int, seconds: float) -> dict[str, float] | None:
     """:func:`shares` of one worker of gunicorn ``master`` over ``seconds`` (the caller
     keeps it loaded meanwhile)."""
-    pids = worker_pids(master)
+    pids = children(master)  # gunicorn's workers
     stacks = record(pids[0], seconds) if pids and available() else None
     return shares(stacks) if stacks else None
