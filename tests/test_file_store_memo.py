@@ -177,3 +177,40 @@ def test_reading_a_record_leaves_its_access_time_alone(tmp_path: Path) -> None:
     os.utime(path, ns=(st.st_mtime_ns - 10**9, st.st_mtime_ns))  # older: relatime updates
     assert store.lookup("k")[0] == ENTRY
     assert os.stat(path).st_atime_ns == st.st_mtime_ns - 10**9
+
+
+def test_under_gevent_a_record_read_closes_its_file_without_the_patched_close(
+    tmp_path: Path,
+) -> None:
+    """gevent's ``os.close`` spends two system calls finding out whether a descriptor is
+    a regular file before closing it: a record read, which already knows, closes it
+    directly. Nothing leaks, a refused FIFO included (closed the cooperative way)."""
+    code = f"""
+from gevent import monkey
+monkey.patch_all()
+import os
+patched = os.close
+through_patched = []
+def counting(fd):
+    through_patched.append(fd)
+    patched(fd)
+os.close = counting
+from wsgi_isr import FileStore
+from wsgi_isr.entry import Entry
+from wsgi_isr.stores.shelf import Shelf
+root = {str(tmp_path / "s")!r}
+store = FileStore(root, memo_bytes=0)  # every lookup reads its file
+page = Entry("200 OK", (), b"one", 100.0, 60.0, None, (), '"e"', "")
+store.put("k", page, None)
+os.mkfifo(os.path.join(root, "pages", Shelf.name("planted")), 0o600)
+assert Shelf.name("k") == Shelf.digest("k").hex()  # the journal's pairs name files so
+fds = len(os.listdir("/proc/self/fd"))
+through_patched.clear()
+for _ in range(50):
+    assert store.lookup("k")[0] == page
+assert through_patched == [], through_patched
+assert store.lookup("planted")[0] is None  # planted: a miss, its descriptor closed
+assert len(through_patched) == 1, through_patched
+assert len(os.listdir("/proc/self/fd")) == fds
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -2,16 +2,17 @@
 
     python benchmarks/callgrind/server_instructions.py [--requests 1000] [--only a,b]
 
-Each contender of the throughput section (``bare``, ``bare-headers``, ``isr-memory``,
-``isr-file``, ``isr-redis-local``, ``isr-redis``, ``flask-caching``; the Redis ones on a
-redis-server of their own) runs under ``gunicorn -k gevent -w 1`` inside valgrind with
-instrumentation off; after warm-up requests on ``/page`` (every answer a hit), the worker's
-counters are switched on and zeroed (``callgrind_control``), one keep-alive connection makes
-``--requests`` more, and the dump's total over that number is the figure: every
-instruction the worker runs in user space for one request (gunicorn's parsing and writing,
-gevent, the app, the middleware, the store client), none of redis-server's or the kernel's.
-The same code gives the same count on any load, which wall-clock and CPU ratios on a shared
-machine do not (``benchmarks/PROFILE.md`` reads these figures).
+Each contender of the throughput section (``bare``, ``bare-headers``, ``isr-memory``, ``isr-
+file``, ``isr-redis-local``, ``isr-redis``, ``flask-caching``; the Redis ones on a redis-
+server of their own), and ``isr-file-no-memo`` (``memo_bytes=0``: each hit reads and decodes
+its file, as a page out of the memo's reach does), runs under ``gunicorn -k gevent -w 1``
+inside valgrind with instrumentation off; after warm-up requests on ``/page`` (every answer
+a hit), the worker's counters are switched on and zeroed (``callgrind_control``), one keep-
+alive connection makes ``--requests`` more, and the dump's total over that number is the
+figure: every instruction the worker runs in user space for one request (gunicorn's parsing
+and writing, gevent, the app, the middleware, the store client), none of redis-server's or
+the kernel's. The same code gives the same count on any load, which wall-clock and CPU
+ratios on a shared machine do not (``benchmarks/PROFILE.md`` reads these figures).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ CONTENDERS: dict[str, dict[str, str]] = {
     "bare-headers": {"BENCH_APP": "bare-headers"},
     "isr-memory": {"BENCH_APP": "isr", "BENCH_STORE": "memory://"},
     "isr-file": {"BENCH_APP": "isr", "BENCH_STORE": "file://{dir}/file-store"},
+    # no memo: every hit reads and decodes its file, as a page out of a memo's reach does
+    "isr-file-no-memo": {"BENCH_APP": "isr", "BENCH_STORE": "file://{dir}/file-nm?memo_bytes=0"},
     "isr-redis-local": {"BENCH_APP": "isr", "BENCH_STORE": "{redis}", "BENCH_LOCAL_TTL": "60"},
     "isr-redis": {"BENCH_APP": "isr", "BENCH_STORE": "{redis}"},
     "flask-caching": {"BENCH_APP": "flask-caching"},

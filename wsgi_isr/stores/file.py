@@ -204,9 +204,9 @@ class FileStore(FlockLocks, Store):
         """What the files hold for ``key`` now (the page shelf first, then the markers):
         a memoised record whose file is unchanged costs an ``lstat``, another file is
         read and decoded once per version."""
-        name = old[4] if old is not None else Shelf.digest(key).hex()
+        name = old[4] if old is not None else Shelf.name(key)
         for where, shelf in enumerate((self.pages, self.passes)):
-            filename = os.path.join(shelf.path, name)
+            filename = f"{shelf.path}/{name}"
             if old is not None and old[5] == where:
                 try:
                     st = os.lstat(filename)

@@ -38,6 +38,13 @@ from typing import BinaryIO
 
 log = logging.getLogger("wsgi_isr")
 
+try:  # the C function: under gevent, ``os.close`` is its Python wrapper, which spends two
+    # more system calls (fcntl, fstat) finding out what read_regular already knows: the
+    # file is a regular one, which gevent then closes with this same function
+    from posix import close as _close_regular
+except ImportError:  # pragma: no cover - not a POSIX system
+    _close_regular = os.close
+
 #: Record file header: expiry (float seconds, 0.0 never), write id.
 FILE_HEAD = struct.Struct(">dQ")
 _INDEX = struct.Struct(">8sqqq")  # magic, count, bytes, journal head
@@ -110,9 +117,11 @@ def read_regular(path: str) -> tuple[os.stat_result, bytes]:
             if not more:
                 break
             data += more
-        return st, data
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    _close_regular(fd)
+    return st, data
 
 
 def _replace_private(path: str, data: bytes) -> None:
@@ -133,11 +142,16 @@ class Shelf:
         self._journal = os.path.join(path, "journal")
 
     def filename(self, key: str) -> str:
-        return os.path.join(self.path, self.digest(key).hex())
+        return f"{self.path}/{self.name(key)}"
 
     @staticmethod
     def digest(key: str) -> bytes:
         return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+    @staticmethod
+    def name(key: str) -> str:
+        """The file name of ``key``'s record: its :meth:`digest` in hexadecimal."""
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
     # -- the index -------------------------------------------------------------------------
 
