@@ -328,6 +328,14 @@ def test_the_record_format_round_trips_without_pickle() -> None:
         assert codec.loads(data) == record
     assert codec.loads(bytearray(GOOD)) is None  # only bytes
     assert codec.loads(None) is None
+    # a record after a header of its own (a file store's), decoded in place
+    head = b"sixteen bytes..."
+    for record in (ENTRY, PassMarker("p")):
+        assert codec.loads(head + codec.dumps(record), len(head)) == record
+    for bad in (GOOD[:-3], GOOD + b"xx", GOOD[: codec.HEAD_SIZE - 1], b""):
+        assert codec.loads(head + bad, len(head)) is None
+    assert codec.loads(head + GOOD, len(head) - 1) is None
+    assert codec.loads(head + GOOD, len(head) + 1) is None
 
 
 def test_tag_state_survives_a_flood_of_records(bounded_backend: Backend) -> None:

@@ -135,16 +135,19 @@ def _headers_ok(status: str, names: list[str]) -> bool:
     return ok
 
 
-def loads(data: Any) -> Record | None:
-    """Decode bytes written by :func:`dumps`; anything else is ``None`` (a miss)."""
-    if type(data) is not bytes or data[:5] != _PREFIX or len(data) < HEAD_SIZE:
+def loads(data: Any, start: int = 0) -> Record | None:
+    """Decode bytes written by :func:`dumps` (``data[start:]``, without copying them: a
+    file's content after its own header); anything else is ``None`` (a miss)."""
+    if type(data) is not bytes or data[start : start + 5] != _PREFIX:
+        return None
+    if len(data) < start + HEAD_SIZE:
         return None
     try:
-        _, _, kind, nh, nt, created, reval, expire, tlen, blen = _HEAD.unpack_from(data)
-        end = HEAD_SIZE + tlen
+        _, _, kind, nh, nt, created, reval, expire, tlen, blen = _HEAD.unpack_from(data, start)
+        end = start + HEAD_SIZE + tlen
         if end + blen != len(data):
             return None
-        text = data[HEAD_SIZE:end]
+        text = data[start + HEAD_SIZE : end]
         if len(text.translate(None, _CONTROL)) != tlen:  # (a C loop: cheaper than a regex)
             return None
         parts = text.decode("utf-8", "surrogatepass").split(_SEP)

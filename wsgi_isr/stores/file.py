@@ -247,7 +247,7 @@ class FileStore(FlockLocks, Store):
         expires = 0.0
         if len(data) > FILE_HEAD.size:
             expires = FILE_HEAD.unpack_from(data)[0]
-            record = codec.loads(data[FILE_HEAD.size :])
+            record = codec.loads(data, FILE_HEAD.size)
         if record is None or not math.isfinite(expires):
             log.warning("wsgi_isr: unreadable cache file %s, treated as a miss", filename)
             return version, 0.0, None
