@@ -138,9 +138,11 @@ def _headers_ok(status: str, names: list[str]) -> bool:
 def loads(data: Any, start: int = 0) -> Record | None:
     """Decode bytes written by :func:`dumps` (``data[start:]``, without copying them: a
     file's content after its own header); anything else is ``None`` (a miss)."""
-    if type(data) is not bytes or data[start : start + 5] != _PREFIX:
-        return None
-    if len(data) < start + HEAD_SIZE:
+    if (
+        type(data) is not bytes
+        or data[start : start + 5] != _PREFIX
+        or len(data) < start + HEAD_SIZE
+    ):
         return None
     try:
         _, _, kind, nh, nt, created, reval, expire, tlen, blen = _HEAD.unpack_from(data, start)

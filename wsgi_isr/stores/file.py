@@ -206,7 +206,7 @@ class FileStore(FlockLocks, Store):
         read and decoded once per version."""
         name = old[4] if old is not None else Shelf.name(key)
         for where, shelf in enumerate((self.pages, self.passes)):
-            filename = f"{shelf.path}/{name}"
+            filename = shelf.path_of(name)
             if old is not None and old[5] == where:
                 try:
                     st = os.lstat(filename)

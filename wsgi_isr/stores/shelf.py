@@ -142,7 +142,11 @@ class Shelf:
         self._journal = os.path.join(path, "journal")
 
     def filename(self, key: str) -> str:
-        return f"{self.path}/{self.name(key)}"
+        return self.path_of(self.name(key))
+
+    def path_of(self, name: str) -> str:
+        """The path of the record file called ``name`` (a :meth:`name`) on this shelf."""
+        return f"{self.path}/{name}"
 
     @staticmethod
     def digest(key: str) -> bytes:
@@ -151,7 +155,7 @@ class Shelf:
     @staticmethod
     def name(key: str) -> str:
         """The file name of ``key``'s record: its :meth:`digest` in hexadecimal."""
-        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return Shelf.digest(key).hex()
 
     # -- the index -------------------------------------------------------------------------
 
@@ -295,7 +299,7 @@ class Shelf:
                     continue
                 state[2] += _PAIR.size
                 digest, wid = _PAIR.unpack(pair)
-                path = os.path.join(self.path, digest.hex())
+                path = self.path_of(digest.hex())
                 try:
                     with open_regular(path) as f:
                         head = f.read(FILE_HEAD.size)
@@ -326,10 +330,7 @@ class Shelf:
             digest, wid = _PAIR.unpack_from(data, offset)
             last.pop(digest, None)
             last[digest] = wid
-        base = self.path
-        live = [
-            _PAIR.pack(d, w) for d, w in last.items() if os.path.exists(os.path.join(base, d.hex()))
-        ]
+        live = [_PAIR.pack(d, w) for d, w in last.items() if os.path.exists(self.path_of(d.hex()))]
         _replace_private(self._journal, b"".join(live))
         state[2] = 0
 
