@@ -389,6 +389,74 @@ def test_a_fifo_planted_as_a_page_file_does_not_hang_the_request(tmp_path: Path)
     assert answers == [200]
 
 
+_HUGE_FILE = """
+import os, resource, sys
+sys.path.insert(0, sys.argv[2])
+from helpers import make
+mw, client, clock, app = make(store="file://" + sys.argv[1])
+planted = mw.store.pages.filename(sys.argv[3]) if sys.argv[4] == "page" else mw.store._log_path
+with open(planted, "wb") as f:
+    f.truncate(1 << 40)  # a terabyte, sparse: no disk, but a read of it allocates it
+limit = 4 << 30  # an allocation that large fails at once, whatever the overcommit setting
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+for _ in range(2):
+    r = client.get("/p")
+    print("ANSWER", r.status_code, r.headers.get("X-ISR-Cache"))
+clock.advance(1)
+mw.revalidate_path("/p")  # a tag invalidation (the page's path tag): seen by the next hit
+r = client.get("/p")
+print("AFTER", r.status_code, r.headers.get("X-ISR-Cache"))
+print("RENDERS", app.count("/p"), "SIZE", os.path.getsize(planted) < (1 << 20))
+"""
+
+
+@pytest.mark.parametrize("where", ["page", "tag log"])
+def test_a_huge_file_planted_in_the_cache_dir_is_never_a_500_and_is_replaced(
+    tmp_path: Path, where: str
+) -> None:
+    """A sparse regular file of a terabyte costs no disk, but reading it whole asked for a
+    terabyte: the MemoryError (no OSError) escaped the store and every request to that URL
+    (under pages/<sha256(key)>) or to every URL (tags.log, read up to its first newline)
+    was a 500. A page file larger than any the store writes is refused as planted: a miss,
+    whose render replaces it; a tag log whose first line never ends is restarted by the
+    next invalidation, which every process then sees (the stale page then renders again)."""
+    import subprocess
+    import sys
+
+    helpers_dir = str(Path(__file__).parent)
+    argv = [sys.executable, "-c", _HUGE_FILE, str(tmp_path / "c"), helpers_dir, _key("/p")]
+    out = subprocess.run([*argv, where.split()[0]], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    expected = ["ANSWER 200 MISS", "ANSWER 200 HIT", "AFTER 200 STALE", "RENDERS 2 SIZE True"]
+    assert out.stdout.split("\n")[:4] == expected, (out.stdout, out.stderr[-3000:])
+
+
+def test_a_socket_planted_as_a_page_file_is_a_miss_the_next_render_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``open`` on a UNIX socket fails with ENXIO, which the read took for a broken store:
+    every request to that URL bypassed the cache (a store error, logged and counted), so
+    nothing was ever written over the socket and the page was never cached again. It is
+    planted, like a FIFO: a miss, whose render replaces it."""
+    import os
+    import socket
+    import stat
+
+    mw, client, _, app = make(store=f"file://{tmp_path}/c")
+    page = mw.store.pages.filename(_key("/p"))
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        with monkeypatch.context() as m:  # relative: a socket's path is at most 107 bytes
+            m.chdir(os.path.dirname(page))
+            sock.bind(os.path.basename(page))
+        answers = [client.get("/p").headers.get("X-ISR-Cache") for _ in range(2)]
+    finally:
+        sock.close()
+    assert answers == ["MISS", "HIT"]
+    assert app.count("/p") == 1
+    assert stat.S_ISREG(os.lstat(page).st_mode)
+
+
 def test_redis_store_description_keeps_the_port_it_drops_the_password_from() -> None:
     """/status, `isr status` and the start-up log name the store; dropping the password
     from the URL also dropped the port (and an IPv6 host's brackets), so two stores on

@@ -44,7 +44,15 @@ from .base import Store, merge_tag_state, new_token, record_ttl
 from .changes import RECHECK_SECONDS, ChangeMark, FifoMemo
 from .flocks import FlockLocks
 from .memory import held_size
-from .shelf import FILE_HEAD, NotRegular, Shelf, _replace_private, open_regular, read_regular
+from .shelf import (
+    FILE_HEAD,
+    MAX_RECORD_BYTES,
+    NotRegular,
+    Shelf,
+    _replace_private,
+    open_regular,
+    read_regular,
+)
 
 log = logging.getLogger("wsgi_isr")
 
@@ -62,6 +70,8 @@ DECODED_BYTES = 64 << 20
 MEMO_OVERHEAD = 150
 #: Compact the tag log when it is larger than this and twice its live content.
 COMPACT_BYTES = 1 << 20
+#: The longest first line of a tag log (its generation, some 50 bytes) read as one.
+_GENERATION_BYTES = 1024
 #: Bytes a marker file may take on average (the marker shelf's byte budget is this × count).
 MARKER_BYTES = 1024
 
@@ -218,7 +228,7 @@ class FileStore(FlockLocks, Store):
                     known = (epoch, *old[1:])
                     self._memo.set(key, known, old[6])
                     return known
-            found = self._load(filename)
+            found = self._load(filename, shelf.limit)
             if found is not None:
                 version, expires, record = found
                 size = held_size(key, record) + MEMO_OVERHEAD
@@ -228,10 +238,10 @@ class FileStore(FlockLocks, Store):
         self._memo.pop(key)
         return (epoch, (0, 0, 0), 0.0, None, name, -1, 0)
 
-    def _load(self, filename: str) -> tuple[_Version, float, Record | None] | None:
+    def _load(self, filename: str, limit: int) -> tuple[_Version, float, Record | None] | None:
         """The file's version and record; ``None`` when there is no file."""
         try:
-            st, data = read_regular(filename)
+            st, data = read_regular(filename, limit)
         except FileNotFoundError:
             return None
         except NotRegular as exc:  # planted: a miss (the next write replaces it)
@@ -240,8 +250,8 @@ class FileStore(FlockLocks, Store):
             if what is None:
                 return (0, 0, 0), 0.0, None
             return (what.st_ino, what.st_mtime_ns, what.st_size), 0.0, None
-        except OSError as exc:
-            raise StoreError(f"cannot read {filename}: {exc}") from exc
+        except (OSError, MemoryError) as exc:  # a file this process cannot hold: no page
+            raise StoreError(f"cannot read {filename}: {type(exc).__name__}: {exc}") from exc
         version = (st.st_ino, st.st_mtime_ns, st.st_size)
         record = None
         expires = 0.0
@@ -270,7 +280,11 @@ class FileStore(FlockLocks, Store):
             other.remove(key)
             if not stored:
                 shelf.remove(key)  # larger than the whole budget: not kept, nor the old one
-                log.warning("wsgi_isr: record for %r is larger than max_bytes; not stored", key)
+                log.warning(
+                    "wsgi_isr: record for %r is larger than %d bytes (max_bytes); not stored",
+                    key,
+                    shelf.limit,
+                )
         except OSError as exc:
             with contextlib.suppress(OSError):
                 shelf.remove_stale_temp_files(time.time() - 60)
@@ -360,17 +374,17 @@ class FileStore(FlockLocks, Store):
         with self._refresh_mutex:
             try:
                 with open_regular(self._log_path) as f:
-                    generation = f.readline()
+                    generation = f.readline(_GENERATION_BYTES)
                     if not generation.endswith(b"\n"):
                         return self._tags  # being created: next call
-                    if (
-                        generation == self._generation
-                        and os.fstat(f.fileno()).st_size >= self._log_pos
-                    ):
+                    size = os.fstat(f.fileno()).st_size
+                    if generation == self._generation and size >= self._log_pos:
                         tags, pos = dict(self._tags), self._log_pos
                         f.seek(pos)
                     else:  # first read, or the log was compacted
                         tags, pos = {}, len(generation)
+                    if size - pos > MAX_RECORD_BYTES:  # planted (a sparse file costs no disk)
+                        raise NotRegular(f"over {MAX_RECORD_BYTES} bytes to read: {self._log_path}")
                     data = f.read()
             except OSError as exc:
                 raise StoreError(f"cannot read {self._log_path}: {exc}") from exc
@@ -419,6 +433,13 @@ class FileStore(FlockLocks, Store):
             if f.tell() == 0:
                 f.write(_generation_line())
             else:
+                f.seek(0)
+                if not f.readline(_GENERATION_BYTES).endswith(b"\n"):
+                    # a first line torn (a full disk) or planted: readers take the log for
+                    # one being created and never read past it; start a new generation
+                    log.warning("wsgi_isr: unreadable first line in %s, log restarted", f.name)
+                    _replace_private(self._log_path, _generation_line() + b"".join(lines))
+                    return
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":  # a torn line (full disk, killed writer)
                     lines.insert(0, b"\n")  # stays a malformed line of its own

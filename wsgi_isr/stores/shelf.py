@@ -56,20 +56,41 @@ _TEMP_PREFIX = ".tmp-"
 
 
 class NotRegular(OSError):
-    """What stands at a record's path is no regular file (planted)."""
+    """What stands at a record's path is not a record file the store wrote (planted): no
+    regular file, or one larger than any it writes."""
 
     st: os.stat_result | None = None
+
+
+#: What ``open`` answers for a planted thing that no read should touch: a symbolic link
+#: (``O_NOFOLLOW``), a UNIX socket (``ENXIO``), a device node with no driver (``ENODEV``).
+_PLANTED_ERRNOS = frozenset((errno.ELOOP, errno.ENXIO, errno.ENODEV))
+#: The largest record file a shelf without a byte budget writes or reads: far above any
+#: page the middleware stores (``max_entry_bytes`` defaults to 5 MB), far below what a
+#: read may allocate at once (a sparse file of a terabyte costs no disk).
+MAX_RECORD_BYTES = 1 << 30
+
+
+def _planted(path: str, exc: OSError) -> NotRegular | None:
+    """The refusal for what ``open`` could not open at ``path``, if it was a planted thing
+    (:data:`_PLANTED_ERRNOS`), with the status of what stands there."""
+    if exc.errno not in _PLANTED_ERRNOS:
+        return None
+    refused = NotRegular(f"not a regular file: {path}")
+    refused.st = os.lstat(path)
+    return refused
 
 
 def open_regular(path: str) -> BinaryIO:
     """Open a file of the store for reading, refusing what was planted instead of a
     file: a symbolic link (to ``/dev/zero``, say) or a FIFO that would block the reader
-    forever, a directory, a device (:class:`NotRegular`)."""
+    forever, a directory, a device, a socket (:class:`NotRegular`)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise NotRegular(f"a symbolic link: {path}") from exc
+        refused = _planted(path, exc)
+        if refused is not None:
+            raise refused from exc
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -87,9 +108,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEX
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-def read_regular(path: str) -> tuple[os.stat_result, bytes]:
+def read_regular(path: str, limit: int = MAX_RECORD_BYTES) -> tuple[os.stat_result, bytes]:
     """The status and content of a file of the store, refusing what :func:`open_regular`
-    refuses (:class:`NotRegular`, with the status of what stands there in ``.st``).
+    refuses and a file larger than ``limit`` bytes, which no write of the store made
+    (:class:`NotRegular`, with the status of what stands there in ``.st``).
 
     Four system calls (open, fstat, read, close) and no file object: the file store's
     read of a record it has not memoised. A record file is replaced whole, never
@@ -100,15 +122,15 @@ def read_regular(path: str) -> tuple[os.stat_result, bytes]:
         except PermissionError:
             fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            refused = NotRegular(f"a symbolic link: {path}")
-            refused.st = os.lstat(path)
+        refused = _planted(path, exc)
+        if refused is not None:
             raise refused from exc
         raise
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            refused = NotRegular(f"not a regular file: {path}")
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            what = f"over {limit} bytes" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            refused = NotRegular(f"{what}: {path}")
             refused.st = st
             raise refused
         data = os.read(fd, st.st_size)
@@ -138,6 +160,8 @@ class Shelf:
         self.path = path
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        #: The largest record file written or read: the budget, else MAX_RECORD_BYTES.
+        self.limit = max_bytes or MAX_RECORD_BYTES
         self._index = os.path.join(path, "index")
         self._journal = os.path.join(path, "journal")
 
@@ -215,10 +239,11 @@ class Shelf:
             return None
 
     def write(self, key: str, payload: bytes, expires: float) -> bool:
-        """Store ``payload``; False if it is larger than the whole byte budget."""
+        """Store ``payload``; False if it is larger than the whole byte budget (or, with
+        none, than :data:`MAX_RECORD_BYTES`)."""
         wid = secrets.randbits(64)
         data = FILE_HEAD.pack(expires, wid) + payload
-        if self.max_bytes and len(data) > self.max_bytes:
+        if len(data) > self.limit:
             return False
         target = self.filename(key)
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=_TEMP_PREFIX)
