@@ -396,6 +396,8 @@ from helpers import make
 mw, client, clock, app = make(store="file://" + sys.argv[1])
 planted = mw.store.pages.filename(sys.argv[3]) if sys.argv[4] == "page" else mw.store._log_path
 with open(planted, "wb") as f:
+    if sys.argv[4] == "tail":  # a proper first line, then the terabyte
+        f.write(b'{"generation": "planted"}\\n')
     f.truncate(1 << 40)  # a terabyte, sparse: no disk, but a read of it allocates it
 limit = 4 << 30  # an allocation that large fails at once, whatever the overcommit setting
 resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -410,22 +412,26 @@ print("RENDERS", app.count("/p"), "SIZE", os.path.getsize(planted) < (1 << 20))
 """
 
 
-@pytest.mark.parametrize("where", ["page", "tag log"])
+@pytest.mark.parametrize("where", ["page", "tag log", "tail of the tag log"])
 def test_a_huge_file_planted_in_the_cache_dir_is_never_a_500_and_is_replaced(
     tmp_path: Path, where: str
 ) -> None:
     """A sparse regular file of a terabyte costs no disk, but reading it whole asked for a
     terabyte: the MemoryError (no OSError) escaped the store and every request to that URL
     (under pages/<sha256(key)>) or to every URL (tags.log, read up to its first newline)
-    was a 500. A page file larger than any the store writes is refused as planted: a miss,
-    whose render replaces it; a tag log whose first line never ends is restarted by the
-    next invalidation, which every process then sees (the stale page then renders again)."""
+    was a 500; refusing to read the log made every request bypass the cache and every
+    invalidation fail before it could replace the log. A page file larger than any the
+    store writes is refused as planted: a miss, whose render replaces it; a tag log that
+    cannot be read (its first line never ends, or it is that large) is ignored, and the
+    next invalidation restarts it, which every process then sees (the stale page then
+    renders again)."""
     import subprocess
     import sys
 
     helpers_dir = str(Path(__file__).parent)
     argv = [sys.executable, "-c", _HUGE_FILE, str(tmp_path / "c"), helpers_dir, _key("/p")]
-    out = subprocess.run([*argv, where.split()[0]], capture_output=True, text=True, timeout=120)
+    mode = {"page": "page", "tag log": "log", "tail of the tag log": "tail"}[where]
+    out = subprocess.run([*argv, mode], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     expected = ["ANSWER 200 MISS", "ANSWER 200 HIT", "AFTER 200 STALE", "RENDERS 2 SIZE True"]
     assert out.stdout.split("\n")[:4] == expected, (out.stdout, out.stderr[-3000:])
@@ -455,6 +461,49 @@ def test_a_socket_planted_as_a_page_file_is_a_miss_the_next_render_replaces(
     assert answers == ["MISS", "HIT"]
     assert app.count("/p") == 1
     assert stat.S_ISREG(os.lstat(page).st_mode)
+
+
+@pytest.mark.parametrize("what", ["socket", "symlink", "fifo"])
+def test_a_non_regular_thing_planted_as_the_tag_log_is_replaced_by_the_next_invalidation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """A socket, a symbolic link or a FIFO standing at tags.log was refused as no regular
+    file (rightly), but as a store error: every request bypassed the cache and every
+    invalidation failed before it could replace it, so the cache stayed off. It is a log
+    that is not there (a warning), and the next invalidation writes a new one in its place
+    (with the tag states the process knows): never opened through the link, nor blocked on
+    the FIFO."""
+    import os
+    import socket
+    import stat
+
+    mw, client, clock, _ = make(store=f"file://{tmp_path}/c")
+    mw.revalidate_path("/other")  # a tag state the restarted log must keep
+    log_path = mw.store._log_path
+    os.unlink(log_path)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b'{"generation": "x"}\n')
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        if what == "socket":
+            with monkeypatch.context() as m:  # relative: a socket's path is at most 107 bytes
+                m.chdir(os.path.dirname(log_path))
+                sock.bind(os.path.basename(log_path))
+        elif what == "symlink":
+            os.symlink(target, log_path)
+        else:
+            os.mkfifo(log_path, 0o600)
+        answers = [client.get("/p").headers.get("X-ISR-Cache") for _ in range(2)]
+        clock.advance(1)
+        mw.revalidate_path("/p")
+        answers.append(client.get("/p").headers.get("X-ISR-Cache"))
+    finally:
+        sock.close()
+    assert answers == ["MISS", "HIT", "STALE"]
+    assert stat.S_ISREG(os.lstat(log_path).st_mode)
+    assert target.read_bytes() == b'{"generation": "x"}\n'  # the link's target untouched
+    fresh = FileStore(str(tmp_path / "c"))  # another process reads the restarted log
+    assert "_isr_page:/other" in fresh.known_tag_states()
 
 
 def test_redis_store_description_keeps_the_port_it_drops_the_password_from() -> None:

@@ -81,6 +81,11 @@ def _generation_line() -> bytes:
     return json.dumps({"generation": new_token()}).encode() + b"\n"
 
 
+def _state_line(tag: str, state: TagState) -> bytes:
+    """One line of the tag log: ``[tag, stale_at, expired_at]``."""
+    return json.dumps([tag, state[0], state[1]]).encode() + b"\n"
+
+
 def check_directory(path: str, *, allow_shared: bool = False) -> None:
     """Create ``path`` ``0700`` if missing; refuse one that another user could write to.
 
@@ -386,6 +391,10 @@ class FileStore(FlockLocks, Store):
                     if size - pos > MAX_RECORD_BYTES:  # planted (a sparse file costs no disk)
                         raise NotRegular(f"over {MAX_RECORD_BYTES} bytes to read: {self._log_path}")
                     data = f.read()
+            except NotRegular as exc:  # planted: no log, until an invalidation replaces it
+                log.warning("wsgi_isr: %s; tag log ignored until the next invalidation", exc)
+                self._log_id = ident  # one warning per version of what stands there
+                return self._tags
             except OSError as exc:
                 raise StoreError(f"cannot read {self._log_path}: {exc}") from exc
             end = data.rfind(b"\n") + 1  # a line still being appended waits for next time
@@ -416,10 +425,9 @@ class FileStore(FlockLocks, Store):
                 current = self._refresh_tags()
                 lines = []
                 for tag in tags:
-                    state = merge_tag_state(current.get(tag), at, hard)
-                    lines.append(json.dumps([tag, state[0], state[1]]).encode() + b"\n")
+                    lines.append(_state_line(tag, merge_tag_state(current.get(tag), at, hard)))
                 try:
-                    self._append(lines)
+                    self._append(lines, current)
                     self._maybe_compact()
                 finally:
                     self._mark.bump()  # after the lines are whole: readers then see them
@@ -427,23 +435,41 @@ class FileStore(FlockLocks, Store):
         except OSError as exc:
             raise StoreError(f"cannot record invalidation in {self._log_path}: {exc}") from exc
 
-    def _append(self, lines: list[bytes]) -> None:
+    def _append(self, lines: list[bytes], current: Mapping[str, TagState]) -> None:
+        """Append ``lines`` to the tag log. Called with the log lock held; ``current`` is
+        the tag state this process knows, written whole into a restarted log."""
+        why = self._unreadable_log()
+        if why is not None:  # readers can read none of it: start a new generation
+            log.warning("wsgi_isr: %s: %s; the tag log is restarted", self._log_path, why)
+            known = b"".join(_state_line(t, s) for t, s in current.items())
+            _replace_private(self._log_path, _generation_line() + known + b"".join(lines))
+            return
         os.close(os.open(self._log_path, os.O_WRONLY | os.O_CREAT, 0o600))  # private
         with open(self._log_path, "a+b") as f:
             if f.tell() == 0:
                 f.write(_generation_line())
             else:
-                f.seek(0)
-                if not f.readline(_GENERATION_BYTES).endswith(b"\n"):
-                    # a first line torn (a full disk) or planted: readers take the log for
-                    # one being created and never read past it; start a new generation
-                    log.warning("wsgi_isr: unreadable first line in %s, log restarted", f.name)
-                    _replace_private(self._log_path, _generation_line() + b"".join(lines))
-                    return
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":  # a torn line (full disk, killed writer)
                     lines.insert(0, b"\n")  # stays a malformed line of its own
             f.write(b"".join(lines))
+
+    def _unreadable_log(self) -> str | None:
+        """Why no reader can read the tag log, if so: planted (no regular file, a sparse
+        terabyte) or a first line that never ends (torn by a full disk), which readers
+        take for a log being created."""
+        try:
+            with open_regular(self._log_path) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_RECORD_BYTES:
+                    return f"over {MAX_RECORD_BYTES} bytes"
+                if size and not f.readline(_GENERATION_BYTES).endswith(b"\n"):
+                    return "its first line never ends"
+        except FileNotFoundError:
+            return None
+        except NotRegular as exc:
+            return str(exc)
+        return None
 
     def _maybe_compact(self) -> None:
         """Rewrite the log with one line per tag. Called with the log lock held."""
@@ -452,5 +478,5 @@ class FileStore(FlockLocks, Store):
         live = sum(len(t) + 48 for t in current)
         if size < COMPACT_BYTES or size < 2 * live:
             return
-        lines = (json.dumps([t, s[0], s[1]]).encode() + b"\n" for t, s in current.items())
+        lines = (_state_line(t, s) for t, s in current.items())
         _replace_private(self._log_path, _generation_line() + b"".join(lines))
