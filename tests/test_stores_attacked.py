@@ -437,6 +437,16 @@ def test_a_huge_file_planted_in_the_cache_dir_is_never_a_500_and_is_replaced(
     assert out.stdout.split("\n")[:4] == expected, (out.stdout, out.stderr[-3000:])
 
 
+def _bind(sock: Any, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bind a UNIX socket at ``path``, named relative to its directory: a socket's path
+    is at most 107 bytes, and the store's are longer."""
+    import os
+
+    with monkeypatch.context() as m:
+        m.chdir(os.path.dirname(path))
+        sock.bind(os.path.basename(path))
+
+
 def test_a_socket_planted_as_a_page_file_is_a_miss_the_next_render_replaces(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -452,9 +462,7 @@ def test_a_socket_planted_as_a_page_file_is_a_miss_the_next_render_replaces(
     page = mw.store.pages.filename(_key("/p"))
     sock = socket.socket(socket.AF_UNIX)
     try:
-        with monkeypatch.context() as m:  # relative: a socket's path is at most 107 bytes
-            m.chdir(os.path.dirname(page))
-            sock.bind(os.path.basename(page))
+        _bind(sock, page, monkeypatch)
         answers = [client.get("/p").headers.get("X-ISR-Cache") for _ in range(2)]
     finally:
         sock.close()
@@ -486,9 +494,7 @@ def test_a_non_regular_thing_planted_as_the_tag_log_is_replaced_by_the_next_inva
     sock = socket.socket(socket.AF_UNIX)
     try:
         if what == "socket":
-            with monkeypatch.context() as m:  # relative: a socket's path is at most 107 bytes
-                m.chdir(os.path.dirname(log_path))
-                sock.bind(os.path.basename(log_path))
+            _bind(sock, log_path, monkeypatch)
         elif what == "symlink":
             os.symlink(target, log_path)
         else:

@@ -34,7 +34,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from .. import codec
 from ..bounded import parse_size
@@ -79,6 +79,17 @@ MARKER_BYTES = 1024
 def _generation_line() -> bytes:
     """First line of every tag log file: tells readers a compacted log from the old one."""
     return json.dumps({"generation": new_token()}).encode() + b"\n"
+
+
+def _log_head(f: BinaryIO, path: str) -> tuple[bytes, int]:
+    """The tag log's first line, as readers read it (one not ended within
+    ``_GENERATION_BYTES`` is a log being created, or torn), and its size;
+    :class:`NotRegular` for a log larger than any reader reads (planted: a sparse file
+    costs no disk). What readers and the writer that restarts the log both go by."""
+    size = os.fstat(f.fileno()).st_size
+    if size > MAX_RECORD_BYTES:
+        raise NotRegular(f"over {MAX_RECORD_BYTES} bytes: {path}")
+    return f.readline(_GENERATION_BYTES), size
 
 
 def _state_line(tag: str, state: TagState) -> bytes:
@@ -379,17 +390,14 @@ class FileStore(FlockLocks, Store):
         with self._refresh_mutex:
             try:
                 with open_regular(self._log_path) as f:
-                    generation = f.readline(_GENERATION_BYTES)
+                    generation, size = _log_head(f, self._log_path)
                     if not generation.endswith(b"\n"):
                         return self._tags  # being created: next call
-                    size = os.fstat(f.fileno()).st_size
                     if generation == self._generation and size >= self._log_pos:
                         tags, pos = dict(self._tags), self._log_pos
                         f.seek(pos)
                     else:  # first read, or the log was compacted
                         tags, pos = {}, len(generation)
-                    if size - pos > MAX_RECORD_BYTES:  # planted (a sparse file costs no disk)
-                        raise NotRegular(f"over {MAX_RECORD_BYTES} bytes to read: {self._log_path}")
                     data = f.read()
             except NotRegular as exc:  # planted: no log, until an invalidation replaces it
                 log.warning("wsgi_isr: %s; tag log ignored until the next invalidation", exc)
@@ -460,15 +468,13 @@ class FileStore(FlockLocks, Store):
         take for a log being created."""
         try:
             with open_regular(self._log_path) as f:
-                size = os.fstat(f.fileno()).st_size
-                if size > MAX_RECORD_BYTES:
-                    return f"over {MAX_RECORD_BYTES} bytes"
-                if size and not f.readline(_GENERATION_BYTES).endswith(b"\n"):
-                    return "its first line never ends"
+                generation, size = _log_head(f, self._log_path)
         except FileNotFoundError:
             return None
         except NotRegular as exc:
             return str(exc)
+        if size and not generation.endswith(b"\n"):
+            return "its first line never ends"
         return None
 
     def _maybe_compact(self) -> None:
