@@ -172,6 +172,9 @@ def test_an_on_demand_page_is_cached_at_the_edge(
     for r in (first, *replies):
         assert "xkey" not in r.headers
         assert [h for h in r.headers if h.startswith("x-isr-") and h != "x-isr-cache"] == []
+        # the edge keeps it a year, the browser behind it revalidates every visit
+        cc = [d.strip() for d in r.headers["cache-control"].split(",")]
+        assert "s-maxage=0" not in cc and cc[-1] == "max-age=0", r.headers
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard"])

@@ -326,7 +326,8 @@ def test_s_maxage_respects_x_isr_expire() -> None:
     client.get("/p")
     clock.advance(600)
     cc = client.get("/p").headers["Cache-Control"]
-    assert cc == "public, s-maxage=2999"  # what is left before it expires, no stale window
+    # what is left before it expires, no stale window; browsers revalidate (below)
+    assert cc == "public, s-maxage=2999, max-age=0"
 
 
 @pytest.mark.parametrize(
@@ -342,6 +343,67 @@ def test_app_browser_directives_survive_on_hits(directives: str) -> None:
         cc = [d.strip() for d in r.headers["Cache-Control"].split(",")]
         assert cc[0] == "public" and cc[1].startswith("s-maxage=")
         assert cc[-len(directives.split(",")) :] == [d.strip() for d in directives.split(",")]
+
+
+def _max_ages(r: Any) -> list[str]:
+    cc = [d.strip() for d in r.headers["Cache-Control"].split(",")]
+    return [d for d in cc if d.lower().startswith("max-age")]
+
+
+@pytest.mark.parametrize(
+    ("status", "opt_in"),
+    [
+        pytest.param("200 OK", [("X-ISR-Revalidate", "60")], id="revalidate"),
+        pytest.param("200 OK", [("X-ISR-Revalidate", "false")], id="forever"),
+        pytest.param(
+            "200 OK", [("X-ISR-Revalidate", "false"), ("X-ISR-Expire", "90")], id="expire"
+        ),
+        pytest.param(
+            "200 OK",
+            [("X-ISR-Revalidate", "60"), ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+            id="app-last-modified",
+        ),
+        pytest.param(
+            "301 Moved Permanently", [("X-ISR-Revalidate", "60"), ("Location", "/b")], id="301"
+        ),
+        pytest.param("410 Gone", [("X-ISR-Revalidate", "60")], id="410"),
+        pytest.param(
+            "200 OK", [("X-ISR-Revalidate", "60"), ("Cache-Control", "immutable")], id="no-max-age"
+        ),
+    ],
+)
+def test_browsers_are_told_to_revalidate_unless_the_app_says_how_long(
+    status: str, opt_in: list[tuple[str, str]]
+) -> None:
+    """``s-maxage`` is for shared caches: a browser told nothing else keeps an answer as
+    long as its heuristics say (a tenth of the time since ``Last-Modified``; a ``301``
+    or ``410`` forever), past any invalidation. So every cached answer says
+    ``max-age=0`` (tests/test_browser.py shows it in a real Chromium)."""
+    app = CountingApp({"/p": (status, opt_in)})
+    _, client, clock, _ = make(app)
+    first = client.get("/p")
+    hit = client.get("/p")
+    assert (first.headers["X-ISR-Cache"], hit.headers["X-ISR-Cache"]) == ("MISS", "HIT")
+    replies = [first, hit]
+    if status == "200 OK":
+        replies.append(client.get("/p", headers={"If-None-Match": hit.headers["ETag"]}))
+        assert replies[-1].status_code == 304
+    if opt_in[0][1] == "60":
+        clock.advance(61)
+        replies.append(client.get("/p"))
+        assert replies[-1].headers["X-ISR-Cache"] == "STALE"
+    for r in replies:
+        assert _max_ages(r) == ["max-age=0"], r.headers
+
+
+@pytest.mark.parametrize("directive", ["max-age=30", "Max-Age=30", "max-age=600, immutable"])
+def test_the_apps_own_browser_max_age_is_kept_alone(directive: str) -> None:
+    app = CountingApp({"/p": [("X-ISR-Revalidate", "60"), ("Cache-Control", directive)]})
+    _, client, _, _ = make(app)
+    for label in ("MISS", "HIT"):
+        r = client.get("/p")
+        assert r.headers["X-ISR-Cache"] == label
+        assert _max_ages(r) == [directive.split(",")[0]], r.headers
 
 
 def test_cached_204_has_no_content_length() -> None:

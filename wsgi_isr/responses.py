@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -88,15 +89,26 @@ def cache_status(label: str, entry: Entry, now: float, detail: str | None = None
     return "; ".join(parts)
 
 
+#: What a cached answer tells browsers when the application said nothing to them
+#: (``s-maxage`` is for shared caches only): revalidate every time, so an invalidation
+#: reaches them at their next visit. Without it a browser finds its own freshness:
+#: 10 % of the time since ``Last-Modified`` (an application's, say a post's edit date),
+#: and a ``301``, ``308`` or ``410`` forever (seen in Chromium: tests/test_browser.py).
+#: It revalidates with the ``ETag``; a page unchanged costs a ``304``.
+_BROWSER_REVALIDATES = ", max-age=0"
+_MAX_AGE = re.compile(r"(?i)(?:^|,)\s*max-age\s*=")
+
+
 class Prepared:
     """What serving one entry sends that never changes, built once per entry object (the
     whitenoise way: a hit then only adds the few headers that depend on the clock).
 
     ``head``: the stored headers but ``Cache-Control``, then ``Content-Length``, ``ETag``,
     ``Last-Modified``; ``browser``: the application's browser directives, to append to our
-    ``Cache-Control``; ``forever_hit``: the clock-free tail of a plain HIT of a page
-    without ``revalidate`` nor ``expire``; ``personal``: the page varies on credentials;
-    ``edge``: the tag headers of the caches in front (:mod:`wsgi_isr.purge.edge`).
+    ``Cache-Control`` (``max-age=0`` first when they set no ``max-age``); ``forever_hit``:
+    the clock-free tail of a plain HIT of a page without ``revalidate`` nor ``expire``;
+    ``personal``: the page varies on credentials; ``edge``: the tag headers of the caches
+    in front (:mod:`wsgi_isr.purge.edge`).
     """
 
     __slots__ = ("browser", "edge", "forever_hit", "head", "personal")
@@ -109,6 +121,8 @@ class Prepared:
                 browser = f"{browser}, {pair[1]}"
             else:
                 head.append(pair)
+        if not _MAX_AGE.search(browser):
+            browser = _BROWSER_REVALIDATES + browser
         if entry.status[:3] not in _NO_BODY_STATUS:
             head.append(("Content-Length", str(len(entry.body))))
         head += (("ETag", entry.etag), ("Last-Modified", entry.last_modified))
@@ -116,7 +130,8 @@ class Prepared:
         self.browser = browser
         self.forever_hit: tuple[tuple[str, str], ...] | None = None
         if entry.revalidate is None and entry.expire is None:
-            self.forever_hit = _forever_hit(browser) if browser else _FOREVER_HIT
+            same = browser == _BROWSER_REVALIDATES
+            self.forever_hit = _FOREVER_HIT if same else _forever_hit(browser)
         self.personal = varies_on_credentials(entry.headers)
         self.edge: tuple[object, tuple[tuple[str, str], ...], bool] | None = None
 
@@ -132,8 +147,8 @@ def _forever_hit(browser: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-#: The tail of every such page without browser directives: one object, not one per page.
-_FOREVER_HIT = _forever_hit("")
+#: The tail of every such page without a browser ``max-age``: one object, not one per page.
+_FOREVER_HIT = _forever_hit(_BROWSER_REVALIDATES)
 
 
 def prepared(entry: Entry) -> Prepared:
