@@ -48,7 +48,9 @@ Modes of ``/article/<page>``:
 Other routes: ``/me/<name>`` opts in and greets the visitor by the ``session`` or
 ``user`` cookie; ``/doc/<name>`` opts in and shows the draft to a visitor carrying the
 preview token (``X-ISR-Bypass`` or the ``__isr_bypass`` cookie); ``/account/<name>``
-greets the ``user`` cookie and never opts in. Every response carries
+greets the ``user`` cookie and never opts in; ``/ab/<name>`` opts in but answers
+``Cache-Control: private, max-age=60`` with the visitor's ``X-Bucket`` (an A/B page
+personalised without a cookie). Every response carries
 ``X-Worker-Pid``, the pid of the worker that *served* it (added outside the cache).
 """
 
@@ -167,6 +169,14 @@ def doc(name: str) -> tuple[str, dict[str, str]]:
 def account(name: str) -> tuple[str, dict[str, str]]:
     """Never opts in: the middleware remembers that (hit-for-pass)."""
     return f"{_checked(name)}: account of {request.cookies.get('user', 'anonymous')}", TEXT
+
+
+@app.get("/ab/<name>")
+def ab(name: str) -> tuple[str, dict[str, str]]:
+    """Opts in (the site's default headers), but the view knows it is the visitor's own."""
+    bucket = request.headers.get("X-Bucket", "none")
+    headers = {**TEXT, "X-ISR-Revalidate": "60", "Cache-Control": "private, max-age=60"}
+    return f"{_checked(name)}: bucket {bucket}", headers
 
 
 app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]

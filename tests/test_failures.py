@@ -20,6 +20,8 @@ from werkzeug.test import Client
 import wsgi_isr
 from wsgi_isr import ISRMiddleware
 from wsgi_isr.entry import Entry, PassMarker
+from wsgi_isr.errors import StoreError
+from wsgi_isr.regeneration import lock_name
 
 KEY = "http://localhost/p?"
 
@@ -404,6 +406,103 @@ def test_the_apps_own_browser_max_age_is_kept_alone(directive: str) -> None:
         r = client.get("/p")
         assert r.headers["X-ISR-Cache"] == label
         assert _max_ages(r) == [directive.split(",")[0]], r.headers
+
+
+@pytest.mark.parametrize(
+    "directive",
+    ["max-age = 5", 'max-age="5"', "max-age=", "max-age=-1", 'ext="a, max-age=5"'],
+)
+def test_a_max_age_browsers_do_not_read_gets_max_age_0_first(directive: str) -> None:
+    """Chromium reads only the token form ``max-age=5``: with any other spelling (or a
+    ``max-age`` inside a quoted value) it guesses from ``Last-Modified`` again. The first
+    ``max-age`` is the one caches use (RFC 9111 4.2.1)."""
+    app = CountingApp({"/p": [("X-ISR-Revalidate", "60"), ("Cache-Control", directive)]})
+    _, client, _, _ = make(app)
+    for label in ("MISS", "HIT"):
+        r = client.get("/p")
+        assert r.headers["X-ISR-Cache"] == label
+        assert r.headers["Cache-Control"].endswith(f", max-age=0, {directive}"), r.headers
+
+
+_UNSHARED_PAGES = {
+    "301": ("301 Moved Permanently", [("X-ISR-Revalidate", "60"), ("Location", "/b")]),
+    "app-last-modified": (
+        "200 OK",
+        [("X-ISR-Revalidate", "60"), ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+    ),
+}
+
+
+def _unshared_answers(monkeypatch: Any, page: str) -> list[tuple[str, Any]]:
+    """An opted-in page served without the store, each way that happens."""
+    answers = []
+    mw, client, _, _ = make(CountingApp({"/p": _UNSHARED_PAGES[page]}))
+    client.get("/p")
+
+    def down(key: str) -> Any:
+        raise StoreError("redis restarting")
+
+    with monkeypatch.context() as m:
+        m.setattr(mw.store, "lookup", down)
+        answers.append(("store-down", client.get("/p")))
+    mw, client, _, _ = make(CountingApp({"/p": _UNSHARED_PAGES[page]}), coalesce_timeout=0.3)
+    assert mw.regen.lock(lock_name("http://localhost/p?")) is not None  # a leader rendering
+    answers.append(("coalesce-timeout", client.get("/p")))
+    mw, client, _, _ = make(CountingApp({"/p": _UNSHARED_PAGES[page]}))
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("OOM command not allowed when used memory > 'maxmemory'")
+
+    with monkeypatch.context() as m:
+        m.setattr(mw.store, "put", full)
+        answers.append(("store-write-failed", client.get("/p")))
+    _, client, _, _ = make(CountingApp({"/p": _UNSHARED_PAGES[page]}), max_entry_bytes=1)
+    answers += [("refused", client.get("/p")), ("hit-for-pass", client.get("/p"))]
+    return answers
+
+
+@pytest.mark.parametrize("page", list(_UNSHARED_PAGES))
+def test_an_opted_in_answer_served_without_the_store_tells_browsers_to_revalidate(
+    monkeypatch: Any, page: str
+) -> None:
+    """The store down, a coalesce timeout, a failed write, a page too large: the answer
+    leaves without ``public``/``s-maxage``, and a browser told nothing would keep the
+    ``301`` for ever, or the post for a tenth of its age, past the next invalidation."""
+    answers = _unshared_answers(monkeypatch, page)
+    assert [a[1].headers["X-ISR-Cache"] for a in answers] == [
+        "BYPASS", "MISS", "MISS", "MISS", "BYPASS"
+    ]  # fmt: skip
+    for how, r in answers:
+        assert r.status_code == int(_UNSHARED_PAGES[page][0][:3]), how
+        assert r.headers["Cache-Control"] == "max-age=0", (how, r.headers)
+
+
+@pytest.mark.parametrize(
+    ("directives", "left", "max_bytes"),
+    [
+        ("private", "max-age=0, private", None),
+        ("private, max-age=60", "private, max-age=60", None),
+        ('no-cache="Set-Cookie, X-Token", s-maxage=60', 'no-cache="Set-Cookie, X-Token"', None),
+        (
+            "public, s-maxage=60, stale-while-revalidate=30, must-revalidate",
+            "max-age=0, must-revalidate",
+            1,  # refused for its size
+        ),
+    ],
+)
+def test_an_unshared_answer_keeps_the_apps_private_and_drops_its_shared_promises(
+    directives: str, left: str, max_bytes: int | None
+) -> None:
+    """The app's own ``private`` is its word that the answer is one visitor's (a
+    geolocated or A/B page, say): refused by the store, it must leave with it, or a
+    cache in front keeps it for the next visitor (tests/test_failures_server.py shows it
+    with a real nginx)."""
+    app = CountingApp({"/p": [("X-ISR-Revalidate", "60"), ("Cache-Control", directives)]})
+    _, client, _, _ = make(app, **({} if max_bytes is None else {"max_entry_bytes": max_bytes}))
+    for label in ("MISS", "BYPASS"):
+        r = client.get("/p")
+        assert r.headers["X-ISR-Cache"] == label
+        assert r.headers["Cache-Control"] == left, (label, r.headers)
 
 
 def test_cached_204_has_no_content_length() -> None:

@@ -388,6 +388,22 @@ def test_edge_never_stores_a_hit_for_pass_answer_with_cookies(
     _assert_kept_private(edge_a, path, {"Cookie": "user=carol"}, "account of carol")
 
 
+def test_edge_never_stores_an_answer_the_app_marked_private(edge_a: Instance, site_a: Site) -> None:
+    """The page opts in, but the view says ``private, max-age=60``: the store refuses it
+    and the answers after are each visitor's own (hit-for-pass), which nginx must not
+    keep for the next one (it did while the middleware dropped the app's ``private``)."""
+    path = "/ab/i11-private"
+    host = {"Host": f"127.0.0.1:{edge_a.port}"}
+    site_a.fetch(path, headers=host)  # refused: the middleware remembers it (hit-for-pass)
+    marked = site_a.fetch(path, headers=host)
+    assert (marked.status, marked.cache) == (200, "BYPASS"), summary([marked])
+    own = edge_a.fetch(path, headers={"X-Bucket": "b"})
+    assert own.status == 200 and "bucket b" in own.body, summary([own])
+    assert own.headers.get("cache-control") == "private, max-age=60", summary([own])
+    other = edge_a.fetch(path, headers={"X-Bucket": "c"})
+    assert "bucket c" in other.body, (own.headers.get("x-edge"), other.headers.get("x-edge"))
+
+
 def test_edge_never_stores_an_answer_with_cookies_while_the_store_is_down(
     site_b: Site, redis_server: Any, tmp_path: Path
 ) -> None:

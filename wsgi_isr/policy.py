@@ -155,14 +155,59 @@ def parse_seconds(value: str) -> float | None:
     return n
 
 
+#: One ``Cache-Control`` directive: a name, then ``=`` and a token or a quoted string
+#: (which may hold commas: ``no-cache="Set-Cookie, X-Foo"`` is one directive).
+_DIRECTIVE = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"?)+')
+
+
+def directives(value: str) -> list[tuple[str, str]]:
+    """The directives of a ``Cache-Control`` value: ``(lower-case name, as written)``,
+    split at the commas outside quoted strings (nameless parts dropped). Every reader of
+    the header goes by it."""
+    out = []
+    for m in _DIRECTIVE.finditer(value):
+        part = m.group().strip()
+        name = part.partition("=")[0].strip().lower()
+        if name:
+            out.append((name, part))
+    return out
+
+
+def _cache_control_directives(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [d for k, v in headers if k.lower() == "cache-control" for d in directives(v)]
+
+
 def parse_cache_control(value: str) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    for part in value.split(","):
-        name, eq, arg = part.strip().partition("=")
-        name = name.strip().lower()
-        if name:
-            out[name] = arg.strip().strip('"') if eq else None
+    for name, part in directives(value):
+        _, eq, arg = part.partition("=")
+        out[name] = arg.strip().strip('"') if eq else None
     return out
+
+
+#: A ``max-age`` a browser reads: the token form of RFC 9111 (Chromium ignores
+#: ``max-age = 5`` and ``max-age="5"``, and then guesses from ``Last-Modified``).
+_BROWSER_MAX_AGE = re.compile(r"max-age=[0-9]+", re.IGNORECASE)
+
+
+def says_how_long(parts: Iterable[tuple[str, str]]) -> bool:
+    """Whether these directives tell a browser how long it may reuse the answer without
+    asking: a ``max-age`` it reads, ``no-cache`` or ``no-store``. Without one it works
+    out its own freshness, 10 % of the time since ``Last-Modified`` (an app's, a post's
+    edit date say), and keeps a ``301``, ``308`` or ``410`` for ever (seen in Chromium:
+    tests/test_browser.py), past every invalidation."""
+    for name, part in parts:
+        if name in ("no-cache", "no-store") or (
+            name == "max-age" and _BROWSER_MAX_AGE.fullmatch(part)
+        ):
+            return True
+    return False
+
+
+#: What an answer of an opted-in page tells browsers when the app said nothing of how
+#: long to keep it (:func:`says_how_long`): revalidate every time, so that an
+#: invalidation reaches them at their next visit (a page unchanged costs a ``304``).
+BROWSER_REVALIDATES = "max-age=0"
 
 
 def header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
@@ -259,15 +304,11 @@ _REFUSED_DIRECTIVES = frozenset(("no-cache", "no-store", "stale-while-revalidate
 def browser_directives(headers: Iterable[tuple[str, str]]) -> str:
     """The application's ``Cache-Control`` directives that are not the shared
     caches' (kept on stored pages, merged into the header each hit sends)."""
-    parts = []
-    for k, v in headers:
-        if k.lower() == "cache-control":
-            for part in v.split(","):
-                part = part.strip()
-                name = part.partition("=")[0].strip().lower()
-                if part and name not in SHARED_DIRECTIVES and name not in _REFUSED_DIRECTIVES:
-                    parts.append(part)
-    return ", ".join(parts)
+    return ", ".join(
+        part
+        for name, part in _cache_control_directives(headers)
+        if name not in SHARED_DIRECTIVES and name not in _REFUSED_DIRECTIVES
+    )
 
 
 def private_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -275,44 +316,36 @@ def private_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]
     preview) so that no shared cache in front stores it: ``Cache-Control: private``
     (plus ``no-cache`` unless the app said how long browsers may keep it), and no
     CDN-specific TTL header that would override it."""
-    out: list[tuple[str, str]] = []
-    kept: list[str] = []
-    for k, v in headers:
-        lk = k.lower()
-        if lk == "cache-control":
-            for part in v.split(","):
-                part = part.strip()
-                if part and part.partition("=")[0].strip().lower() not in SHARED_DIRECTIVES:
-                    kept.append(part)
-        elif lk not in _DOWNSTREAM_TTL_HEADERS:
-            out.append((k, v))
-    names = {p.partition("=")[0].strip().lower() for p in kept}
-    if not names & {"max-age", "no-cache", "no-store"}:
-        kept.insert(0, "no-cache")
-    out.append(("Cache-Control", ", ".join(["private", *kept])))
-    return out
+    kept = [d for d in _cache_control_directives(headers) if d[0] not in SHARED_DIRECTIVES]
+    parts = [part for _, part in kept]
+    if not says_how_long(kept):
+        parts.insert(0, "no-cache")
+    return [*_without_cache_control(headers), ("Cache-Control", ", ".join(["private", *parts]))]
+
+
+def _without_cache_control(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    drop = _DOWNSTREAM_TTL_HEADERS | {"cache-control"}
+    return [(k, v) for k, v in headers if k.lower() not in drop]
+
+
+#: What an unshared answer drops of the app's directives: its promises to shared caches
+#: (its own ``private`` stays: it is the app's word that the answer is one visitor's).
+_UNSHARED_DROP = (SHARED_DIRECTIVES - {"private"}) | {"stale-while-revalidate"}
 
 
 def unshared_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """An answer the middleware did not render from the cache key (the store is down, or
     the page was refused): it leaves without the shared-cache promises the app made for
-    it (``public``, ``s-maxage``, CDN TTL headers) — what it saw of the request (an
-    unkeyed ``X-Forwarded-Host`` a ``ProxyFix`` inside trusted, say) may be the visitor's
-    alone. The browser's directives stay."""
-    out: list[tuple[str, str]] = []
-    for k, v in headers:
-        lk = k.lower()
-        if lk == "cache-control":
-            kept = [
-                p.strip()
-                for p in v.split(",")
-                if p.strip() and p.partition("=")[0].strip().lower() not in SHARED_DIRECTIVES
-            ]
-            if kept:
-                out.append((k, ", ".join(kept)))
-        elif lk not in _DOWNSTREAM_TTL_HEADERS:
-            out.append((k, v))
-    return out
+    it (``public``, ``s-maxage``, ``stale-while-revalidate``, CDN TTL headers) — what it
+    saw of the request (an unkeyed ``X-Forwarded-Host`` a ``ProxyFix`` inside trusted,
+    say) may be the visitor's alone. The browser's directives and the app's ``private``
+    stay, and browsers are told ``max-age=0`` as on a cached answer of the page unless
+    the app said how long (:func:`says_how_long`)."""
+    kept = [d for d in _cache_control_directives(headers) if d[0] not in _UNSHARED_DROP]
+    parts = [part for _, part in kept]
+    if not says_how_long(kept):
+        parts.insert(0, BROWSER_REVALIDATES)
+    return [*_without_cache_control(headers), ("Cache-Control", ", ".join(parts))]
 
 
 def varies_on_credentials(headers: Iterable[tuple[str, str]]) -> bool:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from werkzeug.http import http_date, parse_date
 
 from .entry import Entry
-from .policy import varies_on_credentials
+from .policy import BROWSER_REVALIDATES, directives, says_how_long, varies_on_credentials
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -89,14 +88,9 @@ def cache_status(label: str, entry: Entry, now: float, detail: str | None = None
     return "; ".join(parts)
 
 
-#: What a cached answer tells browsers when the application said nothing to them
-#: (``s-maxage`` is for shared caches only): revalidate every time, so an invalidation
-#: reaches them at their next visit. Without it a browser finds its own freshness:
-#: 10 % of the time since ``Last-Modified`` (an application's, say a post's edit date),
-#: and a ``301``, ``308`` or ``410`` forever (seen in Chromium: tests/test_browser.py).
-#: It revalidates with the ``ETag``; a page unchanged costs a ``304``.
-_BROWSER_REVALIDATES = ", max-age=0"
-_MAX_AGE = re.compile(r"(?i)(?:^|,)\s*max-age\s*=")
+#: Appended to our ``Cache-Control`` when the app did not tell browsers how long
+#: (:func:`~wsgi_isr.policy.says_how_long`): ``s-maxage`` binds shared caches only.
+_BROWSER_REVALIDATES = f", {BROWSER_REVALIDATES}"
 
 
 class Prepared:
@@ -105,7 +99,7 @@ class Prepared:
 
     ``head``: the stored headers but ``Cache-Control``, then ``Content-Length``, ``ETag``,
     ``Last-Modified``; ``browser``: the application's browser directives, to append to our
-    ``Cache-Control`` (``max-age=0`` first when they set no ``max-age``); ``forever_hit``:
+    ``Cache-Control`` (``max-age=0`` first unless they say how long); ``forever_hit``:
     the clock-free tail of a plain HIT of a page without ``revalidate`` nor ``expire``;
     ``personal``: the page varies on credentials; ``edge``: the tag headers of the caches
     in front (:mod:`wsgi_isr.purge.edge`).
@@ -115,13 +109,14 @@ class Prepared:
 
     def __init__(self, entry: Entry) -> None:
         head = []
-        browser = ""
+        kept: list[tuple[str, str]] = []
         for pair in entry.headers:  # the entry's own pairs, not copies: one per page held
             if pair[0] == "Cache-Control":  # the app's browser directives (stored_headers)
-                browser = f"{browser}, {pair[1]}"
+                kept += directives(pair[1])
             else:
                 head.append(pair)
-        if not _MAX_AGE.search(browser):
+        browser = "".join(f", {part}" for _, part in kept)
+        if not says_how_long(kept):  # s-maxage binds shared caches only
             browser = _BROWSER_REVALIDATES + browser
         if entry.status[:3] not in _NO_BODY_STATUS:
             head.append(("Content-Length", str(len(entry.body))))
