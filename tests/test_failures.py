@@ -462,47 +462,109 @@ def _unshared_answers(monkeypatch: Any, page: str) -> list[tuple[str, Any]]:
 
 
 @pytest.mark.parametrize("page", list(_UNSHARED_PAGES))
-def test_an_opted_in_answer_served_without_the_store_tells_browsers_to_revalidate(
+def test_an_opted_in_answer_served_without_the_store_leaves_private(
     monkeypatch: Any, page: str
 ) -> None:
-    """The store down, a coalesce timeout, a failed write, a page too large: the answer
-    leaves without ``public``/``s-maxage``, and a browser told nothing would keep the
-    ``301`` for ever, or the post for a tenth of its age, past the next invalidation."""
+    """The store down, a coalesce timeout, a failed write, a page too large: the app
+    answered the visitor's own request, and no tags went out with it. It leaves
+    ``private, no-cache``: no cache in front keeps it, and a browser told nothing would
+    keep the ``301`` for ever, or the post for a tenth of its age, past the next
+    invalidation."""
     answers = _unshared_answers(monkeypatch, page)
     assert [a[1].headers["X-ISR-Cache"] for a in answers] == [
         "BYPASS", "MISS", "MISS", "MISS", "BYPASS"
     ]  # fmt: skip
     for how, r in answers:
         assert r.status_code == int(_UNSHARED_PAGES[page][0][:3]), how
-        assert r.headers["Cache-Control"] == "max-age=0", (how, r.headers)
+        assert r.headers["Cache-Control"] == "private, no-cache", (how, r.headers)
 
 
 @pytest.mark.parametrize(
     ("directives", "left", "max_bytes"),
     [
-        ("private", "max-age=0, private", None),
+        ("private", "private, no-cache", None),
         ("private, max-age=60", "private, max-age=60", None),
-        ('no-cache="Set-Cookie, X-Token", s-maxage=60', 'no-cache="Set-Cookie, X-Token"', None),
+        # Chromium reads a no-cache with field names as nothing: a bare one goes first
         (
-            "public, s-maxage=60, stale-while-revalidate=30, must-revalidate",
-            "max-age=0, must-revalidate",
-            1,  # refused for its size
+            'no-cache="Set-Cookie, X-Token"',
+            'private, no-cache, no-cache="Set-Cookie, X-Token"',
+            None,
         ),
+        # refused for its size: the app's max-age would let a cache in front keep it too
+        ("public, s-maxage=60, max-age=300", "private, max-age=300", 1),
+        ("s-maxage=60, must-revalidate", "private, no-cache, must-revalidate", 1),
     ],
 )
-def test_an_unshared_answer_keeps_the_apps_private_and_drops_its_shared_promises(
+def test_an_unshared_answer_is_private_and_keeps_the_apps_browser_directives(
     directives: str, left: str, max_bytes: int | None
 ) -> None:
-    """The app's own ``private`` is its word that the answer is one visitor's (a
-    geolocated or A/B page, say): refused by the store, it must leave with it, or a
-    cache in front keeps it for the next visitor (tests/test_failures_server.py shows it
-    with a real nginx)."""
+    """Refused, the page's answers are each visitor's own request rendered (an unkeyed
+    ``X-Forwarded-Host`` a ``ProxyFix`` inside trusted, a geolocated or A/B page): they
+    leave ``private`` whatever the app said to shared caches, or a cache in front keeps
+    one for the next visitor (tests/test_failures_server.py shows it with a real nginx,
+    for a view that said ``private`` itself)."""
     app = CountingApp({"/p": [("X-ISR-Revalidate", "60"), ("Cache-Control", directives)]})
     _, client, _, _ = make(app, **({} if max_bytes is None else {"max_entry_bytes": max_bytes}))
     for label in ("MISS", "BYPASS"):
         r = client.get("/p")
         assert r.headers["X-ISR-Cache"] == label
         assert r.headers["Cache-Control"] == left, (label, r.headers)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([], id="nothing"),
+        pytest.param([("Expires", "Thu, 01 Jan 2099 00:00:00 GMT")], id="expires"),
+        pytest.param([("Cache-Control", "public, max-age=3600")], id="public-max-age"),
+    ],
+)
+def test_a_page_that_never_opted_in_leaves_as_the_app_sent_it_on_every_path(
+    monkeypatch: Any, headers: list[tuple[str, str]]
+) -> None:
+    """Its headers are the app's business: a miss, hit-for-pass, the store down, a
+    coalesce timeout and a 5xx leave them as they are."""
+    sent = dict(headers).get("Cache-Control")
+    app = CountingApp({"/s": headers, "/t": headers, "/f": ("500 Internal Server Error", headers)})
+    mw, client, _, _ = make(app, coalesce_timeout=0.3)
+    replies = [client.get("/s"), client.get("/s")]
+
+    def down(key: str) -> Any:
+        raise StoreError("redis restarting")
+
+    with monkeypatch.context() as m:
+        m.setattr(mw.store, "lookup", down)
+        replies.append(client.get("/s"))
+    assert mw.regen.lock(lock_name("http://localhost/t?")) is not None  # a leader rendering
+    replies += [client.get("/t"), client.get("/f"), client.get("/f")]
+    details = [r.headers["Cache-Status"] for r in replies]
+    assert "detail=coalesce-timeout" in details[3] and "store-error" in details[2], details
+    assert [r.headers.get("Cache-Control") for r in replies] == [sent] * 6, details
+
+
+@pytest.mark.parametrize(
+    "cc",
+    [
+        pytest.param([("Cache-Control", 'foo="x, private')], id="open-quote-private"),
+        pytest.param([("Cache-Control", 'foo="x, no-store')], id="open-quote-no-store"),
+        pytest.param(
+            [("Cache-Control", 'foo="x'), ("Cache-Control", "private")], id="across-lines"
+        ),
+        pytest.param(
+            [("Cache-Control", 'max-age=60"'), ("Cache-Control", "no-store")], id="stray-quote"
+        ),
+        pytest.param([("Cache-Control", 's-maxage=60, a"b, private')], id="quote-in-token"),
+    ],
+)
+def test_a_quote_left_open_never_hides_private_or_no_store(cc: list[tuple[str, str]]) -> None:
+    """Read as nginx and Varnish read it, at every comma: a malformed quote in one
+    directive must not make the store take a page the app marked ``private``."""
+    app = CountingApp({"/p": [("X-ISR-Revalidate", "60"), *cc]})
+    _, client, _, _ = make(app)
+    replies = [client.get("/p"), client.get("/p"), client.get("/p")]
+    assert [r.headers["X-ISR-Cache"] for r in replies] == ["MISS", "BYPASS", "BYPASS"]
+    for r in replies:
+        assert r.headers["Cache-Control"].startswith("private"), r.headers
 
 
 def test_cached_204_has_no_content_length() -> None:
@@ -575,10 +637,10 @@ def test_store_down_answer_for_a_visitor_with_cookies_is_private(monkeypatch: An
     monkeypatch.setattr(mw.store, "lookup", down)
     r = client.get("/p", headers={"Cookie": "session=alice"})
     assert r.status_code == 200 and _is_private(r.headers)
+    # anonymous too: rendered from the visitor's own request, with no tags for a purge to
+    # find (Varnish's default TTL would keep a page without directives for 120 s)
     anonymous = client.get("/p")
-    assert anonymous.status_code == 200 and "private" not in anonymous.headers.get(
-        "Cache-Control", ""
-    )
+    assert anonymous.status_code == 200 and _is_private(anonymous.headers)
 
 
 def test_empty_bypass_token_is_a_value_error() -> None:

@@ -46,7 +46,6 @@ from .keys import (
 )
 from .misses import Landings, coalesced_miss, personal_miss
 from .policy import (
-    NOT_OPTED_IN,
     client_headers,
     cookie_names_and_values,
     private_headers,
@@ -363,15 +362,17 @@ class ISRMiddleware:
         rendered with the visitor's cookies or credentials, or a preview, leaves
         ``private``: no cache in front may keep it for others. ``unshared``: an
         answer that would have been rendered from the key (the store is down, the page
-        was refused) leaves without the app's shared-cache promises."""
+        may have been refused) leaves private too if the page asks to be cached
+        (:func:`~wsgi_isr.policy.unshared_headers`)."""
         personal = preview or _has_credentials(environ)
 
         def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            headers = client_headers(headers)
             if personal:
-                headers = private_headers(headers)
+                headers = private_headers(client_headers(headers))
             elif unshared:
                 headers = unshared_headers(headers)
+            else:
+                headers = client_headers(headers)
             headers += [("X-ISR-Cache", label), ("Cache-Status", status_value)]
             return start_response(status, headers, exc_info)
 
@@ -489,10 +490,9 @@ class ISRMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse, marker: PassMarker
     ) -> Iterable[bytes]:
         """A page known not to be storable right now: straight to the app. One that
-        opted in but was refused (or failed) loses its shared-cache promises too."""
+        opted in but was refused leaves private (its answer is the visitor's own)."""
         self.stats.incr("passes")
-        refused = marker.reason != NOT_OPTED_IN
-        return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE, unshared=refused)
+        return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE, unshared=True)
 
     def _respond(
         self,

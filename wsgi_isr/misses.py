@@ -34,7 +34,6 @@ from .entry import Entry, PassMarker, State
 from .errors import StoreError
 from .keys import RequestKey, render_environ, variant_key
 from .policy import (
-    NOT_OPTED_IN,
     client_headers,
     decide,
     header_values,
@@ -373,8 +372,7 @@ def _render_and_answer(
         captured.close()
         return mw._pass(environ, start_response, R.MISS, R.CS_MISS), handed
     if settled.entry is None or (last and settled.key != _visitor_key(rk, settled, environ)):
-        opted_in = settled.decision.reason != NOT_OPTED_IN
-        sent = send_captured(environ, start_response, captured, R.CS_MISS, opted_in=opted_in)
+        sent = send_captured(environ, start_response, captured, R.CS_MISS)
         return sent, handed
     if settled.key != _visitor_key(rk, settled, environ):
         captured.close()
@@ -432,15 +430,11 @@ def send_captured(
     start_response: StartResponse,
     captured: Captured,
     status_value: str,
-    *,
-    opted_in: bool = True,
 ) -> Iterable[bytes]:
-    """A render sent as it is, not stored: without the app's shared-cache promises
-    (no tags went out with it, so no purge could reach a copy kept in front), unless
-    the page never asked to be cached (its own headers are then the app's business)."""
-    headers = client_headers(captured.headers)
-    if opted_in:
-        headers = unshared_headers(headers)
+    """A render sent as it is, not stored: private if the page asked to be cached (no
+    tags went out with it, so no purge could reach a copy kept in front), else as the
+    app sent it (:func:`~wsgi_isr.policy.unshared_headers`)."""
+    headers = unshared_headers(captured.headers)
     headers += [("X-ISR-Cache", R.MISS), ("Cache-Status", status_value)]
     start_response(captured.status, headers)
     if environ.get("REQUEST_METHOD") == "HEAD":

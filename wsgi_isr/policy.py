@@ -155,18 +155,15 @@ def parse_seconds(value: str) -> float | None:
     return n
 
 
-#: One ``Cache-Control`` directive: a name, then ``=`` and a token or a quoted string
-#: (which may hold commas: ``no-cache="Set-Cookie, X-Foo"`` is one directive).
-_DIRECTIVE = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"?)+')
-
-
 def directives(value: str) -> list[tuple[str, str]]:
     """The directives of a ``Cache-Control`` value: ``(lower-case name, as written)``,
-    split at the commas outside quoted strings (nameless parts dropped). Every reader of
-    the header goes by it."""
+    nameless parts dropped. Every reader of the header goes by it. Split at every comma,
+    as nginx and Varnish read it: a quoted argument holding one (``no-cache="Set-Cookie,
+    X-Token"``) comes apart and joins up again, and a quote left open never hides a
+    ``private`` or ``no-store`` after it."""
     out = []
-    for m in _DIRECTIVE.finditer(value):
-        part = m.group().strip()
+    for part in value.split(","):
+        part = part.strip()
         name = part.partition("=")[0].strip().lower()
         if name:
             out.append((name, part))
@@ -185,23 +182,19 @@ def parse_cache_control(value: str) -> dict[str, str | None]:
     return out
 
 
-#: A ``max-age`` a browser reads: the token form of RFC 9111 (Chromium ignores
-#: ``max-age = 5`` and ``max-age="5"``, and then guesses from ``Last-Modified``).
-_BROWSER_MAX_AGE = re.compile(r"max-age=[0-9]+", re.IGNORECASE)
+#: What a browser reads as "this long": a ``max-age`` in the token form of RFC 9111, or
+#: a bare ``no-cache`` (Chromium ignores ``max-age = 5``, ``max-age="5"`` and
+#: ``no-cache="Set-Cookie"``, and then guesses from ``Last-Modified``).
+_BROWSER_SAYS = re.compile(r"max-age=[0-9]+|no-cache", re.IGNORECASE)
 
 
 def says_how_long(parts: Iterable[tuple[str, str]]) -> bool:
     """Whether these directives tell a browser how long it may reuse the answer without
-    asking: a ``max-age`` it reads, ``no-cache`` or ``no-store``. Without one it works
+    asking: a ``max-age`` it reads, a bare ``no-cache``, or ``no-store``. Without one it works
     out its own freshness, 10 % of the time since ``Last-Modified`` (an app's, a post's
     edit date say), and keeps a ``301``, ``308`` or ``410`` for ever (seen in Chromium:
     tests/test_browser.py), past every invalidation."""
-    for name, part in parts:
-        if name in ("no-cache", "no-store") or (
-            name == "max-age" and _BROWSER_MAX_AGE.fullmatch(part)
-        ):
-            return True
-    return False
+    return any(name == "no-store" or _BROWSER_SAYS.fullmatch(part) for name, part in parts)
 
 
 #: What an answer of an opted-in page tells browsers when the app said nothing of how
@@ -328,24 +321,27 @@ def _without_cache_control(headers: Iterable[tuple[str, str]]) -> list[tuple[str
     return [(k, v) for k, v in headers if k.lower() not in drop]
 
 
-#: What an unshared answer drops of the app's directives: its promises to shared caches
-#: (its own ``private`` stays: it is the app's word that the answer is one visitor's).
-_UNSHARED_DROP = (SHARED_DIRECTIVES - {"private"}) | {"stale-while-revalidate"}
+def opts_in(headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether the app asked for this answer to be cached: ``X-ISR-Revalidate`` (valid or
+    not), or an ``s-maxage``."""
+    return any(k.lower() == "x-isr-revalidate" for k, _ in headers) or any(
+        name == "s-maxage" for name, _ in _cache_control_directives(headers)
+    )
 
 
 def unshared_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """An answer the middleware did not render from the cache key (the store is down, or
-    the page was refused): it leaves without the shared-cache promises the app made for
-    it (``public``, ``s-maxage``, ``stale-while-revalidate``, CDN TTL headers) — what it
-    saw of the request (an unkeyed ``X-Forwarded-Host`` a ``ProxyFix`` inside trusted,
-    say) may be the visitor's alone. The browser's directives and the app's ``private``
-    stay, and browsers are told ``max-age=0`` as on a cached answer of the page unless
-    the app said how long (:func:`says_how_long`)."""
-    kept = [d for d in _cache_control_directives(headers) if d[0] not in _UNSHARED_DROP]
-    parts = [part for _, part in kept]
-    if not says_how_long(kept):
-        parts.insert(0, BROWSER_REVALIDATES)
-    return [*_without_cache_control(headers), ("Cache-Control", ", ".join(parts))]
+    """The client's headers (no ``X-ISR-*``) for the app's answer to the visitor's own
+    request when it would have been rendered from the cache key (the store is down or
+    full, a coalesced wait timed out, the page was refused): what it saw of the request
+    (an unkeyed ``X-Forwarded-Host`` a ``ProxyFix`` inside trusted, say) may be the
+    visitor's alone, and no tags went out with it for a purge to find. A page that asked
+    to be cached (:func:`opts_in`) leaves :func:`private_headers`, since its ``max-age``
+    or ``Expires`` would let a shared cache keep it too; one that never did is the app's
+    business, left as it is."""
+    headers = list(headers)
+    if opts_in(headers):
+        return private_headers(client_headers(headers))
+    return client_headers(headers)
 
 
 def varies_on_credentials(headers: Iterable[tuple[str, str]]) -> bool:
