@@ -253,6 +253,51 @@ def test_conditional_get_middleware(site: Any) -> None:
     assert again.status_code == 304 and again.get_data() == b""
 
 
+@override_settings(ROOT_URLCONF="django_project.urls_unshared")
+def test_a_view_marked_private_stays_private_on_every_answer_and_its_304(site: Any) -> None:
+    """``@isr_page`` + ``@cache_control(private=True)``: refused, then hit-for-pass. The
+    304 ``ConditionalGetMiddleware`` makes keeps ``Cache-Control`` but drops
+    ``X-ISR-Revalidate``: the middleware remembers the page asked, and the 304 leaves as
+    the 200 did."""
+    _, client = site
+    first, full = client.get("/mine/"), client.get("/mine/")
+    assert (first.headers["X-ISR-Cache"], full.headers["X-ISR-Cache"]) == ("MISS", "BYPASS")
+    cond = client.get("/mine/", headers={"If-None-Match": full.headers["ETag"]})
+    assert cond.status_code == 304
+    expected = "private, no-cache"
+    assert [r.headers.get("Cache-Control") for r in (first, full, cond)] == [expected] * 3
+
+
+@pytest.mark.parametrize("how", ["too-large", "write-fails"])
+@override_settings(ROOT_URLCONF="django_project.urls_unshared")
+def test_a_refused_gzip_page_rendered_for_the_visitor_leaves_private(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """``@gzip_page`` varies on ``Accept-Encoding``: not stored (too large, the store
+    full), the page is rendered again for the visitor's own request, whose
+    ``X-Forwarded-Host`` a ``ProxyFix`` inside would trust. That answer leaves private."""
+    from wsgi_isr.errors import StoreError
+
+    mw = install(
+        WSGIHandler(), store="memory://", max_entry_bytes=1000 if how == "too-large" else 5_000_000
+    )
+    if how == "write-fails":
+
+        def full(*args: Any, **kwargs: Any) -> None:
+            raise StoreError("OOM command not allowed when used memory > 'maxmemory'")
+
+        monkeypatch.setattr(mw.store, "put", full)
+    r = Client(mw, use_cookies=False).get("/big/", headers={"Accept-Encoding": "gzip"})
+    assert (r.status_code, r.headers["X-ISR-Cache"], r.headers["Vary"]) == (
+        200,
+        "MISS",
+        "Accept-Encoding",
+    )
+    assert r.headers["Content-Encoding"] == "gzip"
+    assert r.headers["Cache-Control"] == "private, no-cache", r.headers
+    mw.join(5)
+
+
 def test_common_middleware_append_slash_redirects(site: Any) -> None:
     mw, client = site
     for _ in range(2):  # the redirect is never cached as a page

@@ -517,6 +517,10 @@ def test_an_unshared_answer_is_private_and_keeps_the_apps_browser_directives(
         pytest.param([], id="nothing"),
         pytest.param([("Expires", "Thu, 01 Jan 2099 00:00:00 GMT")], id="expires"),
         pytest.param([("Cache-Control", "public, max-age=3600")], id="public-max-age"),
+        pytest.param(  # "do not cache", as if absent
+            [("X-ISR-Revalidate", "0"), ("Cache-Control", "public, max-age=3600")],
+            id="revalidate-0",
+        ),
     ],
 )
 def test_a_page_that_never_opted_in_leaves_as_the_app_sent_it_on_every_path(

@@ -46,6 +46,7 @@ from .keys import (
 )
 from .misses import Landings, coalesced_miss, personal_miss
 from .policy import (
+    NOT_OPTED_IN,
     client_headers,
     cookie_names_and_values,
     private_headers,
@@ -357,20 +358,23 @@ class ISRMiddleware:
         *,
         preview: bool = False,
         unshared: bool = False,
+        asked: bool = False,
     ) -> Iterable[bytes]:
         """Call the app with the visitor's own environ; nothing is stored. An answer
         rendered with the visitor's cookies or credentials, or a preview, leaves
         ``private``: no cache in front may keep it for others. ``unshared``: an
         answer that would have been rendered from the key (the store is down, the page
-        may have been refused) leaves private too if the page asks to be cached
-        (:func:`~wsgi_isr.policy.unshared_headers`)."""
+        may have been refused) leaves private too if the page asks to be cached, or
+        is a ``304`` for a page that ``asked`` (:func:`~wsgi_isr.policy.unshared_headers`)."""
         personal = preview or _has_credentials(environ)
 
         def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if personal:
                 headers = private_headers(client_headers(headers))
             elif unshared:
-                headers = unshared_headers(headers)
+                # a 304 stands for the page's 200, which asked (Django's
+                # ConditionalGetMiddleware leaves X-ISR-* out of it)
+                headers = unshared_headers(headers, asked=asked and status[:3] == "304")
             else:
                 headers = client_headers(headers)
             headers += [("X-ISR-Cache", label), ("Cache-Status", status_value)]
@@ -492,7 +496,10 @@ class ISRMiddleware:
         """A page known not to be storable right now: straight to the app. One that
         opted in but was refused leaves private (its answer is the visitor's own)."""
         self.stats.incr("passes")
-        return self._pass(environ, start_response, R.BYPASS, R.CS_UNCACHEABLE, unshared=True)
+        asked = marker.reason != NOT_OPTED_IN
+        return self._pass(
+            environ, start_response, R.BYPASS, R.CS_UNCACHEABLE, unshared=True, asked=asked
+        )
 
     def _respond(
         self,

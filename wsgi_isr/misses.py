@@ -370,7 +370,9 @@ def _render_and_answer(
         # not stored, and it varies on a request header the clean render did not have
         # as this visitor sent it: the visitor gets the app's answer to their own request
         captured.close()
-        return mw._pass(environ, start_response, R.MISS, R.CS_MISS), handed
+        asked = settled.decision.opted_in
+        sent = mw._pass(environ, start_response, R.MISS, R.CS_MISS, unshared=True, asked=asked)
+        return sent, handed
     if settled.entry is None or (last and settled.key != _visitor_key(rk, settled, environ)):
         sent = send_captured(environ, start_response, captured, R.CS_MISS)
         return sent, handed

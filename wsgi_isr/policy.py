@@ -321,25 +321,27 @@ def _without_cache_control(headers: Iterable[tuple[str, str]]) -> list[tuple[str
     return [(k, v) for k, v in headers if k.lower() not in drop]
 
 
-def opts_in(headers: Iterable[tuple[str, str]]) -> bool:
-    """Whether the app asked for this answer to be cached: ``X-ISR-Revalidate`` (valid or
-    not), or an ``s-maxage``."""
-    return any(k.lower() == "x-isr-revalidate" for k, _ in headers) or any(
-        name == "s-maxage" for name, _ in _cache_control_directives(headers)
-    )
+def opts_in(headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether these headers ask for the answer to be cached, as :func:`decide` reads
+    them whatever the status (a site that adds them to its error pages asks too):
+    ``X-ISR-Revalidate: 0`` or an invalid value asks for nothing, as if absent."""
+    return decide("200 OK", headers, 0, max_entry_bytes=1).opted_in
 
 
-def unshared_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def unshared_headers(
+    headers: Iterable[tuple[str, str]], *, asked: bool = False
+) -> list[tuple[str, str]]:
     """The client's headers (no ``X-ISR-*``) for the app's answer to the visitor's own
     request when it would have been rendered from the cache key (the store is down or
     full, a coalesced wait timed out, the page was refused): what it saw of the request
     (an unkeyed ``X-Forwarded-Host`` a ``ProxyFix`` inside trusted, say) may be the
     visitor's alone, and no tags went out with it for a purge to find. A page that asked
-    to be cached (:func:`opts_in`) leaves :func:`private_headers`, since its ``max-age``
-    or ``Expires`` would let a shared cache keep it too; one that never did is the app's
-    business, left as it is."""
+    to be cached (:func:`opts_in`, or ``asked``: known to, as a ``304`` that Django's
+    ``ConditionalGetMiddleware`` strips of ``X-ISR-*`` does not say) leaves
+    :func:`private_headers`, since its ``max-age`` or ``Expires`` would let a shared
+    cache keep it too; one that never did is the app's business, left as it is."""
     headers = list(headers)
-    if opts_in(headers):
+    if asked or opts_in(headers):
         return private_headers(client_headers(headers))
     return client_headers(headers)
 

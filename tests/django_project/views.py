@@ -10,6 +10,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.cache import cache_control
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.gzip import gzip_page
 
 import wsgi_isr
 from wsgi_isr.django import isr_page, revalidate_path, revalidate_tag
@@ -76,6 +77,21 @@ def cdn(request: HttpRequest) -> HttpResponse:
 
 def plain(request: HttpRequest) -> HttpResponse:
     return body("plain", request)
+
+
+@isr_page(revalidate=60)
+@cache_control(private=True)
+def mine(request: HttpRequest) -> HttpResponse:
+    """Opted in, but the view knows the page is the visitor's own: refused, unshared
+    (the same bytes every time, so ConditionalGetMiddleware answers 304 to its ETag)."""
+    return HttpResponse("mine")
+
+
+@isr_page(revalidate=60)
+@gzip_page
+def big(request: HttpRequest) -> HttpResponse:
+    """``Vary: Accept-Encoding``, and larger than the tests' ``max_entry_bytes``."""
+    return HttpResponse(f"big for {request.get_host()} " + "z" * 5000)
 
 
 @csrf_exempt
