@@ -23,6 +23,8 @@ Configuration comes from the environment:
 ``ISR_LOCK_TIMEOUT`` / ``ISR_COALESCE_TIMEOUT`` / ``ISR_BACKOFF``
     the middleware's ``lock_timeout``, ``coalesce_timeout`` and
     ``regeneration_backoff`` (seconds).
+``ISR_MAX_ENTRY_BYTES``
+    the middleware's ``max_entry_bytes`` (default 5 MiB).
 ``ISR_BYPASS_COOKIES`` / ``ISR_BYPASS_TOKEN``
     ``bypass_cookies`` (comma-separated names) and ``bypass_token`` (unset: none).
 
@@ -50,7 +52,8 @@ Other routes: ``/me/<name>`` opts in and greets the visitor by the ``session`` o
 preview token (``X-ISR-Bypass`` or the ``__isr_bypass`` cookie); ``/account/<name>``
 greets the ``user`` cookie and never opts in; ``/ab/<name>`` opts in but answers
 ``Cache-Control: private, max-age=60`` with the visitor's ``X-Bucket`` (an A/B page
-personalised without a cookie). Every response carries
+personalised without a cookie); ``/wide/<name>`` is ``/ab`` without ``private`` but larger
+than ``max_entry_bytes`` and varying on ``Accept-Encoding``. Every response carries
 ``X-Worker-Pid``, the pid of the worker that *served* it (added outside the cache).
 """
 
@@ -79,6 +82,7 @@ BYPASS_TOKEN = os.environ.get("ISR_BYPASS_TOKEN") or None
 _NAME = re.compile(r"[a-z0-9-]{1,64}")
 _MODE = re.compile(r"ok|raise|(abort|status|optin)-[0-9]{3}|sleep-[0-9.]{1,6}")
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+WIDE_BYTES = 64 << 10
 
 
 def _checked(name: str) -> str:
@@ -179,6 +183,15 @@ def ab(name: str) -> tuple[str, dict[str, str]]:
     return f"{_checked(name)}: bucket {bucket}", headers
 
 
+@app.get("/wide/<name>")
+def wide(name: str) -> tuple[str, dict[str, str]]:
+    """Opts in, varies on ``Accept-Encoding`` (as behind a gzip middleware), and is too
+    large for the store: the visitor's own request is rendered, ``X-Bucket`` and all."""
+    bucket = request.headers.get("X-Bucket", "none")
+    headers = {**TEXT, "X-ISR-Revalidate": "60", "Vary": "Accept-Encoding"}
+    return f"{_checked(name)}: bucket {bucket} " + "w" * WIDE_BYTES, headers
+
+
 app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]
     ISRMiddleware(
         app.wsgi_app,
@@ -189,5 +202,6 @@ app.wsgi_app = served_by(  # type: ignore[method-assign,assignment]
         regeneration_backoff=float(os.environ.get("ISR_BACKOFF", "5")),
         bypass_cookies=[c for c in os.environ.get("ISR_BYPASS_COOKIES", "").split(",") if c],
         bypass_token=BYPASS_TOKEN,
+        max_entry_bytes=int(os.environ.get("ISR_MAX_ENTRY_BYTES", str(5 << 20))),
     )
 )
