@@ -8,6 +8,7 @@ background regenerations run on the real runner (``mw.join``).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -330,6 +331,41 @@ def test_s_maxage_respects_x_isr_expire() -> None:
     cc = client.get("/p").headers["Cache-Control"]
     # what is left before it expires, no stale window; browsers revalidate (below)
     assert cc == "public, s-maxage=2999, max-age=0"
+
+
+@pytest.mark.parametrize(
+    "opt_in",
+    [
+        pytest.param([("X-ISR-Revalidate", "60")], id="revalidate"),
+        pytest.param([("X-ISR-Revalidate", "false"), ("X-ISR-Expire", "90")], id="expire"),
+        pytest.param([("X-ISR-Revalidate", "false")], id="forever"),
+    ],
+)
+def test_hits_in_one_second_send_the_same_headers_and_the_next_second_new_ones(
+    opt_in: list[tuple[str, str]],
+) -> None:
+    """A hit's clock headers are built once per second of age and reused by the hits in
+    that second (a popular page): never carried into the next second, nor to a STALE."""
+    app = CountingApp({"/p": opt_in})
+    _, client, clock, _ = make(app)
+    client.get("/p")
+    seen = []
+    for step in (0.2, 0.3, 0.6, 0.1, 0.9, 57.5, 1.0):
+        clock.advance(step)
+        r = client.get("/p")
+        cc = r.headers["Cache-Control"]
+        seen.append((r.headers["X-ISR-Cache"], r.headers["Age"], cc, r.headers["Cache-Status"]))
+    assert [int(s[1]) for s in seen] == [0, 0, 1, 1, 2, 59, 60], seen
+    assert seen[0] == seen[1] and seen[2] == seen[3], seen  # one second, one answer
+    s_maxages = [re.search(r"s-maxage=(\d+)", s[2]).group(1) for s in seen]  # type: ignore[union-attr]
+    if opt_in == [("X-ISR-Revalidate", "60")]:
+        assert [s[0] for s in seen] == ["HIT"] * 6 + ["STALE"], seen
+        assert s_maxages == ["59", "59", "58", "58", "57", "0", "0"], seen
+        assert seen[6][3].endswith("detail=stale-while-revalidate"), seen
+    elif opt_in[1:]:  # expire: 90 s of age at most, whatever the second
+        assert s_maxages == ["89", "89", "88", "88", "87", "30", "29"], seen
+    else:  # forever: nothing but Age moves
+        assert {s[2:] for s in seen} == {seen[0][2:]}, seen
 
 
 @pytest.mark.parametrize(

@@ -195,6 +195,7 @@ class ISRMiddleware:
             runner if runner is not None else AutoRunner(max_pending, self.lock_timeout)
         )
         self.stats = Stats()
+        self._count_hit = self.stats.counter("hits")
         if self.purges is not None:
             self.purges.on_count = lambda target, result: self.stats.count(
                 "purges", target=target, result=result
@@ -396,11 +397,21 @@ class ISRMiddleware:
         the tag states, and the key and vary names it was found under."""
         lookup = self.store.lookup_through if through else self.store.lookup
         record, tag_states = lookup(rk.key)
-        key, vary = rk.key, _NO_VARY
         if isinstance(record, VaryMarker):
-            vary = record.headers
-            key = variant_key(rk.key, vary, environ)
-            record, tag_states = lookup(key)
+            return self._variant(environ, rk, record, lookup)
+        return record, tag_states, rk.key, _NO_VARY
+
+    def _variant(
+        self,
+        environ: WSGIEnvironment,
+        rk: RequestKey,
+        marker: VaryMarker,
+        lookup: Callable[[str], tuple[Record | None, Mapping[str, TagState]]],
+    ) -> tuple[Record | None, Mapping[str, TagState], str, tuple[str, ...]]:
+        """The variant a Vary marker points this request to, as :meth:`_find` gives it."""
+        vary = marker.headers
+        key = variant_key(rk.key, vary, environ)
+        record, tag_states = lookup(key)
         return record, tag_states, key, vary
 
     def _serve(
@@ -411,9 +422,14 @@ class ISRMiddleware:
         if not landings.idle and landings.joinable(rk.key) and not _has_credentials(environ):
             self.stats.incr("misses")
             return self._as_current(coalesced_miss, self, environ, start_response, rk, rk.key, ())
+        store = self.store
+        key, vary = rk.key, _NO_VARY
         try:
-            record, tag_states, key, vary = self._find(environ, rk)
-            now = self.store.now()
+            # _find inline: the hit path's one lookup, no tuple built and taken apart
+            record, tag_states = store.lookup(key)
+            if isinstance(record, VaryMarker):
+                record, tag_states, key, vary = self._variant(environ, rk, record, store.lookup)
+            now = store.now()
         except StoreError as exc:
             return self._as_current(self._store_down, environ, start_response, exc)
         if isinstance(record, Entry):
@@ -422,7 +438,7 @@ class ISRMiddleware:
             if state is State.FRESH and not (
                 (record.prepared or R.prepared(record)).personal and _has_credentials(environ)
             ):
-                self.stats.incr("hits")
+                self._count_hit()
                 return self._respond(environ, start_response, record, now, R.HIT)
         else:
             state = None

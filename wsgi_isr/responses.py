@@ -102,10 +102,12 @@ class Prepared:
     ``Cache-Control`` (``max-age=0`` first unless they say how long); ``forever_hit``:
     the clock-free tail of a plain HIT of a page without ``revalidate`` nor ``expire``;
     ``personal``: the page varies on credentials; ``edge``: the tag headers of the caches
-    in front (:mod:`wsgi_isr.purge.edge`).
+    in front (:mod:`wsgi_isr.purge.edge`); ``last_hit``: ``(age, headers)``, what a plain
+    HIT sent after the stored ones in its last second of age (the same for every hit in
+    that second: a popular page builds its ``Cache-Control`` once a second, not per hit).
     """
 
-    __slots__ = ("browser", "edge", "forever_hit", "head", "personal")
+    __slots__ = ("browser", "edge", "forever_hit", "head", "last_hit", "personal")
 
     def __init__(self, entry: Entry) -> None:
         head = []
@@ -129,6 +131,7 @@ class Prepared:
             self.forever_hit = _FOREVER_HIT if same else _forever_hit(browser)
         self.personal = varies_on_credentials(entry.headers)
         self.edge: tuple[object, tuple[tuple[str, str], ...], bool] | None = None
+        self.last_hit: tuple[int, tuple[tuple[str, str], ...]] | None = None
 
 
 _FOREVER_CC = f"public, s-maxage={FOREVER}, stale-while-revalidate={FOREVER}"
@@ -164,19 +167,31 @@ def entry_headers(
     age = int(now - entry.created)
     if age < 0:
         age = 0
+    if label != HIT or detail is not None:
+        return [*p.head, *_clock_tail(entry, p, age, label, detail)]
+    # a plain HIT: every hit in the same second of age sends the same tail
+    last = p.last_hit
+    if last is None or last[0] != age:
+        last = p.last_hit = (age, _clock_tail(entry, p, age, HIT, None))
+    return [*p.head, *last[1]]
+
+
+def _clock_tail(
+    entry: Entry, p: Prepared, age: int, label: str, detail: str | None
+) -> tuple[tuple[str, str], ...]:
+    """``Age`` and what follows it, at this second of age."""
     if p.forever_hit is not None and label == HIT and detail is None:
-        return [*p.head, ("Age", str(age)), *p.forever_hit]
+        return (("Age", str(age)), *p.forever_hit)
     # freshness as at the END of this second of age: the headers must never promise
     # more than remains at its last instant
     at = entry.created + age + 1
     stale = label == STALE or detail == LANDED_STALE
-    return [
-        *p.head,
+    return (
         ("Age", str(age)),
         ("Cache-Control", cdn_cache_control(entry, at, stale) + p.browser),
         ("X-ISR-Cache", label),
         ("Cache-Status", cache_status(label, entry, at, detail)),
-    ]
+    )
 
 
 def _etags(value: str) -> Iterable[str]:
