@@ -673,3 +673,22 @@ def test_flask_background_refresh_runs_in_an_app_context() -> None:
     assert source.n == {"site": 2}
     with app.app_context():
         assert site() == "blog 2"
+
+
+def test_a_cached_dict_comes_back_in_its_own_order() -> None:
+    """Stored with sorted keys, a hit gave ``{"apple", "zebra"}`` where the function (and
+    the miss) gave ``{"zebra", "apple"}``: a page regenerated from a hit listed things in
+    another order. Arguments are still one key however their dicts were built."""
+    mw = ISRMiddleware(lambda e, s: [], store="memory://")
+    calls = []
+
+    @mw.cached(tags=["cats"])
+    def categories(options: dict[str, int]) -> dict[str, Any]:
+        calls.append(options)
+        return {"zebra": 9, "apple": 1, "nested": {"b": 2, "a": 1}}
+
+    miss = categories({"x": 1, "y": 2})
+    hit = categories({"y": 2, "x": 1})
+    assert len(calls) == 1
+    assert list(miss) == list(hit) == ["zebra", "apple", "nested"]
+    assert list(hit["nested"]) == ["b", "a"]

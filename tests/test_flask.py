@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 from helpers import FakeClock
 from werkzeug.test import Client
 
 import wsgi_isr
 from wsgi_isr import FileStore, ISRMiddleware, MemoryStore
 from wsgi_isr.__main__ import main as module_main
-from wsgi_isr.flask import ISR
+from wsgi_isr.flask import CONFIG, ISR
 
 SECRET = "x" * 40
 
@@ -85,6 +85,64 @@ def test_config_keys_reach_the_middleware(tmp_path: Any) -> None:
 def test_bad_config_is_a_clear_error(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="lock_timeout"):
         make_app(tmp_path, ISR_STORE="memory://", ISR_LOCK_TIMEOUT=0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("ISR_QUERY_PARAMS", "page", id="query-params"),
+        pytest.param("ISR_BYPASS_COOKIES", "session", id="bypass-cookies"),
+        pytest.param("ISR_TRUSTED_HOSTS", "www.example.com", id="trusted-hosts"),
+    ],
+)
+def test_a_string_for_a_list_of_names_is_a_clear_error(key: str, value: str) -> None:
+    """``ISR_QUERY_PARAMS = "page"`` became the names ``p``, ``a``, ``g``, ``e``: every
+    ``?page=N`` was served page 1; a string of cookie names bypassed nobody, one trusted
+    host turned the cache off. The list itself works."""
+    app = Flask(__name__)
+    app.config.update(ISR_STORE="memory://", **{key: value})
+    with pytest.raises(ValueError, match=f"{key} takes a list of names"):
+        ISR(app)
+    with pytest.raises(ValueError, match="takes a list of names"):
+        ISRMiddleware(app.wsgi_app, store="memory://", **{CONFIG[key][0]: value})
+    app = Flask(__name__)
+    app.config.update(ISR_STORE="memory://", ISR_QUERY_PARAMS=["page"])
+    isr = ISR(app)
+
+    @app.get("/")
+    @isr.page(revalidate=60)
+    def index() -> str:
+        return f"page {request.args.get('page', '1')}"
+
+    client = Client(app)
+    assert [client.get(f"/?page={n}&utm=x").data for n in (1, 2, 1)] == [
+        b"page 1", b"page 2", b"page 1"
+    ]  # fmt: skip
+
+
+def test_one_isr_on_two_apps_does_not_guess_outside_an_app_context() -> None:
+    """The app-factory form called twice: outside a request, ``isr.revalidate_tag`` acted
+    on the last app only; it now asks for the app, and acts on it inside its context."""
+    isr = ISR()
+    apps = []
+    for name in ("site_a", "site_b"):
+        app = Flask(name)
+        app.config["ISR_STORE"] = "memory://"
+
+        @app.get("/")
+        @isr.page(tags=["home"])
+        def home(name: str = name) -> str:
+            return name
+
+        isr.init_app(app)
+        apps.append(app)
+    clients = [Client(a) for a in apps]
+    assert [c.get("/").headers["X-ISR-Cache"] for c in clients] == ["MISS", "MISS"]
+    with pytest.raises(RuntimeError, match="initialised on 2 apps"):
+        isr.revalidate_tag("home")
+    with apps[0].app_context():
+        isr.revalidate_tag("home")
+    assert [c.get("/").headers["X-ISR-Cache"] for c in clients] == ["STALE", "HIT"]
 
 
 def test_page_decorator_sets_the_headers_and_caches(tmp_path: Any) -> None:

@@ -128,8 +128,11 @@ def _check_json(value: Any, name: str, path: str = "value") -> None:
         )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def _dumps(value: Any, *, key: bool = False) -> str:
+    """JSON text of a value (its dicts in their own order: a hit gives back what the
+    function returned), or of an argument (``key``: sorted, one key however it was
+    built)."""
+    return json.dumps(value, sort_keys=key, separators=(",", ":"), ensure_ascii=False)
 
 
 def _keyable(value: Any, name: str, arg: str) -> str:
@@ -140,7 +143,7 @@ def _keyable(value: Any, name: str, arg: str) -> str:
             f"cached function {name}: argument {arg!r} ({type(value).__name__}) cannot be"
             " part of the cache key: pass JSON-compatible arguments, or key=..."
         ) from None
-    return _dumps(value)
+    return _dumps(value, key=True)
 
 
 # -- the cached function ---------------------------------------------------------------------

@@ -40,15 +40,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
 T = TypeVar("T")
 
+
+def _names(key: str, kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A converter for a setting that takes a list of names: a lone string would become
+    its characters (``"session"`` -> ``s``, ``e``, ...), and silently turn the setting
+    into something else."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(f"{key} takes a list of names, e.g. [{value!r}], not a string")
+        return kind(value)
+
+    return convert
+
+
 #: app.config key -> (ISRMiddleware keyword, converter)
 CONFIG: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ISR_STORE": ("store", lambda v: v),
     "ISR_SECRET": ("secret", lambda v: v or None),
     "ISR_ENDPOINT": ("endpoint", str),
-    "ISR_TRUSTED_HOSTS": ("trusted_hosts", list),
-    "ISR_BYPASS_COOKIES": ("bypass_cookies", tuple),
+    "ISR_TRUSTED_HOSTS": ("trusted_hosts", _names("ISR_TRUSTED_HOSTS", list)),
+    "ISR_BYPASS_COOKIES": ("bypass_cookies", _names("ISR_BYPASS_COOKIES", tuple)),
     "ISR_BYPASS_TOKEN": ("bypass_token", lambda v: v or None),
-    "ISR_QUERY_PARAMS": ("query_params", list),
+    "ISR_QUERY_PARAMS": ("query_params", _names("ISR_QUERY_PARAMS", list)),
     "ISR_MAX_ENTRY_BYTES": ("max_entry_bytes", int),
     "ISR_LOCK_TIMEOUT": ("lock_timeout", float),
     "ISR_COALESCE_TIMEOUT": ("coalesce_timeout", float),
@@ -78,6 +92,7 @@ class ISR:
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
         self.options = options
         self._app: Flask | None = None
+        self._apps = 0  # apps initialised: outside an app context, only one is unambiguous
         if app is not None:
             self.init_app(app)
 
@@ -95,6 +110,7 @@ class ISR:
         app.extensions["isr.middleware"] = middleware
         app.cli.add_command(cli)
         self._app = app
+        self._apps += 1
 
     # -- the middleware of the app in use --------------------------------------------------
 
@@ -106,6 +122,11 @@ class ISR:
         except RuntimeError:
             if self._app is None:
                 raise RuntimeError("ISR is not initialised on any app") from None
+            if self._apps > 1:  # acting on the last one would be a guess
+                raise RuntimeError(
+                    f"ISR is initialised on {self._apps} apps and no app context is active:"
+                    " call it inside `with app.app_context():` of the app it is for"
+                ) from None
             app = self._app
         return cast(ISRMiddleware, app.extensions["isr.middleware"])
 

@@ -164,8 +164,13 @@ class ISRMiddleware:
                 raise ValueError("secret must be a non-empty string (or None to disable)")
             if len(secret) < 32:
                 log.warning("wsgi_isr: the revalidation secret is shorter than 32 characters")
-        if isinstance(trusted_hosts, str) or isinstance(bypass_cookies, str):
-            raise ValueError("trusted_hosts and bypass_cookies take a list of names")
+        for name, names in (
+            ("trusted_hosts", trusted_hosts),
+            ("bypass_cookies", bypass_cookies),
+            ("query_params", query_params),
+        ):
+            if isinstance(names, str):  # its characters would become the names
+                raise ValueError(f"{name} takes a list of names, e.g. [{names!r}], not a string")
         if bypass_token is not None and (not isinstance(bypass_token, str) or not bypass_token):
             raise ValueError("bypass_token must be a non-empty string (or None to disable)")
         self.app = app
