@@ -172,37 +172,6 @@ def test_build_pre_renders_every_static_page(site: Any) -> None:
     assert views.calls == []
 
 
-def test_a_site_with_force_script_name_is_keyed_built_and_revalidated_under_it(
-    clock: FakeClock,
-) -> None:
-    """``FORCE_SCRIPT_NAME = "/app"``: the server sends no ``SCRIPT_NAME`` (a proxy
-    strips ``/app``), Django spells every URL with it. The build stored pages under
-    ``/app`` while visitors were keyed without it: built pages were never HITs, and
-    ``revalidate_path(reverse(...))`` reached nothing."""
-    from django.urls import clear_script_prefix, reverse, set_script_prefix
-
-    with override_settings(FORCE_SCRIPT_NAME="/app"):
-        set_script_prefix("/app/")  # as django.setup() does for manage.py
-        try:
-            mw = install(WSGIHandler(), store="memory://", clock=clock)
-            client = Client(mw, use_cookies=False)
-            out = io.StringIO()
-            call_command("isr", "build", "--host", "example.com", stdout=out, stderr=io.StringIO())
-            assert "as http://example.com/app into" in out.getvalue()
-            views.calls.clear()
-            host = {"Host": "example.com"}
-            assert cache(client, "/articles/b/", headers=host)[0] == "HIT"
-            assert views.calls == []
-            url = reverse("article", kwargs={"slug": "b"})
-            assert url == "/app/articles/b/"
-            clock.advance(1)
-            wsgi_isr.django.revalidate_path(url)
-            assert cache(client, "/articles/b/", headers=host)[0] == "STALE"
-            mw.join(10)
-        finally:
-            clear_script_prefix()
-
-
 def test_build_exits_1_when_a_page_fails(site: Any) -> None:
     with (
         override_settings(ROOT_URLCONF="django_project.urls_failing"),

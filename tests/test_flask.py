@@ -120,31 +120,6 @@ def test_a_string_for_a_list_of_names_is_a_clear_error(key: str, value: str) -> 
     ]  # fmt: skip
 
 
-def test_one_isr_on_two_apps_does_not_guess_outside_an_app_context() -> None:
-    """The app-factory form called twice: outside a request, ``isr.revalidate_tag`` acted
-    on the last app only; it now asks for the app, and acts on it inside its context."""
-    isr = ISR()
-    apps = []
-    for name in ("site_a", "site_b"):
-        app = Flask(name)
-        app.config["ISR_STORE"] = "memory://"
-
-        @app.get("/")
-        @isr.page(tags=["home"])
-        def home(name: str = name) -> str:
-            return name
-
-        isr.init_app(app)
-        apps.append(app)
-    clients = [Client(a) for a in apps]
-    assert [c.get("/").headers["X-ISR-Cache"] for c in clients] == ["MISS", "MISS"]
-    with pytest.raises(RuntimeError, match="initialised on 2 apps"):
-        isr.revalidate_tag("home")
-    with apps[0].app_context():
-        isr.revalidate_tag("home")
-    assert [c.get("/").headers["X-ISR-Cache"] for c in clients] == ["STALE", "HIT"]
-
-
 def test_page_decorator_sets_the_headers_and_caches(tmp_path: Any) -> None:
     app, isr, renders = make_app(tmp_path, ISR_STORE="memory://")
     client = Client(app)

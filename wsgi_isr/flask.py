@@ -92,7 +92,6 @@ class ISR:
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
         self.options = options
         self._app: Flask | None = None
-        self._apps = 0  # apps initialised: outside an app context, only one is unambiguous
         if app is not None:
             self.init_app(app)
 
@@ -110,7 +109,6 @@ class ISR:
         app.extensions["isr.middleware"] = middleware
         app.cli.add_command(cli)
         self._app = app
-        self._apps += 1
 
     # -- the middleware of the app in use --------------------------------------------------
 
@@ -122,11 +120,6 @@ class ISR:
         except RuntimeError:
             if self._app is None:
                 raise RuntimeError("ISR is not initialised on any app") from None
-            if self._apps > 1:  # acting on the last one would be a guess
-                raise RuntimeError(
-                    f"ISR is initialised on {self._apps} apps and no app context is active:"
-                    " call it inside `with app.app_context():` of the app it is for"
-                ) from None
             app = self._app
         return cast(ISRMiddleware, app.extensions["isr.middleware"])
 

@@ -20,42 +20,20 @@ from ..middleware import ISRMiddleware
 from .conf import middleware_options
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication
 
 _bound: ISRMiddleware | None = None
 _lock = threading.RLock()
-
-
-class _ForcedScriptName(ISRMiddleware):
-    """The middleware of a site with ``FORCE_SCRIPT_NAME``: keys (and renders) carry the
-    mount point Django uses, not the one the server sent — the setting exists for
-    servers that send none (a proxy strips ``/app``), and ``reverse()``, ``isr build``
-    and ``revalidate_path(reverse(...))`` all spell paths with it."""
-
-    script_name = ""
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        environ["SCRIPT_NAME"] = self.script_name  # what django.core.handlers reads too
-        return super().__call__(environ, start_response)
 
 
 def install(app: WSGIApplication, **options: Any) -> ISRMiddleware:
     """Wrap ``app`` (a Django WSGI handler) in the middleware configured by
     ``settings.ISR``; keyword ``options`` win over the settings. The result becomes the
     middleware :func:`revalidate_tag` and the management commands act on."""
-    from django.conf import settings
-
     global _bound
     kwargs = {**middleware_options(), **options}
-    forced = getattr(settings, "FORCE_SCRIPT_NAME", None)
     try:
-        if forced is None:
-            mw = ISRMiddleware(app, **kwargs)
-        else:
-            mw = _ForcedScriptName(app, **kwargs)
-            mw.script_name = str(forced).rstrip("/")
+        mw = ISRMiddleware(app, **kwargs)
     except ValueError as exc:
         raise ImproperlyConfigured(f"settings.ISR: {exc}") from exc
     with _lock:
