@@ -197,12 +197,6 @@ def says_how_long(parts: Iterable[tuple[str, str]]) -> bool:
     return any(name == "no-store" or _BROWSER_SAYS.fullmatch(part) for name, part in parts)
 
 
-#: What an answer of an opted-in page tells browsers when the app said nothing of how
-#: long to keep it (:func:`says_how_long`): revalidate every time, so that an
-#: invalidation reaches them at their next visit (a page unchanged costs a ``304``).
-BROWSER_REVALIDATES = "max-age=0"
-
-
 def header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
     name = name.lower()
     return [v for k, v in headers if k.lower() == name]
@@ -304,7 +298,7 @@ def browser_directives(headers: Iterable[tuple[str, str]]) -> str:
     )
 
 
-def private_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def private_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """Mark an answer rendered for one visitor (their cookies or credentials, a
     preview) so that no shared cache in front stores it: ``Cache-Control: private``
     (plus ``no-cache`` unless the app said how long browsers may keep it), and no
@@ -316,7 +310,7 @@ def private_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]
     return [*_without_cache_control(headers), ("Cache-Control", ", ".join(["private", *parts]))]
 
 
-def _without_cache_control(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def _without_cache_control(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     drop = _DOWNSTREAM_TTL_HEADERS | {"cache-control"}
     return [(k, v) for k, v in headers if k.lower() not in drop]
 

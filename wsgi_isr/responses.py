@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from werkzeug.http import http_date, parse_date
 
 from .entry import Entry
-from .policy import BROWSER_REVALIDATES, directives, says_how_long, varies_on_credentials
+from .policy import directives, says_how_long, varies_on_credentials
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -89,8 +89,10 @@ def cache_status(label: str, entry: Entry, now: float, detail: str | None = None
 
 
 #: Appended to our ``Cache-Control`` when the app did not tell browsers how long
-#: (:func:`~wsgi_isr.policy.says_how_long`): ``s-maxage`` binds shared caches only.
-_BROWSER_REVALIDATES = f", {BROWSER_REVALIDATES}"
+#: (:func:`~wsgi_isr.policy.says_how_long`; ``s-maxage`` binds shared caches only):
+#: revalidate every time, so that an invalidation reaches them at their next visit (a
+#: page unchanged costs a ``304``).
+_BROWSER_REVALIDATES = ", max-age=0"
 
 
 class Prepared:
@@ -172,7 +174,11 @@ def entry_headers(
     # a plain HIT: every hit in the same second of age sends the same tail
     last = p.last_hit
     if last is None or last[0] != age:
-        last = p.last_hit = (age, _clock_tail(entry, p, age, HIT, None))
+        if p.forever_hit is not None:
+            tail = (("Age", str(age)), *p.forever_hit)
+        else:
+            tail = _clock_tail(entry, p, age, HIT, None)
+        last = p.last_hit = (age, tail)
     return [*p.head, *last[1]]
 
 
@@ -180,8 +186,6 @@ def _clock_tail(
     entry: Entry, p: Prepared, age: int, label: str, detail: str | None
 ) -> tuple[tuple[str, str], ...]:
     """``Age`` and what follows it, at this second of age."""
-    if p.forever_hit is not None and label == HIT and detail is None:
-        return (("Age", str(age)), *p.forever_hit)
     # freshness as at the END of this second of age: the headers must never promise
     # more than remains at its last instant
     at = entry.created + age + 1
