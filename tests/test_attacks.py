@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -539,6 +541,73 @@ def test_malformed_host_bypasses_and_stores_nothing(host: str, trusted: list[str
     victim = client.get("/p", headers={"Host": "example.com"})
     assert victim.headers["X-ISR-Cache"] == "MISS"
     assert victim.data == b"<a href='//example.com/next'>"
+
+
+@pytest.mark.parametrize("trusted", [None, ["example.com", "example.com.au", "example.com:8080"]])
+@pytest.mark.parametrize(
+    ("host", "path_info", "victim_host", "victim_path"),
+    [
+        ("example.co", "m/p", "example.com", "/p"),
+        ("example.com", ".au/p", "example.com.au", "/p"),
+        ("example.com", ":8080/p", "example.com:8080", "/p"),
+        ("example.com", "p", "example.com", "/p"),
+    ],
+)
+def test_a_path_without_its_slash_never_spells_another_hosts_key(
+    host: str, path_info: str, victim_host: str, victim_path: str, trusted: list[str] | None
+) -> None:
+    # werkzeug's and wsgiref's servers hand "GET m/p" to the app as PATH_INFO "m/p"
+    mw, client, clock, app = make(host_app, trusted_hosts=trusted)
+    environ = EnvironBuilder("/", headers={"Host": host}).get_environ()
+    environ["PATH_INFO"] = path_info
+    status, headers, _ = call(mw, **environ)
+    assert dict(headers)["X-ISR-Cache"] == "BYPASS"
+    assert mw.store.count() == 0
+    victim = client.get(victim_path, headers={"Host": victim_host})
+    assert victim.headers["X-ISR-Cache"] == "MISS"
+    assert victim.data == f"<a href='//{victim_host}/next'>".encode()
+
+
+@pytest.mark.parametrize("server", ["werkzeug", "wsgiref"])
+def test_a_slashless_request_target_through_a_real_server_poisons_nothing(server: str) -> None:
+    mw, _, clock, app = make(host_app)
+    if server == "werkzeug":
+        from werkzeug.serving import make_server as werkzeug_server
+
+        httpd: Any = werkzeug_server("127.0.0.1", 0, mw, threaded=True)
+    else:
+        from wsgiref.simple_server import WSGIRequestHandler
+        from wsgiref.simple_server import make_server as wsgiref_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        httpd = wsgiref_server("127.0.0.1", 0, mw, handler_class=Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    port = httpd.server_address[1]
+
+    def ask(target: str, host: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+    try:
+        attacker = ask("m/p", "example.co")
+        assert attacker.startswith(b"HTTP/1.") and b"X-ISR-Cache: BYPASS" in attacker
+        victim = ask("/p", "example.com")
+        assert b"X-ISR-Cache: MISS" in victim
+        assert victim.endswith(b"<a href='//example.com/next'>")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
 
 
 @pytest.mark.parametrize(

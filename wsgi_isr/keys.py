@@ -114,8 +114,8 @@ _new_key: Callable[[tuple[str, ...]], RequestKey] = functools.partial(tuple.__ne
 def request_key(
     environ: WSGIEnvironment, *, query_params: Collection[str] | None = None
 ) -> RequestKey | None:
-    """The key of this request, or ``None`` if its host is malformed (the cache is
-    then bypassed)."""
+    """The key of this request, or ``None`` if its host or path is malformed (the
+    cache is then bypassed)."""
     get = environ.get
     scheme = get("wsgi.url_scheme", "http")
     http_host = get("HTTP_HOST")
@@ -132,6 +132,7 @@ def request_key(
         and type(script_name) is str
         and type(qs) is str
         and http_host
+        and path_info[0] == "/"
         and _PLAIN_PATH.fullmatch(path_info)
         and (not script_name or (script_name[0] == "/" and _PLAIN_PATH.fullmatch(script_name)))
     ):
@@ -198,7 +199,9 @@ def _request_key(
     scheme = "https" if environ.get("wsgi.url_scheme") == "https" else "http"
     script_name = environ.get("SCRIPT_NAME", "")
     path_info = environ.get("PATH_INFO", "") or "/"
-    if script_name and not script_name.startswith("/"):
+    # a path is "/..." or nothing: "victim.co" + "m/x" would spell the key of
+    # "victim.com" + "/x" (werkzeug's and wsgiref's servers pass "GET m/x" through)
+    if (script_name and not script_name.startswith("/")) or not path_info.startswith("/"):
         return None
     path = quote_path(script_name + path_info)
     query = normalise_query(environ.get("QUERY_STRING", ""), query_params)
