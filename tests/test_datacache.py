@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -225,6 +229,87 @@ def test_concurrent_misses_call_the_function_once() -> None:
         gate.set()
         results = [f.result() for f in futures]
     assert results == [1] * 8 and source.n == {"slow": 1}
+
+
+def test_a_caller_killed_mid_call_frees_its_key_within_a_lease(tmp_path: Path) -> None:
+    """A process killed (``kill -9``, gunicorn's timeout) while its call runs holds the
+    key's lock only for one lease, not ``lock_timeout``: a waiter takes over and stores
+    the value, instead of every caller waiting ``coalesce_timeout`` and storing nothing."""
+    import data_holder
+
+    url = f"file://{tmp_path / 'shared'}"
+    flag = str(tmp_path / "started")
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, data_holder; from wsgi_isr import ISRMiddleware;"
+            "mw = ISRMiddleware(lambda e, s: [], store=sys.argv[1]);"
+            "mw.cached()(data_holder.report)(sys.argv[2])",
+            url,
+            flag,
+        ],
+        env={**os.environ, "DATA_HOLDER_HANG": "1", "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(flag).exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert Path(flag).exists(), "the child never started its call"
+        time.sleep(2.0)  # its keeper has renewed the lease by now
+    finally:
+        child.kill()
+        child.wait(10)
+    mw = ISRMiddleware(page_app(), store=url, coalesce_timeout=30.0, lock_timeout=60.0)
+    report = mw.cached()(data_holder.report)
+    assert report(flag) == {"pid": os.getpid()}
+    assert json.loads(stored(mw, report, flag).value) == {"pid": os.getpid()}, "not stored"
+    mw.store.close()
+
+
+class Overlap:
+    """Calls of a slow function that fails: how many ran at once, at most."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = self.most = self.calls = 0
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.active += 1
+            self.calls += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.3)
+        with self.lock:
+            self.active -= 1
+
+
+@pytest.mark.parametrize("failure", ["raises", "too-big"])
+def test_the_waiters_of_a_failed_call_do_not_queue_one_behind_another(failure: str) -> None:
+    """A call that raised, or whose value cannot be stored, leaves its waiters nothing to
+    read: they call the function at once, together, as visitors of a page whose first
+    render failed go to the app (not one after another, each a call's time later)."""
+    mw, clock, runner = middleware(max_entry_bytes=1000)
+    overlap = Overlap()
+
+    @mw.cached()
+    def report() -> str:
+        overlap()
+        if failure == "raises":
+            raise ValueError("the database is struggling")
+        return "x" * 2000
+
+    def call() -> str:
+        try:
+            return report()
+        except ValueError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: call(), range(6)))
+    expected = "the database is struggling" if failure == "raises" else "x" * 2000
+    assert results == [expected] * 6
+    assert overlap.calls == 6 and overlap.most >= 2, vars(overlap)
 
 
 def test_records_round_trip_in_the_safe_format() -> None:

@@ -20,7 +20,11 @@ are stored as JSON text in the page store, under the same safe record format.
   background refresh runs (a lock shared by every process using the store),
   backed off after a failure.
 - STALE inside a page render, MISS, EXPIRED: called in the foreground, concurrent
-  callers of the same key waiting for one call.
+  callers of the same key waiting for one call. Its lock is a short lease, renewed
+  while the call runs (as a page render's): a caller whose process dies frees it
+  within seconds. A call that raised, or whose value is too big to store, marks the
+  key failed for :data:`FAILED_FOR`: the callers that waited for it call the function
+  themselves at once instead of queueing one behind another.
 
 Inside a page render every cached call, hit or not, adds its tags (and those its
 body added with :func:`wsgi_isr.tag`) to the page, and caps the page's freshness
@@ -58,6 +62,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_BACKOFF = 300.0
+#: How long a failed call (raised, or too big to store) sends its waiters straight to
+#: the function, as a failed first render does for pages.
+FAILED_FOR = 1.0
 #: Argument parts of keys longer than this are hashed.
 MAX_ARGS_KEY = 200
 
@@ -287,10 +294,15 @@ class CachedFunction(Generic[P, R]):
         ``started``: the store-clock time its lock was taken, when the call counts as
         started (compared with invalidation times)."""
         store = mw.store
-        value, tags, cap = self._run(args, kwargs, path_tags)
-        text = _dumps(value)
+        try:
+            value, tags, cap = self._run(args, kwargs, path_tags)
+            text = _dumps(value)
+        except Exception:
+            _mark_failed(mw, key)
+            raise
         revalidate = None if math.isinf(cap) else cap
         if len(text.encode("utf-8", "surrogatepass")) > mw.max_entry_bytes:
+            _mark_failed(mw, key)
             log.warning(
                 "wsgi_isr: not caching %s: %d characters of JSON, over max_entry_bytes",
                 self.name,
@@ -321,32 +333,40 @@ class CachedFunction(Generic[P, R]):
         self, mw: ISRMiddleware, key: str, seen: DataEntry | None, args: Any, kwargs: Any
     ) -> Any:
         """Call in the foreground, one caller per key at a time (across processes): the
-        others wait for its value, bounded by the middleware's ``coalesce_timeout``."""
+        others wait for its value, bounded by the middleware's ``coalesce_timeout``; a
+        waiter whose leader failed calls the function itself, without storing."""
         scope = current_scope.get()
         path_tags = scope.path_tags if scope is not None else ()
         lock = "data:" + key
         deadline = time.monotonic() + mw.coalesce_timeout
         delay = 0.002
+        waited = False
         while True:
             try:
-                held = mw.store.acquire_stamped(lock, mw.lock_timeout)
+                held = mw.regen.lock(lock)  # one lease, renewed while the call runs
                 landed = self._landed(mw, key, seen)
+                failed = waited and landed is None and held is not None and _failed(mw, key)
             except StoreError as exc:
                 mw._store_failed(exc)
                 return self._call_uncached(args, kwargs)
-            if landed is not None:
+            if landed is not None or failed:
                 if held is not None:
                     _release(mw, lock, held[0])
+                if failed:  # the leader raised or could not store: no queue behind it
+                    return self._call_uncached(args, kwargs)
+                assert landed is not None
                 return self._use(landed, mw.store.now())
             if held is not None:
                 break
             if time.monotonic() >= deadline:
                 return self._call_uncached(args, kwargs)  # the holder is too slow
+            waited = True
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         token, started = held
         try:
-            return self._compute(mw, key, args, kwargs, path_tags, started)
+            with mw.regen.leases.hold(lock, token):
+                return self._compute(mw, key, args, kwargs, path_tags, started)
         finally:  # an exception propagates, never cached: the next caller tries again
             _release(mw, lock, token)
 
@@ -390,13 +410,14 @@ class CachedFunction(Generic[P, R]):
         call_lock = "data:" + key
         call_token: str | None = None
         try:
-            held = mw.store.acquire_stamped(call_lock, mw.lock_timeout)
+            held = mw.regen.lock(call_lock)
             call_token = None if held is None else held[0]
             if held is None or self._landed(mw, key, seen) is not None:
                 return  # a foreground call is on it, or has just stored a newer value
             outer = current_scope.set(None)
             try:
-                self._compute(mw, key, args, kwargs, (), held[1])
+                with mw.regen.leases.hold(call_lock, held[0]):
+                    self._compute(mw, key, args, kwargs, (), held[1])
             finally:
                 current_scope.reset(outer)
             self._failures.pop(key, None)
@@ -414,6 +435,25 @@ class CachedFunction(Generic[P, R]):
             if call_token is not None:
                 _release(mw, call_lock, call_token)
             _release(mw, lock, token, hold)
+
+
+def _mark_failed(mw: ISRMiddleware, key: str) -> None:
+    """Tell the callers waiting on ``key`` (in any process) that this call failed."""
+    try:
+        mw.store.acquire("data-failed:" + key, FAILED_FOR)  # left to lapse
+    except StoreError as exc:
+        mw._store_failed(exc)
+
+
+def _failed(mw: ISRMiddleware, key: str) -> bool:
+    """Whether a call of ``key`` failed within the last :data:`FAILED_FOR` seconds
+    (``StoreError`` propagates)."""
+    name = "data-failed:" + key
+    token = mw.store.acquire(name, FAILED_FOR)
+    if token is None:
+        return True
+    _release(mw, name, token)
+    return False
 
 
 def _release(mw: ISRMiddleware, lock: str, token: str, hold: float | None = None) -> None:
