@@ -531,12 +531,19 @@ def test_values_must_be_json() -> None:
 
     @mw.cached()
     def returns(value: str) -> Any:
-        return {"set": {1}, "tuple": (1,), "nan": float("nan"), "obj": object()}[value]
+        huge = 10**5000  # more digits than int() and str() take (sys.get_int_max_str_digits)
+        return {"set": {1}, "tuple": (1,), "nan": float("nan"), "obj": object(), "int": huge}[value]
 
-    for name in ("set", "tuple", "nan", "obj"):
+    for name in ("set", "tuple", "nan", "obj", "int"):
         with pytest.raises(TypeError, match=r"test_datacache\..*returns"):
             returns(name)
     assert mw.store.count() == 0
+
+    @mw.cached()
+    def long_but_fine() -> int:
+        return 10**4299
+
+    assert long_but_fine() == 10**4299 and long_but_fine() == 10**4299
 
 
 def test_async_functions_are_refused() -> None:

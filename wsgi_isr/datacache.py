@@ -128,6 +128,13 @@ def _check_json(value: Any, name: str, path: str = "value") -> None:
     elif kind is float:
         if not math.isfinite(value):
             raise TypeError(f"cached function {name} returned {value!r} in {path}: not JSON")
+    elif kind is int and value.bit_length() > 14_000:  # near sys.get_int_max_str_digits()
+        try:
+            str(value)
+        except ValueError:
+            raise TypeError(
+                f"cached function {name} returned an int too long for JSON in {path}"
+            ) from None
     elif kind not in _JSON:
         raise TypeError(
             f"cached function {name} returned a {kind.__name__} in {path}: values must be"
