@@ -9,6 +9,8 @@ an old copy without counting.
 
 ``GET /docs/<name>``
     cached until revalidated, tagged ``doc-<name>`` and ``docs``.
+``GET /host/<name>``
+    cached until revalidated, tagged ``host-<name>``; shows the ``Host`` it was rendered for.
 ``GET /whoami``
     shows the visitor's ``user`` cookie, yet opts in (cached 60 s).
 ``GET /aged/<name>``
@@ -60,6 +62,17 @@ def doc(name: str) -> tuple[str, dict[str, str]]:
     }
 
 
+@app.get("/host/<name>")
+def host(name: str) -> tuple[str, dict[str, str]]:
+    if not _NAME.fullmatch(name):
+        abort(404)
+    return f"host {request.host} render {render_id()}", {
+        "Content-Type": "text/plain",
+        "X-ISR-Revalidate": "false",
+        "X-ISR-Tags": f"host-{name}",
+    }
+
+
 @app.get("/whoami")
 def whoami() -> tuple[str, dict[str, str]]:
     user = request.cookies.get("user", "anonymous")
@@ -103,6 +116,7 @@ middleware: Any = ISRMiddleware(
     store=os.environ["ISR_STORE"],
     secret=os.environ["ISR_SECRET"],
     bypass_token=os.environ["ISR_BYPASS_TOKEN"],
-    purge=os.environ["ISR_PURGE"].split(),
+    purge=os.environ.get("ISR_PURGE", "").split(),
+    cdn_max_age=int(os.environ["ISR_CDN_MAX_AGE"]) if os.environ.get("ISR_CDN_MAX_AGE") else None,
 )
 app.wsgi_app = with_aged(middleware)  # type: ignore[method-assign]

@@ -349,18 +349,47 @@ def start_nginx_cache(
     (``-p root``, ``daemon off``: it is our child, stopped by PID on exit). Every answer
     carries ``X-Edge: $upstream_cache_status`` (``HIT`` means nginx served its stored
     copy without asking the upstream). Skipped without nginx, failed under CI."""
-    binary = require_binary("nginx", "/usr/sbin/nginx")
-    for sub in ("tmp", "cache"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in upstreams]
     servers = "".join(
         _NGINX_SERVER.format(port=port, upstream=up, valid=valid)
         for port, up in zip(ports, upstreams, strict=True)
     )
+    with _run_nginx(root, servers, ports, ready_timeout):
+        yield ports
+
+
+#: ``wsgi_isr/contrib/nginx.conf``, the config the README ships for nginx in front.
+NGINX_CONF = REPO / "wsgi_isr" / "contrib" / "nginx.conf"
+
+
+@contextlib.contextmanager
+def start_shipped_nginx(upstream: int, root: Path, ready_timeout: float = 10.0) -> Iterator[int]:
+    """A real nginx running the shipped config as it is, but for its addresses and its
+    cache directory (under ``root``); yields its port."""
+    text = NGINX_CONF.read_text()
+    port = free_port()
+    for old, new in (
+        ("listen 80;", f"listen 127.0.0.1:{port};"),
+        ("http://127.0.0.1:8000;", f"http://127.0.0.1:{upstream};"),
+        ("/var/cache/nginx/isr", str(root / "isr-cache")),
+    ):
+        assert text.count(old) == 1, f"{old!r} is not in {NGINX_CONF} once"
+        text = text.replace(old, new)
+    with _run_nginx(root, text, [port], ready_timeout):
+        yield port
+
+
+@contextlib.contextmanager
+def _run_nginx(root: Path, http: str, ports: list[int], ready_timeout: float) -> Iterator[None]:
+    """nginx with ``http`` (servers, caches) in its ``http`` block, until every port in
+    ``ports`` answers; stopped by PID on exit."""
+    binary = require_binary("nginx", "/usr/sbin/nginx")
+    for sub in ("tmp", "cache"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
     # as root, nginx's workers would run as "nobody" and could not write the cache here
     user = "user root;" if os.geteuid() == 0 else ""
     conf = root / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(root=root, user=user, servers=servers))
+    conf.write_text(_NGINX_CONF.format(root=root, user=user, servers=http))
     argv = [binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")]
     checked = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30)
     if checked.returncode != 0:
@@ -382,7 +411,7 @@ def start_nginx_cache(
         if not wait_for(listening, ready_timeout) or proc.poll() is not None:
             error_log = (root / "error.log").read_text(errors="replace")
             pytest.fail(f"nginx did not come up on {ports}:\n{error_log}", pytrace=False)
-        yield ports
+        yield
     finally:
         stop_process(proc)
         log_file.close()

@@ -148,8 +148,8 @@ def test_edge_keys_are_cdn_safe() -> None:
     assert edge_key("posts") == edge_key("posts") != edge_key("Posts")
 
 
-def s_maxage(cache_control: str) -> int:
-    match = re.search(r"s-maxage=(\d+)", cache_control)
+def s_maxage(cache_control: str, directive: str = "s-maxage") -> int:
+    match = re.search(rf"\b{directive}=(\d+)", cache_control)
     assert match is not None, cache_control
     return int(match.group(1))
 
@@ -162,7 +162,7 @@ def s_maxage(cache_control: str) -> int:
         pytest.param("false", 0, id="zero"),
     ],
 )
-def test_cdn_max_age_caps_s_maxage(revalidate: str, cap: int) -> None:
+def test_cdn_max_age_caps_s_maxage_and_the_stale_window(revalidate: str, cap: int) -> None:
     app = CountingApp(default=[("X-ISR-Revalidate", revalidate)])
     mw, client, clock, _ = make(app, cdn_max_age=cap)
     plain_mw, plain, _, _ = make(app, clock=clock)
@@ -170,6 +170,9 @@ def test_cdn_max_age_caps_s_maxage(revalidate: str, cap: int) -> None:
         capped = client.get("/p").headers
         natural = s_maxage(plain.get("/p").headers["Cache-Control"])
         assert s_maxage(capped["Cache-Control"]) == min(natural, cap), capped["Cache-Control"]
+        # and the stale window: else the first visitor after a pause gets a year-old copy
+        swr = s_maxage(plain.get("/p").headers["Cache-Control"], "stale-while-revalidate")
+        assert s_maxage(capped["Cache-Control"], "stale-while-revalidate") == min(swr, cap)
         assert "xkey" not in capped  # no targets: no tag headers
     assert natural > 300 if revalidate == "false" else natural <= 10
 

@@ -6,8 +6,12 @@ of a cached answer (hit, stale, miss, coalesced, 304). It
 - adds the page's tags, implicit path tags included, as edge keys in each target's
   header (``xkey``, ``Surrogate-Key``, ``Cache-Tag``), replacing any such header the
   application set (its tags are among the page's tags already);
-- caps ``s-maxage`` at ``cdn_max_age``, for caches that cannot be purged by tag
-  (nginx ``proxy_cache``) or as a safety net when a purge is lost.
+- caps ``s-maxage`` and ``stale-while-revalidate`` at ``cdn_max_age``, for caches
+  that cannot be purged by tag (nginx ``proxy_cache``) or as a safety net when a purge
+  is lost: a cache in front then serves an invalidated page at most ``2 *
+  cdn_max_age`` (fresh, then stale while it fetches) before it asks again. Capping
+  ``s-maxage`` alone leaves the year-long stale window of a ``revalidate=False``
+  page, and the first visitor after any pause would get the old copy.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from .. import responses as R
 from ..entry import Entry
 from .base import Purger, edge_key
 
-_S_MAXAGE = re.compile(r"(?i)\bs-maxage=(\d+)")
+_CAPPED = re.compile(r"(?i)\b(s-maxage|stale-while-revalidate)=(\d+)")
 _MEMO_SIZE = 4096
 
 
@@ -55,7 +59,7 @@ class EdgeHeaders:
 
     def apply(self, entry: Entry, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """``headers`` (the client headers of a cached answer, a list of the caller's
-        own) with the tag headers added and ``s-maxage`` capped."""
+        own) with the tag headers added and ``s-maxage`` and the stale window capped."""
         if self._drop:
             tag_headers, app_tagged = self.tag_headers(entry)
             if app_tagged:  # the application set such a header itself: ours replace it
@@ -73,7 +77,7 @@ class EdgeHeaders:
         if capped is None:
             cap = self.cdn_max_age
             assert cap is not None
-            capped = _S_MAXAGE.sub(lambda m: f"s-maxage={min(int(m.group(1)), cap)}", value)
+            capped = _CAPPED.sub(lambda m: f"{m.group(1)}={min(int(m.group(2)), cap)}", value)
             if len(self._capped_memo) >= _MEMO_SIZE:
                 self._capped_memo.clear()
             self._capped_memo[value] = capped
