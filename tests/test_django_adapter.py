@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from helpers import FakeClock
+from servers import free_port
 from werkzeug.test import Client
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_project.settings")
@@ -30,6 +32,7 @@ from django.contrib.auth.models import User  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.core.management import CommandError, call_command  # noqa: E402
+from django.db import transaction  # noqa: E402
 from django.test import override_settings  # noqa: E402
 from django_project import views  # noqa: E402
 from django_project.models import Note  # noqa: E402
@@ -37,6 +40,7 @@ from django_project.models import Note  # noqa: E402
 import wsgi_isr.django  # noqa: E402
 from wsgi_isr import ISRMiddleware  # noqa: E402
 from wsgi_isr.django import install, static_paths  # noqa: E402
+from wsgi_isr.errors import StoreError  # noqa: E402
 
 SECRET = "s" * 40
 
@@ -143,6 +147,85 @@ def test_post_save_receiver_revalidates_the_models_pages(site: Any, clock: FakeC
     mw.join(10)
     state, body = cache(client, "/notes/n1/")
     assert state == "HIT" and "note two" in body
+
+
+def note_page(client: Client, slug: str, text: str) -> Note:
+    """A saved note whose page (``?v=1``, a variant no other visit renders) is cached."""
+    Note.objects.filter(slug=slug).delete()
+    note = Note.objects.create(slug=slug, text=text)
+    assert cache(client, f"/notes/{slug}/?v=1")[0] == "MISS"
+    assert cache(client, f"/notes/{slug}/?v=1")[0] == "HIT"
+    return note
+
+
+def test_a_save_in_a_transaction_revalidates_when_it_commits(site: Any, clock: FakeClock) -> None:
+    """The admin saves inside ``transaction.atomic()``: a render that starts between the
+    ``post_save`` receiver and the COMMIT reads the old row (another connection), and
+    an invalidation made before it would leave that render stored as fresh."""
+    mw, client = site
+    note_page(client, "tx", "one")
+    clock.advance(1)
+    seen: list[tuple[str | None, str]] = []
+
+    def another_visitor() -> None:  # its own thread, its own database connection
+        from django.db import connection
+
+        try:
+            seen.append(cache(client, "/notes/tx/?v=2"))  # a first render, of the old row
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        note = Note.objects.get(slug="tx")
+        note.text = "two"
+        note.save()  # the receiver: revalidate_tag("note-tx")
+        assert cache(client, "/notes/tx/?v=1")[0] == "HIT", "invalidated before the commit"
+        visitor = threading.Thread(target=another_visitor)
+        visitor.start()
+        visitor.join(10)
+        clock.advance(0.5)  # the COMMIT comes after the render started
+    assert seen and seen[0][0] == "MISS" and "note one" in seen[0][1], seen
+    clock.advance(1)
+    for page in ("/notes/tx/?v=1", "/notes/tx/?v=2"):
+        state, body = cache(client, page)
+        assert state == "STALE" and "note one" in body, (page, state, body)
+    mw.join(10)
+    for page in ("/notes/tx/?v=1", "/notes/tx/?v=2"):
+        assert cache(client, page) == ("HIT", cache(client, page)[1])
+        assert "note two" in cache(client, page)[1], page
+
+
+def test_a_rolled_back_save_revalidates_nothing(site: Any, clock: FakeClock) -> None:
+    mw, client = site
+    note_page(client, "rb", "one")
+    clock.advance(1)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        note = Note.objects.get(slug="rb")
+        note.text = "two"
+        note.save()
+        raise RuntimeError("the form failed after the save")
+    assert cache(client, "/notes/rb/?v=1")[0] == "HIT"
+    assert Note.objects.get(slug="rb").text == "one"
+
+
+def test_a_store_down_at_the_commit_never_fails_the_save(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receiver's invalidation runs after the COMMIT: a store that fails then is
+    logged, and neither rolls the save back nor turns the request into a 500."""
+    Note.objects.filter(slug="down").delete()
+    note = Note.objects.create(slug="down", text="one")
+    install(WSGIHandler(), store=f"redis://127.0.0.1:{free_port()}/0", clock=clock)
+    try:
+        with transaction.atomic():
+            note.text = "two"
+            note.save()
+        assert Note.objects.get(slug="down").text == "two"
+        assert any("on_commit" in r.getMessage() for r in caplog.records), caplog.text
+        with pytest.raises(StoreError):  # outside a transaction the caller hears of it
+            wsgi_isr.django.revalidate_tag("notes")
+    finally:
+        install(WSGIHandler(), store="memory://", clock=clock)
 
 
 # -- management commands -----------------------------------------------------------------

@@ -11,11 +11,12 @@ WSGI handler, one per process, and the invalidation helpers bound to it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ..invalidation import Mode, PathType
+from ..invalidation import Mode, PathType, check_mode, checked_tags, path_tag
 from ..middleware import ISRMiddleware
 from .conf import middleware_options
 
@@ -62,12 +63,36 @@ def middleware() -> ISRMiddleware:
         return _bound if _bound is not None else install(WSGIHandler())
 
 
-def revalidate_tag(*tags: str, mode: Mode = "soft") -> float:
+def revalidate_tag(*tags: str, mode: Mode = "soft") -> float | None:
     """Invalidate tags (see :meth:`ISRMiddleware.revalidate_tag`): from a view, a
-    signal handler (``post_save``), a management command or a shell."""
-    return middleware().revalidate_tag(*tags, mode=mode)
+    signal handler (``post_save``), a management command or a shell.
+
+    Inside a transaction of the default database (the admin's saves,
+    ``ATOMIC_REQUESTS``, ``transaction.atomic()``) it acts when the transaction commits
+    and returns ``None`` (see :func:`when_committed`)."""
+    checked_tags(tags)  # a bad tag is the caller's error now, not at the commit
+    check_mode(mode)
+    return when_committed(lambda: middleware().revalidate_tag(*tags, mode=mode))
 
 
-def revalidate_path(path: str, type: PathType = "page", *, mode: Mode = "soft") -> float:
-    """Invalidate a path (see :meth:`ISRMiddleware.revalidate_path`)."""
-    return middleware().revalidate_path(path, type, mode=mode)
+def revalidate_path(path: str, type: PathType = "page", *, mode: Mode = "soft") -> float | None:
+    """Invalidate a path (see :meth:`ISRMiddleware.revalidate_path`); inside a
+    transaction, when it commits, as :func:`revalidate_tag`."""
+    path_tag(path, type)
+    check_mode(mode)
+    return when_committed(lambda: middleware().revalidate_path(path, type, mode=mode))
+
+
+def when_committed(invalidate: Callable[[], float]) -> float | None:
+    """``invalidate()`` now, or, inside a transaction, once it commits (nothing on a
+    rollback). Invalidating before the commit would let a render that starts in
+    between read the old rows and be stored as fresh; after it, a render that read
+    them counts as started before the invalidation (stale). The commit has happened by
+    then, so a failing store is logged (Django's ``robust`` on_commit), not raised
+    into the request that saved."""
+    from django.db import transaction
+
+    if not transaction.get_connection().in_atomic_block:
+        return invalidate()
+    transaction.on_commit(invalidate, robust=True)
+    return None
