@@ -438,7 +438,13 @@ def test_tag_injection_is_never_echoed_and_never_crashes(
             assert "Set-Cookie" not in labels
     entry = mw.store.lookup("http://localhost/p?")[0]
     assert isinstance(entry, Entry)
-    assert [t for t in entry.tags if not t.startswith("_isr_")] == ["good"]
+    kept = [t for t in entry.tags if not t.startswith("_isr_")]
+    if source == "wsgi_isr.tag" and payload == "pwn-\u00e9\u00e8":
+        # printable beyond ASCII, through the Python API: kept percent-encoded (the
+        # form revalidate_tag("pwn-éè") invalidates), never raw in a header
+        assert kept == ["good", "pwn-%C3%A9%C3%A8"]
+    else:
+        assert kept == ["good"]
     assert "pwn" not in caplog.text  # not echoed into the log either
     clock.advance(1)
     mw.revalidate_tag("good")  # the valid tag still works

@@ -312,6 +312,21 @@ def test_the_waiters_of_a_failed_call_do_not_queue_one_behind_another(failure: s
     assert overlap.calls == 6 and overlap.most >= 2, vars(overlap)
 
 
+def test_a_tag_beyond_ascii_reaches_the_cached_value() -> None:
+    mw, clock, runner = middleware()
+    source = Calls()
+
+    @mw.cached(revalidate=False, tags=lambda slug: [f"post-{slug}"])
+    def get_post(slug: str) -> int:
+        return source(slug)
+
+    assert get_post("café") == 1 and get_post("café") == 1
+    assert stored(mw, get_post, "café").tags == ("post-caf%C3%A9",)
+    clock.advance(1)
+    mw.revalidate_tag("post-café", mode="hard")
+    assert get_post("café") == 2
+
+
 def test_records_round_trip_in_the_safe_format() -> None:
     entry = DataEntry('{"a":[1,2.5,null]}', 1000.5, 60.0, None, ("post-a", "posts"))
     data = codec.dumps(entry)

@@ -36,6 +36,26 @@ def test_webhook_shape_with_secret_in_body() -> None:
     mw.join(5)
 
 
+def test_a_tag_beyond_ascii_from_a_cms_reaches_the_pages_tagged_with_it() -> None:
+    """A CMS sends the slug as it is ("café"); the page was tagged through the Python
+    API (wsgi_isr.tag), so both are kept in the one percent-encoded form."""
+    import wsgi_isr
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        wsgi_isr.tag("post-café")
+        start_response("200 OK", [("X-ISR-Revalidate", "false")])
+        return [b"page"]
+
+    mw, client, clock, _ = make(app, secret=SECRET)
+    assert client.get("/blog/caf%C3%A9").headers["X-ISR-Cache"] == "MISS"
+    clock.advance(1)
+    r = post(client, {"tags": ["post-café"], "secret": SECRET})
+    assert r.status_code == 200 and r.json["tags"] == ["post-café"], r.json  # as sent
+    clock.advance(1)
+    assert client.get("/blog/caf%C3%A9").headers["X-ISR-Cache"] == "STALE"
+    mw.join(5)
+
+
 def test_bearer_header_paths_and_hard_mode() -> None:
     mw, client, clock, app = make(tagged_app(), secret=SECRET)
     client.get("/docs/a")

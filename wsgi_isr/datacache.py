@@ -49,7 +49,7 @@ from .datascope import Scope, current_scope, report
 from .entry import DataEntry, State
 from .errors import StoreError
 from .invalidation import only_middleware
-from .policy import _render_tags, valid_tags
+from .policy import _render_tags, tag_text, valid_tags
 from .profiles import Revalidate, lifetime
 from .stores import LocalLayer
 
@@ -229,6 +229,7 @@ class CachedFunction(Generic[P, R]):
         raw = self.tags(*args, **kwargs) if callable(self.tags) else self.tags
         if isinstance(raw, str):
             raw = [raw]
+        raw = [tag_text(t) if isinstance(t, str) else t for t in raw]
         return valid_tags(raw, source=f"cached function {self.name}")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from .keys import layout_tag, page_tag
-from .policy import valid_tags
+from .policy import tag_text, valid_tags
 
 if TYPE_CHECKING:
     from .middleware import ISRMiddleware
@@ -27,8 +27,8 @@ Mode = Literal["soft", "hard"]
 PathType = Literal["page", "layout"]
 MAX_PATH = 2048
 INVALID_TAG = (
-    "invalid tag: printable ASCII without spaces or commas, at most 256 characters, "
-    "not starting with '_isr_'"
+    "invalid tag: printable characters without spaces or commas, at most 256 characters "
+    "once those beyond ASCII are percent-encoded, not starting with '_isr_'"
 )
 
 #: The middleware handling the current request; module-level helpers act on it.
@@ -54,6 +54,7 @@ def checked_tags(tags: Iterable[str]) -> list[str]:
                 f"tags are strings, got {type(t).__name__} {t!r}; "
                 "pass several as separate arguments: revalidate_tag(*tags)"
             )
+    tags = [tag_text(t) for t in tags]
     good = valid_tags(tags, source="revalidate_tag", limit=None)
     if len(good) != len(set(tags)):
         raise ValueError(INVALID_TAG)

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from .policy import tag_text
 from .profiles import Revalidate, lifetime
 
 Params = Iterable[dict[str, Any]]
@@ -75,7 +76,9 @@ class PageSpec:
         """The opt-in headers of a response of the view called with ``kwargs``."""
         revalidate = "false" if self.revalidate is False else f"{self.revalidate:g}"
         out = [("X-ISR-Revalidate", revalidate)]
-        tags = list(self.tags(**kwargs) if callable(self.tags) else self.tags)
+        # beyond ASCII percent-encoded here: a framework would MIME-encode the header
+        raw = self.tags(**kwargs) if callable(self.tags) else self.tags
+        tags = [tag_text(t) if isinstance(t, str) else t for t in raw]
         if tags:
             out.append(("X-ISR-Tags", ", ".join(tags)))
         if self.expire is not None:

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
+from urllib.parse import quote
 
 log = logging.getLogger("wsgi_isr")
 
@@ -23,6 +24,9 @@ RESERVED_TAG_PREFIX = "_isr_"
 
 _STATUS_RE = re.compile(r"([0-9]{3})(?: |$)", re.ASCII)
 _TAG_RE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # printable ASCII, no space, no comma
+#: What :func:`tag_text` leaves as it is: ASCII from space to tilde (spaces and commas
+#: stay, and are refused as in any tag; a ``%`` stays a ``%``).
+_TAG_SAFE = "".join(chr(c) for c in range(0x20, 0x7F))
 _HOP_BY_HOP = frozenset(
     (
         "connection",
@@ -86,7 +90,7 @@ def tag(*tags: str) -> None:
     """
     current = _render_tags.get()
     if current is not None:
-        current.extend(tags)
+        current.extend(tag_text(t) if isinstance(t, str) else t for t in tags)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,6 +117,22 @@ def status_code(status: str) -> int:
     """The numeric code of a WSGI status line (0 if it has none)."""
     match = _STATUS_RE.match(status)
     return int(match.group(1)) if match else 0
+
+
+def tag_text(tag: str) -> str:
+    """A tag given through the Python API (``revalidate_tag``, ``wsgi_isr.tag``, the
+    page decorators, ``cached``) in the form it is kept and compared in: printable
+    characters beyond ASCII percent-encoded as UTF-8 (``"article-café"`` ->
+    ``"article-caf%C3%A9"``), so that a ``SlugField(allow_unicode=True)`` slug tags a
+    page and invalidates it alike, and its header stays ASCII. Anything else is left as
+    it is, for :func:`valid_tags` to judge: ASCII tags are their own form, and a tag
+    with a control or separator character (``\\x85``, ``\\u2028``) is refused."""
+    if tag.isascii() or not tag.isprintable():
+        return tag
+    try:
+        return quote(tag, safe=_TAG_SAFE)
+    except UnicodeEncodeError:  # a lone surrogate: left as it is, and refused
+        return tag
 
 
 def valid_tags(

@@ -9,6 +9,9 @@ urlpatterns = [
     path("docs/<int:n>/", views.doc, name="doc"),
     path("listing/", views.Listing.as_view(), name="listing"),
     path("notes/<slug:slug>/", views.note, name="note"),
+    # SlugField(allow_unicode=True) slugs: "café", "日本語"
+    path("u/articles/<str:slug>/", views.unicode_article, name="unicode-article"),
+    path("u/notes/<str:slug>/", views.note, name="unicode-note"),
     path("contact/", views.contact, name="contact"),
     path("account/", views.account, name="account"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
