@@ -176,6 +176,19 @@ def test_a_unicode_slug_tags_its_page_and_its_save_invalidates_it(
     assert cache(client, article)[0] == "STALE"
 
 
+def test_an_async_view_is_awaited_and_cached(site: Any, clock: FakeClock) -> None:
+    """``async def`` views under WSGI (Django runs them in an event loop of its own)."""
+    mw, client = site
+    views.calls.clear()
+    first, second = client.get("/async/a/"), client.get("/async/a/")
+    assert (first.status_code, first.headers["X-ISR-Cache"]) == (200, "MISS"), first.data
+    assert second.headers["X-ISR-Cache"] == "HIT" and second.data == first.data
+    assert views.calls == ["async article a"]
+    clock.advance(1)
+    wsgi_isr.django.revalidate_tag("article-a")
+    assert cache(client, "/async/a/")[0] == "STALE"
+
+
 def note_page(client: Client, slug: str, text: str) -> Note:
     """A saved note whose page (``?v=1``, a variant no other visit renders) is cached."""
     Note.objects.filter(slug=slug).delete()

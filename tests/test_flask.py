@@ -133,6 +133,26 @@ def test_page_decorator_sets_the_headers_and_caches(tmp_path: Any) -> None:
     assert "X-ISR-Cache" in plain.headers and client.get("/plain").data == b"plain 2"
 
 
+def test_an_async_view_is_awaited_and_cached(tmp_path: Any) -> None:
+    """``async def`` views (flask[async]) under the decorator, as without it."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(ISR_SECRET=SECRET, ISR_STORE="memory://")
+    isr = ISR(app)
+    renders: list[str] = []
+
+    @app.get("/async/<slug>")
+    @isr.page(revalidate=60, tags=lambda slug: [f"post-{slug}"])
+    async def post(slug: str) -> str:
+        renders.append(slug)
+        return f"async post {slug}"
+
+    client = Client(app)
+    first, second = client.get("/async/a"), client.get("/async/a")
+    assert (first.status_code, first.headers["X-ISR-Cache"]) == (200, "MISS"), first.data
+    assert (second.headers["X-ISR-Cache"], second.data) == ("HIT", b"async post a")
+    assert renders == ["a"]
+
+
 def test_tags_from_arguments_and_data_layer(tmp_path: Any) -> None:
     clock = FakeClock()
     app, isr, renders = make_app(tmp_path, ISR_STORE=MemoryStore(clock=clock))

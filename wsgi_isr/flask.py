@@ -191,7 +191,8 @@ class ISR:
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not spec.allows(kwargs):
                     abort(404)
-                response = make_response(view(*args, **kwargs))
+                # an async view is awaited as Flask would (flask[async])
+                response = make_response(current_app.ensure_sync(view)(*args, **kwargs))
                 for name, value in spec.headers(kwargs):
                     if name == "X-ISR-Tags":  # added to any the view set itself
                         response.headers.add(name, value)

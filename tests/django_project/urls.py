@@ -9,6 +9,7 @@ urlpatterns = [
     path("docs/<int:n>/", views.doc, name="doc"),
     path("listing/", views.Listing.as_view(), name="listing"),
     path("notes/<slug:slug>/", views.note, name="note"),
+    path("async/<slug:slug>/", views.async_article, name="async-article"),
     # SlugField(allow_unicode=True) slugs: "café", "日本語"
     path("u/articles/<str:slug>/", views.unicode_article, name="unicode-article"),
     path("u/notes/<str:slug>/", views.note, name="unicode-note"),

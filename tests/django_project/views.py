@@ -40,6 +40,12 @@ def unicode_article(request: HttpRequest, slug: str) -> HttpResponse:
     return body(f"article {slug}", request)
 
 
+@isr_page(revalidate=60, tags=lambda slug: [f"article-{slug}"])
+async def async_article(request: HttpRequest, slug: str) -> HttpResponse:
+    calls.append(f"async article {slug}")
+    return HttpResponse(f"async article {slug} render {next(renders)}")
+
+
 @isr_page(static_params=lambda: [{"n": 1}, {"n": 2}], dynamic_params=False, expire=300)
 def doc(request: HttpRequest, n: int) -> HttpResponse:
     return body(f"doc {n}", request)

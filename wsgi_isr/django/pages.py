@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
@@ -54,16 +55,28 @@ def isr_page(
         dynamic_params=dynamic_params,
     )
 
+    def opted_in(response: Any, kwargs: dict[str, Any]) -> Any:
+        if isinstance(response, HttpResponseBase):
+            for name, value in spec.headers(kwargs):
+                response[name] = value
+        return response
+
     def decorator(view: F) -> F:
-        @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            if not spec.allows(kwargs):
-                raise Http404("not one of this page's static_params")
-            response = view(request, *args, **kwargs)
-            if isinstance(response, HttpResponseBase):
-                for name, value in spec.headers(kwargs):
-                    response[name] = value
-            return response
+        if inspect.iscoroutinefunction(view):  # an async view stays one for Django
+
+            @functools.wraps(view)
+            async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if not spec.allows(kwargs):
+                    raise Http404("not one of this page's static_params")
+                return opted_in(await view(request, *args, **kwargs), kwargs)
+
+        else:
+
+            @functools.wraps(view)
+            def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if not spec.allows(kwargs):
+                    raise Http404("not one of this page's static_params")
+                return opted_in(view(request, *args, **kwargs), kwargs)
 
         wrapper._isr_page = spec  # type: ignore[attr-defined]
         return cast(F, wrapper)
