@@ -51,26 +51,25 @@ def health() -> tuple[str, dict[str, str]]:
     return f"ok {os.getpid()}", {"Content-Type": "text/plain", "X-Worker-Pid": str(os.getpid())}
 
 
-@app.get("/docs/<name>")
-def doc(name: str) -> tuple[str, dict[str, str]]:
+def until_revalidated(name: str, text: str, tags: str) -> tuple[str, dict[str, str]]:
+    """A page cached until revalidated, saying which render it is."""
     if not _NAME.fullmatch(name):
         abort(404)
-    return f"doc {name} render {render_id()}", {
+    return f"{text} render {render_id()}", {
         "Content-Type": "text/plain",
         "X-ISR-Revalidate": "false",
-        "X-ISR-Tags": f"doc-{name}, docs",
+        "X-ISR-Tags": tags,
     }
+
+
+@app.get("/docs/<name>")
+def doc(name: str) -> tuple[str, dict[str, str]]:
+    return until_revalidated(name, f"doc {name}", f"doc-{name}, docs")
 
 
 @app.get("/host/<name>")
 def host(name: str) -> tuple[str, dict[str, str]]:
-    if not _NAME.fullmatch(name):
-        abort(404)
-    return f"host {request.host} render {render_id()}", {
-        "Content-Type": "text/plain",
-        "X-ISR-Revalidate": "false",
-        "X-ISR-Tags": f"host-{name}",
-    }
+    return until_revalidated(name, f"host {request.host}", f"host-{name}")
 
 
 @app.get("/whoami")
