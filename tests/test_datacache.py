@@ -327,6 +327,23 @@ def test_a_tag_beyond_ascii_reaches_the_cached_value() -> None:
     assert get_post("café") == 2
 
 
+def test_failed_calls_leave_nothing_in_the_store(tmp_path: Path) -> None:
+    """A slug from the URL that the function refuses (``get_object_or_404``) must not
+    leave a file per slug behind: an attacker chooses the slugs."""
+    mw, clock, runner = middleware(store=f"file://{tmp_path / 'store'}")
+
+    @mw.cached()
+    def get_post(slug: str) -> dict[str, str]:
+        raise LookupError(slug)
+
+    for n in range(50):
+        with pytest.raises(LookupError):
+            get_post(f"missing-{n}")
+    left = [p for p in (tmp_path / "store").rglob("*") if p.is_file() and "lock" in str(p)]
+    assert left == [], left[:5]
+    mw.store.close()
+
+
 def test_records_round_trip_in_the_safe_format() -> None:
     entry = DataEntry('{"a":[1,2.5,null]}', 1000.5, 60.0, None, ("post-a", "posts"))
     data = codec.dumps(entry)

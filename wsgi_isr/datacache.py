@@ -23,8 +23,9 @@ are stored as JSON text in the page store, under the same safe record format.
   callers of the same key waiting for one call. Its lock is a short lease, renewed
   while the call runs (as a page render's): a caller whose process dies frees it
   within seconds. A call that raised, or whose value is too big to store, marks the
-  key failed for :data:`FAILED_FOR`: the callers that waited for it call the function
-  themselves at once instead of queueing one behind another.
+  key failed in its process for :data:`FAILED_FOR`: the callers there that waited for
+  it call the function themselves at once instead of queueing one behind another
+  (a waiting process takes the lock once, not each of its callers).
 
 Inside a page render every cached call, hit or not, adds its tags (and those its
 body added with :func:`wsgi_isr.tag`) to the page, and caps the page's freshness
@@ -65,6 +66,8 @@ MAX_BACKOFF = 300.0
 #: How long a failed call (raised, or too big to store) sends its waiters straight to
 #: the function, as a failed first render does for pages.
 FAILED_FOR = 1.0
+#: Keys remembered as failed, per cached function (then forgotten all at once).
+MAX_FAILED = 10_000
 #: Argument parts of keys longer than this are hashed.
 MAX_ARGS_KEY = 200
 
@@ -189,6 +192,7 @@ class CachedFunction(Generic[P, R]):
             _claim_name(self.name, fn)
         self._signature = inspect.signature(fn) if key is None else None
         self._failures: dict[str, int] = {}
+        self._failed_until: dict[str, float] = {}  # key -> monotonic time it stops counting
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -306,11 +310,11 @@ class CachedFunction(Generic[P, R]):
             value, tags, cap = self._run(args, kwargs, path_tags)
             text = _dumps(value)
         except Exception:
-            _mark_failed(mw, key)
+            self._mark_failed(key)
             raise
         revalidate = None if math.isinf(cap) else cap
         if len(text.encode("utf-8", "surrogatepass")) > mw.max_entry_bytes:
-            _mark_failed(mw, key)
+            self._mark_failed(key)
             log.warning(
                 "wsgi_isr: not caching %s: %d characters of JSON, over max_entry_bytes",
                 self.name,
@@ -337,6 +341,17 @@ class CachedFunction(Generic[P, R]):
         extra = scope.path_tags if scope is not None else ()
         return record if record.state(mw.store.now(), tag_states, extra) is State.FRESH else None
 
+    def _mark_failed(self, key: str) -> None:
+        """Tell the callers of this process waiting on ``key`` that its call failed (in
+        memory: nothing left in the store for a key that may never come again)."""
+        if len(self._failed_until) >= MAX_FAILED:
+            self._failed_until.clear()
+        self._failed_until[key] = time.monotonic() + FAILED_FOR
+
+    def _failed(self, key: str) -> bool:
+        """Whether a call of ``key`` failed here within the last :data:`FAILED_FOR` s."""
+        return self._failed_until.get(key, 0.0) > time.monotonic()
+
     def _foreground(
         self, mw: ISRMiddleware, key: str, seen: DataEntry | None, args: Any, kwargs: Any
     ) -> Any:
@@ -353,7 +368,7 @@ class CachedFunction(Generic[P, R]):
             try:
                 held = mw.regen.lock(lock)  # one lease, renewed while the call runs
                 landed = self._landed(mw, key, seen)
-                failed = waited and landed is None and held is not None and _failed(mw, key)
+                failed = waited and landed is None and held is not None and self._failed(key)
             except StoreError as exc:
                 mw._store_failed(exc)
                 return self._call_uncached(args, kwargs)
@@ -443,25 +458,6 @@ class CachedFunction(Generic[P, R]):
             if call_token is not None:
                 _release(mw, call_lock, call_token)
             _release(mw, lock, token, hold)
-
-
-def _mark_failed(mw: ISRMiddleware, key: str) -> None:
-    """Tell the callers waiting on ``key`` (in any process) that this call failed."""
-    try:
-        mw.store.acquire("data-failed:" + key, FAILED_FOR)  # left to lapse
-    except StoreError as exc:
-        mw._store_failed(exc)
-
-
-def _failed(mw: ISRMiddleware, key: str) -> bool:
-    """Whether a call of ``key`` failed within the last :data:`FAILED_FOR` seconds
-    (``StoreError`` propagates)."""
-    name = "data-failed:" + key
-    token = mw.store.acquire(name, FAILED_FOR)
-    if token is None:
-        return True
-    _release(mw, name, token)
-    return False
 
 
 def _release(mw: ISRMiddleware, lock: str, token: str, hold: float | None = None) -> None:
