@@ -150,7 +150,15 @@ def test_post_save_receiver_revalidates_the_models_pages(site: Any, clock: FakeC
     assert state == "HIT" and "note two" in body
 
 
-@pytest.mark.parametrize("slug", ["café", "日本語"])
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "café",
+        "日本語",
+        # SlugField's 50 characters, over 256 percent-encoded
+        "пятьдесят-символов-кириллицей-в-слаге-статьи-блога",
+    ],
+)
 def test_a_unicode_slug_tags_its_page_and_its_save_invalidates_it(
     site: Any, clock: FakeClock, slug: str
 ) -> None:

@@ -9,6 +9,7 @@ bounded. Inputs that once broke something also have a named example test.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -16,6 +17,7 @@ import math
 import re
 import string
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
@@ -156,7 +158,12 @@ def api_form(tag: str) -> str:
     header contract"): printable characters beyond ASCII percent-encoded as UTF-8."""
     if all(ord(c) < 0x80 for c in tag) or not tag.isprintable():
         return tag
-    return "".join(c if ord(c) < 0x80 else quote(c.encode("utf-8")) for c in tag)
+    tag = unicodedata.normalize("NFC", tag)
+    form = "".join(c if ord(c) < 0x80 else quote(c.encode("utf-8")) for c in tag)
+    if len(form) > MAX_TAG_LENGTH and len(tag) <= MAX_TAG_LENGTH:
+        digest = hashlib.sha256(tag.encode()).hexdigest()
+        form = form[: MAX_TAG_LENGTH - 65] + "#" + digest
+    return form
 
 
 def assert_tag_invariants(tags: Iterable[object]) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import hashlib
 import hmac
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
@@ -124,15 +126,21 @@ def tag_text(tag: str) -> str:
     page decorators, ``cached``) in the form it is kept and compared in: printable
     characters beyond ASCII percent-encoded as UTF-8 (``"article-café"`` ->
     ``"article-caf%C3%A9"``), so that a ``SlugField(allow_unicode=True)`` slug tags a
-    page and invalidates it alike, and its header stays ASCII. Anything else is left as
+    page and invalidates it alike, and its header stays ASCII; NFC-normalised first, and
+    a tag within :data:`MAX_TAG_LENGTH` whose encoded form is not keeps a prefix of it
+    and a SHA-256 of the tag. Anything else is left as
     it is, for :func:`valid_tags` to judge: ASCII tags are their own form, and a tag
     with a control or separator character (``\\x85``, ``\\u2028``) is refused."""
     if tag.isascii() or not tag.isprintable():
         return tag
-    try:
-        return quote(tag, safe=_TAG_SAFE)
-    except UnicodeEncodeError:  # a lone surrogate: left as it is, and refused
-        return tag
+    tag = unicodedata.normalize("NFC", tag)  # "café" typed or decomposed: one tag
+    encoded = quote(tag, safe=_TAG_SAFE)
+    if len(encoded) > MAX_TAG_LENGTH >= len(tag):
+        # within the limit as written, over it encoded (a 50-letter Cyrillic slug):
+        # a prefix and a digest of the whole, the same wherever it is given
+        digest = hashlib.sha256(tag.encode("utf-8")).hexdigest()
+        encoded = f"{encoded[: MAX_TAG_LENGTH - len(digest) - 1]}#{digest}"
+    return encoded
 
 
 def valid_tags(
