@@ -371,7 +371,7 @@ def start_shipped_nginx(upstream: int, root: Path, ready_timeout: float = 10.0) 
     for old, new in (
         ("listen 80;", f"listen 127.0.0.1:{port};"),
         ("http://127.0.0.1:8000;", f"http://127.0.0.1:{upstream};"),
-        ("/var/cache/nginx/isr", str(root / "isr-cache")),
+        ("/var/lib/nginx/isr-cache", str(root / "isr-cache")),
     ):
         assert text.count(old) == 1, f"{old!r} is not in {NGINX_CONF} once"
         text = text.replace(old, new)

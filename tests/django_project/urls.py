@@ -1,6 +1,8 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from wsgi_isr.django import isr_page
+
 from . import views
 
 urlpatterns = [
@@ -10,6 +12,8 @@ urlpatterns = [
     path("listing/", views.Listing.as_view(), name="listing"),
     path("notes/<slug:slug>/", views.note, name="note"),
     path("async/<slug:slug>/", views.async_article, name="async-article"),
+    # decorating as_view() of an async class-based view, in the URLconf
+    path("async-listing/<int:page>/", isr_page(revalidate=30)(views.AsyncListing.as_view())),
     # SlugField(allow_unicode=True) slugs: "café", "日本語"
     path("u/articles/<str:slug>/", views.unicode_article, name="unicode-article"),
     path("u/notes/<str:slug>/", views.note, name="unicode-note"),

@@ -46,6 +46,12 @@ async def async_article(request: HttpRequest, slug: str) -> HttpResponse:
     return HttpResponse(f"async article {slug} render {next(renders)}")
 
 
+class AsyncListing(View):
+    async def get(self, request: HttpRequest, page: int) -> HttpResponse:
+        calls.append("async listing")
+        return HttpResponse(f"async listing render {next(renders)}")
+
+
 @isr_page(static_params=lambda: [{"n": 1}, {"n": 2}], dynamic_params=False, expire=300)
 def doc(request: HttpRequest, n: int) -> HttpResponse:
     return body(f"doc {n}", request)

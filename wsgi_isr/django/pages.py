@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
+from asgiref.sync import iscoroutinefunction
 from django.http import Http404, HttpRequest, HttpResponseBase
 
 from ..pages import PageSpec, Params
@@ -62,7 +62,9 @@ def isr_page(
         return response
 
     def decorator(view: F) -> F:
-        if inspect.iscoroutinefunction(view):  # an async view stays one for Django
+        # an async view stays one for Django; asgiref's test, as Django's own: it also
+        # knows the async as_view() of a class-based view (markcoroutinefunction)
+        if iscoroutinefunction(view):
 
             @functools.wraps(view)
             async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
