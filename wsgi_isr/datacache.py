@@ -50,7 +50,7 @@ from .datascope import Scope, current_scope, report
 from .entry import DataEntry, State
 from .errors import StoreError
 from .invalidation import only_middleware
-from .policy import _render_tags, tag_text, valid_tags
+from .policy import _render_tags, api_tags, valid_tags
 from .profiles import Revalidate, lifetime
 from .stores import LocalLayer
 
@@ -233,8 +233,7 @@ class CachedFunction(Generic[P, R]):
         raw = self.tags(*args, **kwargs) if callable(self.tags) else self.tags
         if isinstance(raw, str):
             raw = [raw]
-        raw = [tag_text(t) if isinstance(t, str) else t for t in raw]
-        return valid_tags(raw, source=f"cached function {self.name}")
+        return valid_tags(api_tags(raw), source=f"cached function {self.name}")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return cast(R, self._get(args, kwargs))

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from .keys import layout_tag, page_tag
-from .policy import tag_text, valid_tags
+from .policy import api_tags, valid_tags
 
 if TYPE_CHECKING:
     from .middleware import ISRMiddleware
@@ -54,7 +54,7 @@ def checked_tags(tags: Iterable[str]) -> list[str]:
                 f"tags are strings, got {type(t).__name__} {t!r}; "
                 "pass several as separate arguments: revalidate_tag(*tags)"
             )
-    tags = [tag_text(t) for t in tags]
+    tags = api_tags(tags)
     good = valid_tags(tags, source="revalidate_tag", limit=None)
     if len(good) != len(set(tags)):
         raise ValueError(INVALID_TAG)

@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from .policy import tag_text
+from .policy import api_tags
 from .profiles import Revalidate, lifetime
 
 Params = Iterable[dict[str, Any]]
@@ -77,8 +77,7 @@ class PageSpec:
         revalidate = "false" if self.revalidate is False else f"{self.revalidate:g}"
         out = [("X-ISR-Revalidate", revalidate)]
         # beyond ASCII percent-encoded here: a framework would MIME-encode the header
-        raw = self.tags(**kwargs) if callable(self.tags) else self.tags
-        tags = [tag_text(t) if isinstance(t, str) else t for t in raw]
+        tags = api_tags(self.tags(**kwargs) if callable(self.tags) else self.tags)
         if tags:
             out.append(("X-ISR-Tags", ", ".join(tags)))
         if self.expire is not None:

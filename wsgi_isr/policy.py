@@ -92,7 +92,7 @@ def tag(*tags: str) -> None:
     """
     current = _render_tags.get()
     if current is not None:
-        current.extend(tag_text(t) if isinstance(t, str) else t for t in tags)
+        current.extend(api_tags(tags))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,6 +141,12 @@ def tag_text(tag: str) -> str:
         digest = hashlib.sha256(tag.encode("utf-8")).hexdigest()
         encoded = f"{encoded[: MAX_TAG_LENGTH - len(digest) - 1]}#{digest}"
     return encoded
+
+
+def api_tags(tags: Iterable[str]) -> list[str]:
+    """Tags as the Python API takes them, each string in its :func:`tag_text` form
+    (anything else left as it is, for :func:`valid_tags` to refuse)."""
+    return [tag_text(t) if isinstance(t, str) else t for t in tags]
 
 
 def valid_tags(
