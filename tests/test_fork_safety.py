@@ -77,8 +77,15 @@ def _invalidator(server: Instance, stop: threading.Event, load: Load) -> None:
             load.invalidations += 1
 
 
-def soak(server: Instance, seconds: float, readers: int = 6) -> Load:
-    """Readers plus an invalidation every 20 ms for ``seconds``; stops by itself."""
+def soak(
+    server: Instance,
+    seconds: float,
+    readers: int = 6,
+    enough: Callable[[Load], bool] = lambda load: True,
+) -> Load:
+    """Readers plus an invalidation every 20 ms for ``seconds``, and on until
+    ``enough(load)`` (a loaded machine does less in the time), at most 4 × ``seconds``;
+    stops by itself."""
     load = Load()
     stop = threading.Event()
     threads = [
@@ -89,6 +96,9 @@ def soak(server: Instance, seconds: float, readers: int = 6) -> Load:
         t.start()
     try:
         time.sleep(seconds)
+        deadline = time.monotonic() + 3 * seconds
+        while not enough(load) and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         stop.set()
         for t in threads:
@@ -116,6 +126,7 @@ def _run(
     worker_class: str = "gevent",
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    enough: Callable[[Instance, Load], bool] | None = None,
 ) -> None:
     counter_dir = tmp_path / "renders"
     counter_dir.mkdir()
@@ -128,7 +139,8 @@ def _run(
         **(env or {}),
     }
     with start_gunicorn(instance, env=full_env, worker_class=worker_class, args=args):
-        load = soak(instance, seconds)
+        until = enough or (lambda instance, load: load.ok > 100 and load.invalidations > 50)
+        load = soak(instance, seconds, enough=lambda load: until(instance, load))
         try:
             check(instance, load)
         except AssertionError:
@@ -202,4 +214,5 @@ def test_max_requests_recycling_under_invalidation_traffic(
         seconds=4.0,
         args=("--preload", "--max-requests", "60", "--max-requests-jitter", "20"),
         env={"ISR_LOCAL_TTL": "1"},
+        enough=lambda instance, load: _booted(instance) > 4 and load.invalidations > 30,
     )
