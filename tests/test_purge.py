@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -491,11 +493,34 @@ def test_flask_config_and_cli_purge(tmp_path: Any) -> None:
         ]
         status = app.test_cli_runner().invoke(args=["isr", "status"])
         assert f"purge:   varnish://127.0.0.1:{varnish.port}, varnish://" in status.output
-        # the CLI's process exits right after: it waits for the purge to be sent
         result = app.test_cli_runner().invoke(args=["isr", "revalidate", "--tag", "post-a"])
         assert result.exit_code == 0, result.output
         for edge in (varnish, other):
-            assert [c.headers.get("xkey-softpurge") for c in edge.calls] == [edge_key("post-a")]
+            sent = [c.headers.get("xkey-softpurge") for c in edge.wait_for(1)]
+            assert sent == [edge_key("post-a")]
+
+
+EXITS_AT_ONCE = """
+import sys
+from wsgi_isr import ISRMiddleware
+mw = ISRMiddleware(lambda e, s: [], store="memory://", purge=[sys.argv[1]])
+mw.revalidate_tag("from-a-script")
+"""
+
+
+def test_a_process_that_exits_at_once_sends_its_purges_first(tmp_path: Any) -> None:
+    """A cron script, a shell or a CLI revalidates and exits: the purge workers are
+    daemon threads, so the exit waits for what they queued (here a 503 first, retried
+    after the backoff) instead of leaving the CDN with the old page."""
+    with Recorder() as varnish:
+        varnish.failures.append((503, {}))
+        target = f"varnish://127.0.0.1:{varnish.port}"
+        done = subprocess.run(
+            [sys.executable, "-c", EXITS_AT_ONCE, target], capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        sent = [c.headers.get("xkey-softpurge") for c in varnish.calls]
+        assert sent == [edge_key("from-a-script")] * 2, sent
 
 
 def test_a_forked_worker_sends_its_own_purges() -> None:

@@ -293,8 +293,7 @@ def revalidate_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     click.echo(f"revalidated ({mode}): tags={list(tags)} paths={list(paths)}")
-    if mw.purges is not None and not mw.purges.join(30.0):  # this process exits next
-        click.echo("purges of the caches in front are still pending; see the log", err=True)
+    # the purges of the caches in front are sent before this process exits (purge.queue)
 
 
 @cli.command("status")

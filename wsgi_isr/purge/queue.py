@@ -18,10 +18,12 @@ most once per ``log_interval`` per target and counted in
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 from .base import PurgeError, Purger, edge_key
@@ -30,6 +32,25 @@ log = logging.getLogger("wsgi_isr")
 
 #: ``result`` label values of ``wsgi_isr_purges_total``.
 RESULTS = ("ok", "retried", "failed", "dropped")
+
+#: Seconds a process that is exiting waits for the purges it queued (a CLI, a shell,
+#: a cron script, a worker shutting down): the workers are daemon threads, and what
+#: they had not sent would be lost with them, the CDN keeping the old page.
+EXIT_WAIT = 30.0
+
+_queues: weakref.WeakSet[PurgeQueue] = weakref.WeakSet()
+
+
+@atexit.register
+def _send_pending_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_WAIT
+    for queue in list(_queues):
+        if not queue.join(max(0.0, deadline - time.monotonic())):
+            log.warning(
+                "wsgi_isr: exiting with purges of %s not sent (the caches in front keep"
+                " their copies until their TTL ends)",
+                ", ".join(queue.descriptions),
+            )
 
 
 class _Worker:
@@ -182,6 +203,7 @@ class PurgeQueue:
         #: Also told of every count: the middleware's metrics (``wsgi_isr_purges_total``,
         #: summed across workers in prometheus_client's multiprocess mode).
         self.on_count: Callable[[str, str], None] | None = None
+        _queues.add(self)
 
     @property
     def descriptions(self) -> list[str]:
