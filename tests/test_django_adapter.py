@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +21,7 @@ from urllib.parse import quote
 
 import pytest
 from helpers import FakeClock
+from purge_api import Recorder
 from servers import free_port
 from werkzeug.test import Client
 
@@ -42,6 +45,8 @@ import wsgi_isr.django  # noqa: E402
 from wsgi_isr import ISRMiddleware  # noqa: E402
 from wsgi_isr.django import install, static_paths  # noqa: E402
 from wsgi_isr.errors import StoreError  # noqa: E402
+from wsgi_isr.policy import tag_text  # noqa: E402
+from wsgi_isr.purge import edge_key  # noqa: E402
 
 SECRET = "s" * 40
 
@@ -258,6 +263,28 @@ def test_a_rolled_back_save_revalidates_nothing(site: Any, clock: FakeClock) -> 
     assert Note.objects.get(slug="rb").text == "one"
 
 
+@pytest.mark.parametrize("alias", ["default", "other"])
+def test_a_transaction_on_any_database_defers_the_helpers(
+    site: Any, clock: FakeClock, alias: str
+) -> None:
+    """A project whose router keeps the content in another database saves in
+    ``transaction.atomic(using=...)``: the invalidation waits for that COMMIT, and a
+    savepoint rolled back inside it takes its invalidation with it (Django's rule)."""
+    mw, client = site
+    note_page(client, f"db-{alias}", "one")
+    assert cache(client, "/")[0] == "MISS"
+    clock.advance(1)
+    with transaction.atomic(using=alias):
+        assert wsgi_isr.django.revalidate_tag(f"note-db-{alias}") is None
+        assert cache(client, f"/notes/db-{alias}/?v=1")[0] == "HIT", "invalidated before the commit"
+        with pytest.raises(RuntimeError), transaction.atomic(using=alias):
+            wsgi_isr.django.revalidate_path("/")
+            raise RuntimeError("the inner form failed")
+    clock.advance(1)
+    assert cache(client, f"/notes/db-{alias}/?v=1")[0] == "STALE"
+    assert cache(client, "/")[0] == "HIT", "the rolled-back savepoint's revalidate_path ran"
+
+
 def test_a_store_down_at_the_commit_never_fails_the_save(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -328,6 +355,29 @@ def test_revalidate_and_status_commands(site: Any, clock: FakeClock) -> None:
     out = io.StringIO()
     call_command("isr", "status", stdout=out)
     assert re.search(r"store: +memory", out.getvalue()) and "entries:" in out.getvalue()
+
+
+def test_manage_py_isr_revalidate_purges_the_cdn_before_it_exits() -> None:
+    """``manage.py isr revalidate --tag café`` in its own process: the tag is the one
+    the page carries (its percent-encoded form), and the purge of the CDN in front is
+    sent before the command's process exits."""
+    with Recorder() as varnish:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "django_project.settings",
+            "PYTHONPATH": os.path.dirname(__file__),
+            "ISR_TEST_PURGE": f"varnish://127.0.0.1:{varnish.port}",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "django", "isr", "revalidate", "--tag", "article-café"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        sent = [c.headers.get("xkey-softpurge") for c in varnish.calls]
+    assert sent == [edge_key(tag_text("article-café"))], sent
 
 
 # -- Django behaviour behind the cache ---------------------------------------------------

@@ -30,13 +30,16 @@ TEMPLATES = [
         "OPTIONS": {"context_processors": ["django.template.context_processors.csrf"]},
     }
 ]
+_DB_DIR = tempfile.mkdtemp(prefix="wsgi-isr-django-")
+_SQLITE = "django.db.backends.sqlite3"
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.path.join(tempfile.mkdtemp(prefix="wsgi-isr-django-"), "db.sqlite3"),
-    }
+    "default": {"ENGINE": _SQLITE, "NAME": os.path.join(_DB_DIR, "db.sqlite3")},
+    # a second alias, as a project with a router has: its transactions defer the helpers too
+    "other": {"ENGINE": _SQLITE, "NAME": os.path.join(_DB_DIR, "other.sqlite3")},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = True
 LOGIN_URL = "/login/"
 ISR = {"STORE": "memory://", "SECRET": "s" * 40, "BYPASS_COOKIES": ["sessionid"]}
+if os.environ.get("ISR_TEST_PURGE"):  # a manage.py process of the tests purging a CDN
+    ISR["PURGE"] = os.environ["ISR_TEST_PURGE"]

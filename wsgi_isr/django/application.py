@@ -67,8 +67,8 @@ def revalidate_tag(*tags: str, mode: Mode = "soft") -> float | None:
     """Invalidate tags (see :meth:`ISRMiddleware.revalidate_tag`): from a view, a
     signal handler (``post_save``), a management command or a shell.
 
-    Inside a transaction of the default database (the admin's saves,
-    ``ATOMIC_REQUESTS``, ``transaction.atomic()``) it acts when the transaction commits
+    Inside a transaction of any database (the admin's saves, ``ATOMIC_REQUESTS``,
+    ``transaction.atomic(using=...)``) it acts when the transaction commits
     and returns ``None`` (see :func:`when_committed`)."""
     checked_tags(tags)  # a bad tag is the caller's error now, not at the commit
     check_mode(mode)
@@ -90,9 +90,14 @@ def when_committed(invalidate: Callable[[], float]) -> float | None:
     them counts as started before the invalidation (stale). The commit has happened by
     then, so a failing store is logged (Django's ``robust`` on_commit), not raised
     into the request that saved."""
-    from django.db import transaction
+    from django.db import connections, transaction
 
-    if not transaction.get_connection().in_atomic_block:
+    open_ = [c.alias for c in connections.all(initialized_only=True) if c.in_atomic_block]
+    if not open_:
         return invalidate()
-    transaction.on_commit(invalidate, robust=True)
+    # Which database holds the rows the pages read is the router's secret: act after
+    # each open transaction's COMMIT, so the last one (all rows visible) invalidates
+    # once more. A rollback of one still lets another's commit invalidate (harmless).
+    for alias in open_:
+        transaction.on_commit(invalidate, using=alias, robust=True)
     return None
