@@ -191,6 +191,66 @@ def test_vary_header_value_cannot_forge_another_variants_hashed_key() -> None:
     assert victim.data == f"ua-length={len(victim_ua)}".encode()
 
 
+MOBILE_UA = "Mozilla/5.0 (Linux; Android 14) Chrome/126.0 Mobile Safari/537.36"
+
+
+@pytest.mark.parametrize(
+    ("header", "spelling", "value"),
+    [
+        pytest.param(
+            "User-Agent", "spaces", MOBILE_UA.replace("Mobile Safari", "Mobile  Safari"), id="ws"
+        ),
+        pytest.param("User-Agent", "tabs", "\t" + MOBILE_UA.replace(" ", " \t") + " ", id="tabs"),
+        pytest.param("X-Beta", "empty", "", id="empty-as-absent"),
+    ],
+)
+@pytest.mark.parametrize("when", ["first-fill", "regeneration"])
+def test_a_vary_value_spelled_otherwise_renders_as_its_key_holds_it(
+    header: str, spelling: str, value: str, when: str
+) -> None:
+    """Variants are keyed on the header's value with whitespace folded (and an empty
+    one as none): the render must see that value, not the attacker's spelling, or a
+    spelling the page's own test tells apart fills (or regenerates) the variant of
+    every visitor who spells it plainly. A real Flask view, PEP 3333's validator on
+    both sides."""
+    from wsgiref.validate import validator
+
+    from flask import Flask, request
+
+    app = Flask(__name__)
+
+    @app.get("/layout")
+    def layout() -> Any:
+        if header == "X-Beta":
+            ui = "BETA" if request.headers.get("X-Beta") is not None else "STABLE"
+        else:
+            ui = "MOBILE" if "Mobile Safari" in request.headers.get(header, "") else "DESKTOP"
+        return ui, {"X-ISR-Revalidate": "60", "Vary": header}
+
+    clock = FakeClock()
+    mw = ISRMiddleware(validator(app.wsgi_app), store="memory://", clock=clock)
+    client = Client(validator(mw))
+    plain = {"X-Beta": "yes"} if header == "X-Beta" else {header: MOBILE_UA}
+    attacker = {header: value}
+    if header == "X-Beta":  # the plain visitor sends no X-Beta; the attacker an empty one
+        plain = {}
+
+    def get(headers: dict[str, str]) -> tuple[str, str]:
+        r = client.get("/layout", headers=headers, buffered=True)
+        r.close()
+        return r.headers["X-ISR-Cache"], r.get_data(as_text=True)
+
+    if when == "regeneration":
+        assert get(plain)[0] == "MISS"
+        clock.advance(61)
+    seen = get(attacker)
+    assert seen[0] == ("STALE" if when == "regeneration" else "MISS")
+    assert mw.join(10)
+    state, body = get(plain)
+    assert state == "HIT"
+    assert body == ("STABLE" if header == "X-Beta" else "MOBILE"), (spelling, seen, body)
+
+
 # -- cache deception -------------------------------------------------------------------------
 
 

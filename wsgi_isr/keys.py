@@ -216,16 +216,19 @@ def shorten(key: str) -> str:
     return key[:200] + "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def vary_value(environ: WSGIEnvironment, name: str) -> str:
+    """The value of request header ``name`` as a variant is keyed on, and as its render
+    sees it: runs of whitespace folded to one space, an empty value as no header."""
+    return " ".join(environ.get("HTTP_" + name.upper().replace("-", "_"), "").split())
+
+
 def variant_key(base: str, vary: Iterable[str], environ: WSGIEnvironment) -> str:
     """The key of one variant of a page that varies on request headers.
 
     The header values are hashed, never spelled out: a raw value could otherwise
     imitate the shortened (hashed) form of another key.
     """
-    values = "\n".join(
-        f"{name}={' '.join(environ.get('HTTP_' + name.upper().replace('-', '_'), '').split())}"
-        for name in vary
-    )
+    values = "\n".join(f"{name}={vary_value(environ, name)}" for name in vary)
     digest = hashlib.sha256(values.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{shorten(base)}#vary:{digest}"
 
@@ -300,8 +303,8 @@ def render_environ(
         "wsgi.run_once": False,
         "wsgi_isr.render": True,
     }
-    for name in vary:
-        wsgi_name = "HTTP_" + name.upper().replace("-", "_")
-        if wsgi_name in source:
-            env[wsgi_name] = source[wsgi_name]
+    for name in vary:  # as the key holds them (vary_value): never the raw spelling
+        value = vary_value(source, name)
+        if value:
+            env["HTTP_" + name.upper().replace("-", "_")] = value
     return env

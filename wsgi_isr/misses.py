@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from . import responses as R
 from .entry import Entry, PassMarker, State
 from .errors import StoreError
-from .keys import RequestKey, render_environ, variant_key
+from .keys import RequestKey, render_environ, variant_key, vary_value
 from .policy import (
     client_headers,
     decide,
@@ -398,8 +398,8 @@ def _rendered_as_asked(captured: Captured, env: WSGIEnvironment, environ: WSGIEn
     the values this visitor sent."""
     for value in header_values(captured.headers, "vary"):
         for name in value.split(","):
-            wsgi_name = "HTTP_" + name.strip().upper().replace("-", "_")
-            if name.strip() and env.get(wsgi_name) != environ.get(wsgi_name):
+            name = name.strip()
+            if name and vary_value(env, name) != vary_value(environ, name):
                 return False
     return True
 
