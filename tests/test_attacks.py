@@ -513,6 +513,39 @@ def test_tag_injection_is_never_echoed_and_never_crashes(
     assert mw.join(5)
 
 
+def test_a_url_argument_cannot_add_tags_through_a_page_decorator() -> None:
+    """``@isr.page(tags=lambda q: [f"search-{q}"])`` and a visitor asking for
+    ``/s/x,articles``: the tag made of the argument is dropped (it has a comma), never
+    split into ``search-x`` and a tag the visitor chose. A single string is one tag."""
+    from flask import Flask
+
+    from wsgi_isr.flask import ISR
+
+    app = Flask(__name__)
+    app.config["ISR_STORE"] = "memory://"
+    isr = ISR(app)
+
+    @app.get("/s/<q>")
+    @isr.page(tags=lambda q: [f"search-{q}"])
+    def search(q: str) -> str:
+        return f"results for {q}"
+
+    @app.get("/one")
+    @isr.page(tags="articles")
+    def one() -> str:
+        return "one"
+
+    client = app.test_client()
+    paths = ("/s/x,articles", "/s/plain", "/one")
+    for path in paths:
+        assert client.get(path).headers["X-ISR-Cache"] == "MISS"
+    entries = {path: isr.middleware.store.lookup(f"http://localhost{path}?")[0] for path in paths}
+    kept = {
+        path: sorted(t for t in e.tags if not t.startswith("_isr_")) for path, e in entries.items()
+    }
+    assert kept == {"/s/x,articles": [], "/s/plain": ["search-plain"], "/one": ["articles"]}
+
+
 @pytest.mark.parametrize("header", ["Cache-Tag", "Surrogate-Key"])
 def test_cdn_tag_headers_with_invalid_tags_store_only_valid_ones(header: str) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:

@@ -50,7 +50,7 @@ from .datascope import Scope, current_scope, report
 from .entry import DataEntry, State
 from .errors import StoreError
 from .invalidation import only_middleware
-from .policy import _render_tags, api_tags, valid_tags
+from .policy import _render_tags, given_tags, valid_tags
 from .profiles import Revalidate, lifetime
 from .stores import LocalLayer
 
@@ -231,9 +231,7 @@ class CachedFunction(Generic[P, R]):
 
     def _tags(self, *args: P.args, **kwargs: P.kwargs) -> list[str]:
         raw = self.tags(*args, **kwargs) if callable(self.tags) else self.tags
-        if isinstance(raw, str):
-            raw = [raw]
-        return valid_tags(api_tags(raw), source=f"cached function {self.name}")
+        return given_tags(raw, f"cached function {self.name}")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return cast(R, self._get(args, kwargs))

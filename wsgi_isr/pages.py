@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from .policy import api_tags
+from .policy import given_tags
 from .profiles import Revalidate, lifetime
 
 Params = Iterable[dict[str, Any]]
@@ -76,8 +76,9 @@ class PageSpec:
         """The opt-in headers of a response of the view called with ``kwargs``."""
         revalidate = "false" if self.revalidate is False else f"{self.revalidate:g}"
         out = [("X-ISR-Revalidate", revalidate)]
-        # beyond ASCII percent-encoded here: a framework would MIME-encode the header
-        tags = api_tags(self.tags(**kwargs) if callable(self.tags) else self.tags)
+        # beyond ASCII percent-encoded here: a framework would MIME-encode the header;
+        # each checked before they are joined, so a URL argument cannot add tags
+        tags = given_tags(self.tags(**kwargs) if callable(self.tags) else self.tags, "page")
         if tags:
             out.append(("X-ISR-Tags", ", ".join(tags)))
         if self.expire is not None:

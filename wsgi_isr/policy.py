@@ -149,6 +149,14 @@ def api_tags(tags: Iterable[str]) -> list[str]:
     return [tag_text(t) if isinstance(t, str) else t for t in tags]
 
 
+def given_tags(raw: str | Iterable[str], source: str) -> list[str]:
+    """The tags a decorator was given (``tags=`` of a page or a cached function, or
+    what its callable returned, a single string taken as one tag) in their
+    :func:`tag_text` form, each checked on its own: one with a comma or a space, which a
+    URL argument can bring in, is dropped, never split into several."""
+    return valid_tags(api_tags([raw] if isinstance(raw, str) else raw), source=source)
+
+
 def valid_tags(
     raw: Iterable[str], *, source: str = "response", limit: int | None = MAX_TAGS
 ) -> list[str]:
