@@ -132,7 +132,8 @@ def test_file_store_refuses_a_subdirectory_another_user_created(world: Path) -> 
         pytest.param("0", "allkeys-lru", ["maxmemory is 0", "allkeys-lru"], id="both"),
         pytest.param("104857600", "allkeys-lfu", ["allkeys-lfu"], id="evicts-tag-state"),
         pytest.param("104857600", "volatile-lru", [], id="right"),
-        pytest.param("104857600", "volatile-ttl", [], id="right-ttl"),
+        pytest.param("104857600", "volatile-lfu", [], id="right-lfu"),
+        pytest.param("104857600", "volatile-ttl", ["volatile-ttl"], id="evicts-locks-first"),
     ],
 )
 def test_config_warnings_say_what_to_set(maxmemory: str, policy: str, expected: list[str]) -> None:

@@ -159,13 +159,20 @@ def config_warnings(maxmemory: str | None, policy: str | None) -> list[str]:
         out.append(
             "redis maxmemory-policy is noeviction: once maxmemory is reached every write "
             "fails, invalidations included (pages then stay stale). Set maxmemory-policy "
-            "volatile-lru (or volatile-ttl): every page has a TTL, tag state has none"
+            "volatile-lru (or volatile-lfu): every page has a TTL, tag state has none"
         )
     if policy is not None and policy.startswith("allkeys-"):
         out.append(
             f"redis maxmemory-policy is {policy}: it can evict tag invalidation state, so an "
             "invalidated page could be served as fresh again. Set maxmemory-policy "
-            "volatile-lru (or volatile-ttl): every page has a TTL, tag state has none"
+            "volatile-lru (or volatile-lfu): every page has a TTL, tag state has none"
+        )
+    if policy == "volatile-ttl":
+        out.append(
+            "redis maxmemory-policy is volatile-ttl: it evicts the keys nearest their expiry "
+            "first, the render locks (a few seconds) before any page, so two hosts can "
+            "render one page at once under memory pressure. Set maxmemory-policy "
+            "volatile-lru (or volatile-lfu)"
         )
     return out
 
