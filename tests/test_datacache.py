@@ -267,6 +267,49 @@ def test_a_caller_killed_mid_call_frees_its_key_within_a_lease(tmp_path: Path) -
     mw.store.close()
 
 
+def test_a_process_killed_mid_refresh_frees_the_refresh_within_a_lease(tmp_path: Path) -> None:
+    """The background refresh of a stale value, outside a page render, in a process
+    killed while it runs: the refresh lock is a lease too, so another process refreshes
+    within seconds (it held it for ``lock_timeout``, a minute, with the value stale)."""
+    import data_holder
+
+    url = f"file://{tmp_path / 'shared'}"
+    flag = str(tmp_path / "started")
+    mw = ISRMiddleware(page_app(), store=url, lock_timeout=60.0)
+    report = mw.cached(revalidate=1)(data_holder.report)
+    assert report(flag) == {"pid": os.getpid()}
+    time.sleep(1.2)  # stale now, on the store's (real) clock
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, data_holder; from wsgi_isr import ISRMiddleware;"
+            "mw = ISRMiddleware(lambda e, s: [], store=sys.argv[1], lock_timeout=60.0);"
+            "mw.cached(revalidate=1)(data_holder.report)(sys.argv[2]); time.sleep(120)",
+            url,
+            flag,
+        ],
+        env={**os.environ, "DATA_HOLDER_HANG": "1", "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(flag).exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert Path(flag).exists(), "the child never started its refresh"
+        time.sleep(2.0)  # its keeper has renewed the lease by now
+    finally:
+        child.kill()
+        child.wait(10)
+    killed, first = time.monotonic(), stored(mw, report, flag).created
+    while stored(mw, report, flag).created == first:  # the stale value meanwhile
+        assert time.monotonic() - killed < 20, "no refresh within 20 s of the kill"
+        assert report(flag) == {"pid": os.getpid()}  # stale: starts a refresh if it can
+        assert mw.join(1)
+        time.sleep(0.1)
+    assert mw.join(10)
+    mw.store.close()
+
+
 class Overlap:
     """Calls of a slow function that fails: how many ran at once, at most."""
 

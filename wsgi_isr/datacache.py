@@ -397,8 +397,8 @@ class CachedFunction(Generic[P, R]):
     ) -> None:
         """Start one background refresh of ``key`` unless one runs (or backs off) somewhere."""
         lock = "data-refresh:" + key
-        try:
-            token = mw.store.acquire(lock, mw.lock_timeout)
+        try:  # a lease, renewed while the refresh runs: a killed process frees it soon
+            token = mw.store.acquire(lock, mw.regen.lease)
         except StoreError as exc:
             mw._store_failed(exc)
             return
@@ -427,13 +427,24 @@ class CachedFunction(Generic[P, R]):
         token: str,
     ) -> None:
         hold: float | None = None
+        try:
+            with mw.regen.leases.hold(lock, token):
+                hold = self._refresh_held(mw, key, seen, args, kwargs)
+        finally:
+            _release(mw, lock, token, hold)
+
+    def _refresh_held(
+        self, mw: ISRMiddleware, key: str, seen: DataEntry, args: Any, kwargs: Any
+    ) -> float | None:
+        """The refresh, under its lease; returns how long to back off, if it failed."""
+        hold: float | None = None
         call_lock = "data:" + key
         call_token: str | None = None
         try:
             held = mw.regen.lock(call_lock)
             call_token = None if held is None else held[0]
             if held is None or self._landed(mw, key, seen) is not None:
-                return  # a foreground call is on it, or has just stored a newer value
+                return None  # a foreground call is on it, or has just stored a newer value
             outer = current_scope.set(None)
             try:
                 with mw.regen.leases.hold(call_lock, held[0]):
@@ -454,7 +465,7 @@ class CachedFunction(Generic[P, R]):
         finally:
             if call_token is not None:
                 _release(mw, call_lock, call_token)
-            _release(mw, lock, token, hold)
+        return hold
 
 
 def _release(mw: ISRMiddleware, lock: str, token: str, hold: float | None = None) -> None:
