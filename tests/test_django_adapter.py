@@ -202,6 +202,11 @@ def test_an_async_view_is_awaited_and_cached(site: Any, clock: FakeClock) -> Non
     assert cache(client, "/async/a/")[0] == "STALE"
     states = [cache(client, "/async-listing/1/") for _ in range(2)]
     assert [s for s, _ in states] == ["MISS", "HIT"] and "async listing" in states[1][1]
+    states = [cache(client, "/async-dispatch/1/") for _ in range(2)]
+    assert [s for s, _ in states] == ["MISS", "HIT"] and "async dispatch" in states[1][1]
+    clock.advance(1)
+    wsgi_isr.django.revalidate_tag("async-dispatch")
+    assert cache(client, "/async-dispatch/1/")[0] == "STALE"
 
 
 def note_page(client: Client, slug: str, text: str) -> Note:

@@ -14,6 +14,7 @@ urlpatterns = [
     path("async/<slug:slug>/", views.async_article, name="async-article"),
     # decorating as_view() of an async class-based view, in the URLconf
     path("async-listing/<int:page>/", isr_page(revalidate=30)(views.AsyncListing.as_view())),
+    path("async-dispatch/<int:page>/", views.AsyncDispatch.as_view()),
     # SlugField(allow_unicode=True) slugs: "café", "日本語"
     path("u/articles/<str:slug>/", views.unicode_article, name="unicode-article"),
     path("u/notes/<str:slug>/", views.note, name="unicode-note"),

@@ -52,6 +52,15 @@ class AsyncListing(View):
         return HttpResponse(f"async listing render {next(renders)}")
 
 
+@method_decorator(isr_page(revalidate=30, tags=["async-dispatch"]), name="dispatch")
+class AsyncDispatch(View):
+    """Decorated on ``dispatch``, as ``login_required`` often is: sync in View, it hands
+    back the coroutine of the async handler."""
+
+    async def get(self, request: HttpRequest, page: int) -> HttpResponse:
+        return HttpResponse(f"async dispatch render {next(renders)}")
+
+
 @isr_page(static_params=lambda: [{"n": 1}, {"n": 2}], dynamic_params=False, expire=300)
 def doc(request: HttpRequest, n: int) -> HttpResponse:
     return body(f"doc {n}", request)

@@ -6,7 +6,7 @@ from wsgi_isr.django import isr_page
           static_params=lambda: [{"slug": s} for s in popular_slugs()])
 def article(request, slug): ...
 
-@method_decorator(isr_page(revalidate=300, tags=["articles"]), name="get")
+@method_decorator(isr_page(revalidate=300, tags=["articles"]), name="get")  # or "dispatch"
 class ArticleList(ListView): ...
 """
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from asgiref.sync import iscoroutinefunction
@@ -61,6 +62,9 @@ def isr_page(
                 response[name] = value
         return response
 
+    async def _awaited(response: Awaitable[Any], kwargs: dict[str, Any]) -> Any:
+        return opted_in(await response, kwargs)
+
     def decorator(view: F) -> F:
         # an async view stays one for Django; asgiref's test, as Django's own: it also
         # knows the async as_view() of a class-based view (markcoroutinefunction)
@@ -78,7 +82,12 @@ def isr_page(
             def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 if not spec.allows(kwargs):
                     raise Http404("not one of this page's static_params")
-                return opted_in(view(request, *args, **kwargs), kwargs)
+                response = view(request, *args, **kwargs)
+                if inspect.isawaitable(response):
+                    # View.dispatch is sync and hands back the coroutine of an async
+                    # handler (method_decorator(..., name="dispatch")): Django awaits it
+                    return _awaited(response, kwargs)
+                return opted_in(response, kwargs)
 
         wrapper._isr_page = spec  # type: ignore[attr-defined]
         return cast(F, wrapper)
