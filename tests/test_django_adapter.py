@@ -337,6 +337,23 @@ def test_build_pre_renders_every_static_page(site: Any) -> None:
     assert views.calls == []
 
 
+def test_build_takes_the_domain_of_a_leading_dot_allowed_host(site: Any) -> None:
+    """``ALLOWED_HOSTS = [".example.com"]``, common in production: the build renders as
+    example.com (which Django allows), not as localhost, which Django answers 400 to —
+    and a build whose every page is a 400 exits 1, never "0 failed"."""
+    mw, client = site
+    with override_settings(ALLOWED_HOSTS=[".example.com"]):
+        out = io.StringIO()
+        call_command("isr", "build", stdout=out, stderr=io.StringIO())
+        assert "6 pages as http://example.com" in out.getvalue()
+        assert "6 built, 0 skipped (did not opt in), 0 failed" in out.getvalue()
+        err = io.StringIO()
+        with pytest.raises(CommandError) as failed:
+            call_command("isr", "build", "--host", "localhost", stdout=out, stderr=err)
+        assert failed.value.returncode == 1
+        assert "FAILED /listing/: answered 400 Bad Request" in err.getvalue()
+
+
 def test_build_exits_1_when_a_page_fails(site: Any) -> None:
     with (
         override_settings(ROOT_URLCONF="django_project.urls_failing"),

@@ -212,6 +212,16 @@ def test_static_paths_cover_every_static_param(tmp_path: Any) -> None:
         assert isr.static_paths() == ["/posts/a", "/posts/b", "/docs/1", "/docs/2"]
 
 
+def test_prebuild_of_a_path_the_app_does_not_have_fails(tmp_path: Any) -> None:
+    """A path asked for that answers 4xx (a typo in the paths file, a static_params
+    entry the view 404s) failed, where it was "skipped (did not opt in)" and exit 0."""
+    app, isr, _ = make_app(tmp_path, ISR_STORE="memory://")
+    report = isr.middleware.prebuild(["/posts/a", "/no-such-page"])
+    assert report.built == ["/posts/a"] and not report.skipped
+    assert report.failed == [("/no-such-page", "answered 404 NOT FOUND")]
+    assert not report.ok
+
+
 def test_cli_build_prebuilds_pages_served_as_hits(tmp_path: Any) -> None:
     app, isr, renders = make_app(tmp_path)
     result = app.test_cli_runner().invoke(args=["isr", "build", "--concurrency", "2"])

@@ -72,6 +72,8 @@ def prebuild_one(
     if decision.failed:
         return "failed", decision.reason
     if not decision.opted_in:
+        if captured.status[:1] == "4":  # asked for, yet absent or refused: not a skip
+            return "failed", f"answered {captured.status}"
         return "skipped", decision.reason
     if not decision.store:
         return "failed", decision.reason

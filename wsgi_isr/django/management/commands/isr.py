@@ -19,10 +19,15 @@ from ...pages import static_paths
 
 
 def default_host() -> str:
-    """The first concrete name in ``ALLOWED_HOSTS``, else ``localhost``."""
-    for host in getattr(settings, "ALLOWED_HOSTS", []):
-        if host and host != "*" and not host.startswith("."):
-            return str(host)
+    """The first concrete name in ``ALLOWED_HOSTS``, else the domain of the first
+    ``.example.com`` (which Django matches for ``example.com`` too), else ``localhost``."""
+    hosts = [str(h) for h in getattr(settings, "ALLOWED_HOSTS", []) if h and h != "*"]
+    for host in hosts:
+        if not host.startswith("."):
+            return host
+    for host in hosts:
+        if host.strip("."):
+            return host.lstrip(".")
     return "localhost"
 
 
