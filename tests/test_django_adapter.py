@@ -324,6 +324,25 @@ def test_static_paths_cover_function_and_class_views() -> None:
     }
 
 
+def test_static_paths_reverse_every_pattern_and_language() -> None:
+    """A view at several URLs (one name given twice), unnamed views in a namespaced
+    include, and i18n_patterns: reverse() by name or view found one URL of each and
+    none of the unnamed ones (an include's static_params aborted the build)."""
+    languages = [("en", "English"), ("fr", "French"), ("de", "German")]
+    with override_settings(
+        ROOT_URLCONF="django_project.urls_many", LANGUAGES=languages, LANGUAGE_CODE="en"
+    ):
+        paths = static_paths()
+    assert sorted(paths) == sorted(
+        [
+            "/", "/index.html", "/start/", "/welcome/",
+            "/blog/", "/blog/a/a/", "/blog/a/b/",
+            "/docs/1/", "/docs/2/", "/docs-again/1/", "/docs-again/2/",
+            "/guide/", "/fr/guide/", "/de/guide/",
+        ]
+    )  # fmt: skip
+
+
 def test_build_pre_renders_every_static_page(site: Any) -> None:
     mw, client = site
     out, err = io.StringIO(), io.StringIO()

@@ -110,35 +110,72 @@ def page_spec(callback: Any) -> PageSpec | None:
 
 def static_paths(urlconf: str | None = None) -> list[str]:
     """Every URL that the ``static_params`` of every ``@isr_page`` view asks for, plus
-    the ``@isr_page`` views whose pattern takes no arguments."""
-    from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
+    the ``@isr_page`` views whose pattern takes no arguments: each URL pattern reversed
+    on its own (a view at several URLs, an unnamed one inside a namespaced include),
+    and under ``i18n_patterns`` once per language of ``settings.LANGUAGES``."""
+    from django.urls import URLPattern, URLResolver, get_resolver
 
-    paths: list[str] = []
+    found: list[tuple[PageSpec, list[Any], URLPattern]] = []
 
-    def walk(patterns: Iterable[Any], namespace: str) -> None:
+    def walk(patterns: Iterable[Any], chain: list[Any]) -> None:
         for pattern in patterns:
             if isinstance(pattern, URLResolver):
-                inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
-                walk(pattern.url_patterns, inner)
-                continue
-            if not isinstance(pattern, URLPattern):
-                continue
-            spec = page_spec(pattern.callback)
-            if spec is None:
-                continue
-            target = f"{namespace}{pattern.name}" if pattern.name else pattern.callback
-            if spec.static_params is None:
-                with contextlib.suppress(NoReverseMatch):  # it takes arguments, none listed
-                    paths.append(reverse(target, urlconf=urlconf))
-                continue
-            for params in spec.static_params():
-                try:
-                    paths.append(reverse(target, kwargs=params, urlconf=urlconf))
-                except NoReverseMatch:
-                    raise ValueError(
-                        f"static_params of {pattern.name or pattern.callback!r} gave "
-                        f"{params!r}, which its URL pattern does not take"
-                    ) from None
+                walk(pattern.url_patterns, [*chain, pattern])
+            elif isinstance(pattern, URLPattern):
+                spec = page_spec(pattern.callback)
+                if spec is not None:
+                    found.append((spec, chain, pattern))
 
-    walk(get_resolver(urlconf).url_patterns, "")
+    walk(get_resolver(urlconf).url_patterns, [])
+    paths: list[str] = []
+    params_of: dict[int, list[dict[str, Any]]] = {}
+    reached: dict[int, set[int]] = {}
+    for spec, chain, pattern in found:
+        if spec.static_params is None:
+            paths.extend(_reverse_each(chain, pattern, [{}]))
+            continue
+        listed = params_of.setdefault(id(spec), list(spec.static_params()))
+        took = reached.setdefault(id(spec), set())
+        for i, params in enumerate(listed):
+            urls = _reverse_each(chain, pattern, [params])
+            if urls:
+                took.add(i)
+                paths.extend(urls)
+    for spec, _, pattern in found:
+        for i, params in enumerate(params_of.get(id(spec), [])):
+            if i not in reached[id(spec)]:
+                raise ValueError(
+                    f"static_params of {pattern.name or pattern.callback!r} gave "
+                    f"{params!r}, which none of its URL patterns takes"
+                )
     return list(dict.fromkeys(paths))
+
+
+def _reverse_each(chain: list[Any], pattern: Any, params: list[dict[str, Any]]) -> list[str]:
+    """``pattern`` (below the resolvers of ``chain``) reversed with each of ``params``,
+    in every language when a resolver is ``i18n_patterns``' (empty if it takes none).
+    A resolver of this one pattern alone: ``reverse()`` by name or view finds only one
+    URL per name and cannot reach an unnamed pattern under a namespace."""
+    from django.conf import settings
+    from django.urls import NoReverseMatch, URLResolver, get_script_prefix
+    from django.urls.resolvers import LocalePrefixPattern, RegexPattern
+    from django.utils import translation
+    from django.utils.encoding import iri_to_uri
+
+    inner: list[Any] = [pattern]
+    for parent in reversed(chain):
+        inner = [URLResolver(parent.pattern, inner, parent.default_kwargs)]
+    resolver = URLResolver(RegexPattern(r"^/"), inner)
+    localised = any(isinstance(p.pattern, LocalePrefixPattern) for p in chain)
+    languages = [code for code, _ in settings.LANGUAGES] if localised else [None]
+    out = []
+    for language in languages:
+        scope = translation.override(language) if language else contextlib.nullcontext()
+        with scope:
+            for kwargs in params:
+                with contextlib.suppress(NoReverseMatch):
+                    url = resolver._reverse_with_prefix(
+                        pattern.callback, get_script_prefix(), **kwargs
+                    )
+                    out.append(iri_to_uri(url))
+    return out
