@@ -81,6 +81,9 @@ def cache(client: Client, path: str, **kwargs: Any) -> tuple[str | None, str]:
         pytest.param({"LOCK_TIMEOUT": -1}, "LOCK_TIMEOUT", id="negative-timeout"),
         pytest.param({"SECRET": 42}, "SECRET", id="secret-not-str"),
         pytest.param(["STORE", "memory://"], "must be a dict", id="not-a-dict"),
+        pytest.param({"LOCAL_MAX_ENTRIES": "many"}, "LOCAL_MAX_ENTRIES", id="count-not-int"),
+        pytest.param({"LOCAL_MAX_BYTES": -1}, "LOCAL_MAX_BYTES", id="negative-size"),
+        pytest.param({"MAX_PENDING": 0.5}, "MAX_PENDING", id="half-a-regeneration"),
     ],
 )
 def test_a_wrong_setting_fails_at_start_up(setting: Any, message: str) -> None:
@@ -89,7 +92,11 @@ def test_a_wrong_setting_fails_at_start_up(setting: Any, message: str) -> None:
 
 
 def test_a_value_the_core_refuses_is_improperly_configured_too() -> None:
-    for bad in ({"ENDPOINT": "isr"}, {"STORE": "ftp://nowhere"}):
+    for bad in (
+        {"ENDPOINT": "isr"},
+        {"STORE": "ftp://nowhere"},
+        {"STORE": "memory://", "LOCAL_TTL": 5, "LOCAL_MAX_BYTES": "lots"},
+    ):
         with override_settings(ISR=bad), pytest.raises(ImproperlyConfigured, match="settings.ISR"):
             wsgi_isr.django.get_wsgi_application()
 

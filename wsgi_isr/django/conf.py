@@ -32,6 +32,14 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _size(value: Any) -> bool:
+    return _count(value) or _text(value)  # a text ("64MiB") is parsed by the core
+
+
 def _names(value: Any) -> bool:
     return isinstance(value, list | tuple | set | frozenset) and all(
         isinstance(v, str) and v for v in value
@@ -61,8 +69,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "COALESCE_TIMEOUT": (_positive, "a positive number of seconds"),
     "REGENERATION_BACKOFF": (_positive, "a positive number of seconds"),
     "PASS_TTL": (_positive, "a positive number of seconds"),
-    "MAX_PENDING": (_positive, "a positive number"),
+    "MAX_PENDING": (_count, "a positive whole number"),
     "LOCAL_TTL": (_optional(_positive), "a positive number of seconds or None"),
+    "LOCAL_MAX_ENTRIES": (_count, "a positive whole number"),
+    "LOCAL_MAX_BYTES": (_size, "a positive number of bytes or a size such as '64MiB'"),
 }
 
 
