@@ -257,6 +257,39 @@ def test_conditional_requests_get_304() -> None:
     assert get(client, "/p", headers={"If-None-Match": f'W/{etag}, "x"'}).status_code == 304
 
 
+def test_a_page_changed_within_its_second_is_never_304_by_date() -> None:
+    """Last-Modified has one-second resolution: a version regenerated within the second
+    of the one before carries none, so a client that revalidates by date alone (curl
+    -z, feed readers) gets the new page, not a 304 for the old one. A version in a
+    later second has its date again."""
+    mw, client, clock, app = make()
+    first = get(client, "/p")
+    since = first.headers["Last-Modified"]
+    bodies = [first.data]
+    for _ in range(2):  # the 2nd and 3rd versions, within the 1st one's second
+        clock.advance(0.2)
+        mw.revalidate_path("/p")
+        assert get(client, "/p").headers["X-ISR-Cache"] == "STALE"
+        assert mw.join(10)
+        now = get(client, "/p")
+        assert now.headers["X-ISR-Cache"] == "HIT" and now.data not in bodies
+        bodies.append(now.data)
+        assert "Last-Modified" not in now.headers
+        again = get(client, "/p", headers={"If-Modified-Since": since})
+        assert again.status_code == 200 and again.data == now.data
+        etag = now.headers["ETag"]
+        assert get(client, "/p", headers={"If-None-Match": etag}).status_code == 304
+    clock.advance(1)
+    mw.revalidate_path("/p")
+    get(client, "/p")
+    assert mw.join(10)
+    later = get(client, "/p")
+    assert later.headers["Last-Modified"] != since
+    assert get(client, "/p", headers={"If-Modified-Since": since}).status_code == 200
+    modified = later.headers["Last-Modified"]
+    assert get(client, "/p", headers={"If-Modified-Since": modified}).status_code == 304
+
+
 def test_app_etag_is_kept() -> None:
     app = CountingApp(default=[("X-ISR-Revalidate", "60"), ("ETag", '"v7"')])
     mw, client, clock, _ = make(app)

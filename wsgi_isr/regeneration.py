@@ -185,10 +185,10 @@ class Regenerator:
             # this render saw exactly the values in ``env``, so it is that variant
             self.put(rk.key, VaryMarker(decision.vary) if decision.vary else None, None)
             key = variant_key(rk.key, decision.vary, env) if decision.vary else rk.key
-        newer = self._newer_entry(key, started)
-        if newer is not None:  # a render that started later already landed: keep it
-            return Settled(newer, key, decision)
-        entry = self.entry(rk, captured, decision, started)
+        existing = self._existing(key)
+        if isinstance(existing, Entry) and existing.created > started:
+            return Settled(existing, key, decision)  # a later render landed: keep it
+        entry = self.entry(rk, captured, decision, started, existing)
         ttl = None if decision.expire is None else decision.expire + 60
         stored = self.put(key, entry, ttl)
         return Settled(entry if stored else None, key, decision)
@@ -199,11 +199,14 @@ class Regenerator:
         if self._newer_entry(key, started) is None:
             self.put(key, PassMarker(reason), REFUSED_PASS_TTL)
 
-    def _newer_entry(self, key: str, started: float) -> Entry | None:
+    def _existing(self, key: str) -> Record | None:
         try:
-            existing, _ = self.store.lookup_through(key)
+            return self.store.lookup_through(key)[0]
         except StoreError:
             return None  # the write will tell
+
+    def _newer_entry(self, key: str, started: float) -> Entry | None:
+        existing = self._existing(key)
         if isinstance(existing, Entry) and existing.created > started:
             return existing
         return None
@@ -229,11 +232,30 @@ class Regenerator:
             return False
 
     def entry(
-        self, rk: RequestKey, captured: Captured, decision: Decision, started: float
+        self,
+        rk: RequestKey,
+        captured: Captured,
+        decision: Decision,
+        started: float,
+        previous: Record | None = None,
     ) -> Entry:
         body = captured.body()
         etags = [v for k, v in captured.headers if k.lower() == "etag"]
+        etag = etags[-1] if etags else R.make_etag(body)
         lms = [v for k, v in captured.headers if k.lower() == "last-modified"]
+        if lms:
+            last_modified = lms[-1]
+        elif (
+            isinstance(previous, Entry)
+            and int(previous.created) >= int(started)
+            and previous.etag != etag
+        ):
+            # another version within the same second: a date of one-second resolution
+            # cannot tell them apart, and If-Modified-Since would be answered 304 for a
+            # page that changed. No Last-Modified (the ETag still validates it).
+            last_modified = ""
+        else:
+            last_modified = R.last_modified(started)
         return Entry(
             status=captured.status,
             headers=stored_headers(captured.headers),
@@ -242,8 +264,8 @@ class Regenerator:
             revalidate=decision.revalidate,
             expire=decision.expire,
             tags=decision.tags + path_tags(rk.path),
-            etag=etags[-1] if etags else R.make_etag(body),
-            last_modified=lms[-1] if lms else R.last_modified(started),
+            etag=etag,
+            last_modified=last_modified,
         )
 
     def schedule(

@@ -124,7 +124,9 @@ class Prepared:
             browser = _BROWSER_REVALIDATES + browser
         if entry.status[:3] not in _NO_BODY_STATUS:
             head.append(("Content-Length", str(len(entry.body))))
-        head += (("ETag", entry.etag), ("Last-Modified", entry.last_modified))
+        head.append(("ETag", entry.etag))
+        if entry.last_modified:  # none for a second version within one second
+            head.append(("Last-Modified", entry.last_modified))
         self.head: tuple[tuple[str, str], ...] = tuple(head)
         self.browser = browser
         self.forever_hit: tuple[tuple[str, str], ...] | None = None
