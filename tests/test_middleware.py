@@ -290,13 +290,25 @@ def test_a_page_changed_within_its_second_is_never_304_by_date() -> None:
     assert get(client, "/p", headers={"If-Modified-Since": modified}).status_code == 304
 
 
-def test_app_etag_is_kept() -> None:
-    app = CountingApp(default=[("X-ISR-Revalidate", "60"), ("ETag", '"v7"')])
+@pytest.mark.parametrize(
+    ("etag", "matches", "misses"),
+    [
+        ('"v7"', ['"v7"', 'W/"v7"', '"x", "v7"', "*"], ['"v8"', "v7"]),
+        # RFC 9110 etagc admits a comma: one tag, not two
+        ('"a,b"', ['"a,b"', 'W/"a,b"', '"x","a,b"', '"a,b" , "c"'], ['"a"', 'b"']),
+        ("v1", ["v1", "W/v1", "x, v1"], ['"v1"']),  # bare, as some apps send it
+    ],
+)
+def test_app_etag_is_kept(etag: str, matches: list[str], misses: list[str]) -> None:
+    app = CountingApp(default=[("X-ISR-Revalidate", "60"), ("ETag", etag)])
     mw, client, clock, _ = make(app)
     get(client, "/p")
     r = get(client, "/p")
-    assert r.headers.getlist("ETag") == ['"v7"']
-    assert get(client, "/p", headers={"If-None-Match": '"v7"'}).status_code == 304
+    assert r.headers.getlist("ETag") == [etag]
+    for value in matches:
+        assert get(client, "/p", headers={"If-None-Match": value}).status_code == 304, value
+    for value in misses:
+        assert get(client, "/p", headers={"If-None-Match": value}).status_code == 200, value
 
 
 def test_head_is_served_from_the_get_entry() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -200,13 +201,14 @@ def _clock_tail(
     )
 
 
+#: One entity tag of an ``If-None-Match`` list, its ``W/`` left out: quoted (a comma
+#: inside is part of it, RFC 9110 ``etagc``), or as an app that sends them bare wrote it.
+_ETAG = re.compile(r'(?:W/)?(?:("[^"]*")|([^\s,"]+))')
+
+
 def _etags(value: str) -> Iterable[str]:
-    for tag in value.split(","):
-        tag = tag.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if tag:
-            yield tag
+    for found in _ETAG.finditer(value):
+        yield found.group(1) or found.group(2)
 
 
 def not_modified(entry: Entry, environ: WSGIEnvironment) -> bool:
