@@ -6,15 +6,21 @@ not the session's) stopped with ``SIGSTOP`` under a real gunicorn."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import FakeClock, RedisServer
+from helpers import elsewhere
 from servers import Instance, Reply, free_port, start_gunicorn, summary
+from werkzeug.test import Client
 
+from wsgi_isr import ISRMiddleware
 from wsgi_isr.stores.breaker import Breaker, BreakerOpen, guarded
+from wsgi_isr.stores.redis import RedisStore
 
 SECRET = "breaker-secret-0123456789abcdef0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -38,15 +44,20 @@ def _breaker(clock: FakeClock) -> Breaker:
     return Breaker(threshold=3, first=0.5, longest=2.0, probe_window=1.0, monotonic=clock)
 
 
+def another(client: Any) -> str:
+    """``client.get("k")`` as another request sends it: from a thread of its own."""
+    return str(elsewhere(lambda: client.get("k")))
+
+
 def test_opens_after_timeouts_in_a_row_and_grows(clock: FakeClock) -> None:
     flaky, breaker = Flaky(), _breaker(clock)
     client = guarded(flaky, breaker)
     flaky.errors = [TimeoutError()] * 3
     for _ in range(3):
         with pytest.raises(TimeoutError):
-            client.get("k")
+            another(client)
     with pytest.raises(BreakerOpen, match="circuit open"):
-        client.get("k")  # not sent
+        another(client)  # not sent
     assert flaky.calls == 3 and breaker.skipped == 1
     intervals = []
     for _ in range(4):  # each failed probe doubles the interval, up to `longest`
@@ -54,7 +65,7 @@ def test_opens_after_timeouts_in_a_row_and_grows(clock: FakeClock) -> None:
         while True:
             try:
                 flaky.errors = [TimeoutError()]
-                client.get("k")
+                another(client)
             except BreakerOpen:
                 clock.advance(0.25)
                 waited += 0.25
@@ -71,14 +82,14 @@ def test_one_probe_at_a_time_then_closed_by_a_success(clock: FakeClock) -> None:
     flaky.errors = [TimeoutError()] * 3
     for _ in range(3):
         with pytest.raises(TimeoutError):
-            client.get("k")
+            another(client)
     clock.advance(0.5)
     breaker.check()  # a probe goes (as if it were still waiting for its answer) ...
     with pytest.raises(BreakerOpen):
-        client.get("k")  # ... and nobody else while it runs
+        another(client)  # ... and nobody else while it runs
     clock.advance(1.0)  # the probe's window is over without an answer: another may go
-    assert client.get("k") == "value"  # it answers: closed
-    assert not breaker.open and [client.get("k") for _ in range(3)] == ["value"] * 3
+    assert another(client) == "value"  # it answers: closed
+    assert not breaker.open and [another(client) for _ in range(3)] == ["value"] * 3
 
 
 def test_errors_answered_at_once_do_not_open_it(clock: FakeClock) -> None:
@@ -87,12 +98,79 @@ def test_errors_answered_at_once_do_not_open_it(clock: FakeClock) -> None:
     flaky.errors = [ConnectionRefusedError()] * 5 + [TimeoutError()] * 2
     for _ in range(7):
         with pytest.raises(OSError):
-            client.get("k")
-    assert client.get("k") == "value"  # a success between: the streak starts over
+            another(client)
+    assert another(client) == "value"  # a success between: the streak starts over
     assert not breaker.open and breaker.streak == 0
 
 
+def test_a_thread_whose_command_timed_out_sends_no_more_for_a_while(clock: FakeClock) -> None:
+    """One request that waited for the socket timeout does not wait for it again with its
+    next command (the write, the unlock after a lookup timed out): its thread is refused
+    at once for ``probe_window``; other threads still go until the breaker opens."""
+    flaky, breaker = Flaky(), _breaker(clock)
+    client = guarded(flaky, breaker)
+    flaky.errors = [TimeoutError()]
+    with pytest.raises(TimeoutError):
+        client.get("k")
+    with pytest.raises(BreakerOpen, match="this thread's last command timed out"):
+        client.get("k")
+    assert flaky.calls == 1 and not breaker.open
+    assert another(client) == "value"  # another request: sent, and it closes the streak
+    flaky.errors = [TimeoutError()]
+    with pytest.raises(TimeoutError):
+        client.get("k")
+    clock.advance(1.0)  # the thread's window is over
+    assert client.get("k") == "value" and flaky.calls == 4
+
+
 # -- a real hung Redis ---------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_a_request_during_which_redis_hangs_waits_for_one_socket_timeout(
+    own_redis: RedisServer,
+) -> None:
+    """Redis hangs while a page renders (and while a cached function runs): the visitor
+    waits for one socket timeout — the write after the render — and its remaining
+    commands (the unlock, the landing) are refused at once; it waited for each."""
+    hang = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if hang.is_set():
+            own_redis.signal(signal.SIGSTOP)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-ISR-Revalidate", "60")])
+        return [b"page " + environ["PATH_INFO"].encode()]
+
+    url = f"{own_redis.url}?prefix=h-{uuid.uuid4().hex[:6]}:"
+    mw = ISRMiddleware(app, store=RedisStore(url, socket_timeout=0.5))
+    cached = mw.cached(revalidate=60)(_stops_redis(own_redis, hang))
+    client = Client(mw)
+    assert client.get("/warm").headers["X-ISR-Cache"] == "MISS"
+    assert cached(0) == {"n": 0}
+    breaker = mw.store.breaker
+    try:
+        for visit in (lambda: client.get("/miss").data, lambda: cached(1)):
+            hang.set()
+            try:
+                assert visit() in (b"page /miss", {"n": 1})
+            finally:
+                hang.clear()
+                own_redis.signal(signal.SIGCONT)
+            assert breaker.streak == 1, "more than one command waited for the timeout"
+            assert breaker.skipped >= 1
+            breaker.succeeded()  # as the next answer would: start over for the next visit
+    finally:
+        own_redis.signal(signal.SIGCONT)
+        mw.store.close()
+
+
+def _stops_redis(server: RedisServer, hang: threading.Event) -> Any:
+    def stops_redis(n: int) -> dict[str, int]:
+        if hang.is_set():
+            server.signal(signal.SIGSTOP)
+        return {"n": n}
+
+    return stops_redis
 
 
 @pytest.mark.server

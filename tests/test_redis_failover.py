@@ -9,6 +9,7 @@ every invalidation the endpoint acknowledged (200) is on the new primary.
 from __future__ import annotations
 
 import http.client
+import signal
 import threading
 import time
 import uuid
@@ -27,6 +28,9 @@ from servers import (
     start_gunicorn,
     wait_for,
 )
+
+from wsgi_isr.errors import StoreError
+from wsgi_isr.stores.redis import RedisStore
 
 pytestmark = [pytest.mark.server, pytest.mark.redis]
 
@@ -149,3 +153,80 @@ def test_primary_killed_mid_traffic_fails_over_without_a_5xx_or_a_lost_invalidat
     assert a.revalidate({"tag": "page-steady"}, AUTH).status == 200
     fresh = poll(lambda: [b.fetch("/page/steady")], lambda r: r.body != first.body, timeout=10)
     assert fresh[-1].status == 200
+
+
+def test_a_listener_on_a_primary_that_hangs_follows_the_failover(
+    redis_sentinels: SentinelSet,
+) -> None:
+    """The primary hangs (SIGSTOP: a frozen VM) instead of dying: its sockets stay open
+    and silent, and the Sentinels promote the replica. The pub/sub listener pings a
+    silent server and leaves one that does not answer, so what is published on the new
+    primary is heard (a listener waiting for messages on the old socket heard nothing,
+    ever: landings and local-layer invalidations were lost until a restart)."""
+    prefix = f"ps-{uuid.uuid4().hex[:6]}:"
+    listener = RedisStore(redis_sentinels.url(prefix), socket_timeout=1.0)
+    publisher = RedisStore(redis_sentinels.url(prefix), socket_timeout=1.0)
+    heard: list[str] = []
+    listener.watch_landings(heard.append)
+    try:
+        assert wait_for(lambda: (publisher.announce_landing("before"), "before" in heard)[1], 10)
+        old = redis_sentinels.current_primary_port()
+        assert old is not None
+        hung = redis_sentinels.node(old)
+        assert hung.proc is not None
+        hung.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert wait_for(lambda: redis_sentinels.current_primary_port() not in (None, old), 30)
+
+            def published() -> bool:
+                try:
+                    publisher.announce_landing("after")
+                except StoreError:
+                    return False  # its own connections still find the old primary
+                return "after" in heard
+
+            assert wait_for(published, 20, 0.25), "never heard on the new primary"
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
+        redis_sentinels.heal()  # the old primary rejoins as the new one's replica
+    finally:
+        listener.close()
+        publisher.close()
+
+
+def test_sentinels_that_all_hang_cost_one_socket_timeout_and_open_the_breaker(
+    redis_sentinels: SentinelSet,
+) -> None:
+    """Every Sentinel hangs while a process needs the primary's address (a new
+    connection): the Sentinels are asked within one socket timeout together (it was
+    one each), and "no primary found" counts as a timeout for the breaker, which opens
+    and backs off (it never did: each request asked the hung Sentinels again)."""
+    store = RedisStore(redis_sentinels.url(f"sh-{uuid.uuid4().hex[:6]}:"), socket_timeout=1.0)
+    for sentinel in redis_sentinels.sentinels:
+        assert sentinel.proc is not None
+        sentinel.proc.send_signal(signal.SIGSTOP)
+    try:
+        took: list[float] = []
+        errors: list[BaseException] = []
+
+        def request() -> None:  # one visitor's lookup, in a thread of its own
+            started = time.monotonic()
+            try:
+                store.lookup("http://isr.test/p?")
+            except StoreError as exc:
+                errors.append(exc)
+            took.append(time.monotonic() - started)
+
+        for _ in range(4):
+            visitor = threading.Thread(target=request)
+            visitor.start()
+            visitor.join(30)
+        assert len(errors) == 4, (errors, took)
+        assert store.breaker.open, store.breaker.streak
+        assert max(took[:3]) < 2.2, took  # one socket timeout (1 s), not three
+        assert took[3] < 0.1, took  # refused at once: the breaker is open
+    finally:
+        for sentinel in redis_sentinels.sentinels:
+            assert sentinel.proc is not None
+            sentinel.proc.send_signal(signal.SIGCONT)
+        store.close()

@@ -9,6 +9,11 @@ at each further timeout up to ``longest``. When the interval ends one command go
 through as a probe (the others are still refused while it runs); its success closes
 the breaker, and caching resumes by itself.
 
+A timeout also holds back the thread (the greenlet, under gevent) that waited for it:
+its further commands for the next ``probe_window`` seconds are refused at once, so one
+request costs one socket timeout, not one per command it still had to send (the lookup,
+then the write and the unlock of its render) before the breaker opened.
+
     breaker = Breaker(is_timeout=lambda exc: isinstance(exc, redis.TimeoutError))
     client = guarded(redis.Redis(...), breaker)   # every command passes the breaker
 """
@@ -16,9 +21,12 @@ the breaker, and caching resumes by itself.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from ..forks import generation
 
 log = logging.getLogger("wsgi_isr")
 T = TypeVar("T")
@@ -42,6 +50,7 @@ class Breaker:
         longest: float = 5.0,
         probe_window: float = 2.0,
         is_timeout: Callable[[BaseException], bool] = lambda exc: isinstance(exc, TimeoutError),
+        slow: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.threshold = threshold
@@ -49,12 +58,25 @@ class Breaker:
         self.longest = longest
         self.probe_window = probe_window  # how long a probe may take (the socket timeout)
         self.is_timeout = is_timeout
+        # a failure of any kind that took this long counts as a timeout: what was waited
+        # for is what the breaker saves (Sentinels that all hang answer "no primary")
+        self.slow = slow
         self.monotonic = monotonic
         self.streak = 0  # timeouts in a row
         self.skipped = 0  # commands refused while open
         self._interval = first
         self._open_until = 0.0
         self._probe_until = 0.0
+        # per thread: until when its commands are refused after one of them timed out.
+        # Made on first use in each process, so after gevent patched threading: per
+        # greenlet under gunicorn -k gevent, --preload or not
+        self._waited: tuple[int, threading.local] | None = None
+
+    def _thread_state(self) -> threading.local:
+        waited = self._waited
+        if waited is None or waited[0] != generation():
+            waited = self._waited = (generation(), threading.local())
+        return waited[1]
 
     @property
     def open(self) -> bool:
@@ -62,9 +84,14 @@ class Breaker:
 
     def check(self) -> None:
         """Raise :class:`BreakerOpen` unless a command may be sent now."""
-        if self.streak < self.threshold:
+        if self.streak == 0:
             return
         now = self.monotonic()
+        if getattr(self._thread_state(), "until", 0.0) > now:
+            self.skipped += 1
+            raise BreakerOpen("skipped: this thread's last command timed out")
+        if self.streak < self.threshold:
+            return
         if now < self._open_until or now < self._probe_until:
             self.skipped += 1
             raise BreakerOpen(
@@ -82,17 +109,20 @@ class Breaker:
         """``fn(*args, **kwargs)`` as one command to the server: skipped while the
         circuit is open (:class:`BreakerOpen`), its outcome counted."""
         self.check()
+        started = self.monotonic() if self.slow is not None else 0.0
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            self.failed(exc)
+            slow = self.slow is not None and self.monotonic() - started >= self.slow
+            self.failed(exc, slow)
             raise
         self.succeeded()
         return result
 
-    def failed(self, exc: BaseException) -> None:
-        if not self.is_timeout(exc):
+    def failed(self, exc: BaseException, slow: bool = False) -> None:
+        if not (slow or self.is_timeout(exc)):
             return  # refused, reset, an error reply: answered at once, nothing to save
+        self._thread_state().until = self.monotonic() + self.probe_window
         self.streak += 1
         if self.streak >= self.threshold:
             self._open_until = self.monotonic() + self._interval

@@ -139,7 +139,8 @@ def _tag_name(raw: Any) -> str:
 
 def _timed_out(exc: BaseException) -> bool:
     """A command that waited for the socket timeout (or for a pooled connection that
-    never came back): what the breaker counts."""
+    never came back): what the breaker counts, as any failure that took the socket
+    timeout (Sentinels that all hang: "no primary found")."""
     import redis as _redis
 
     return isinstance(exc, _redis.TimeoutError) or (
@@ -227,7 +228,9 @@ class RedisStore(Store):
                 self.durability = Durability(timeout=durable_timeout)
         # a hung server costs a few requests the socket timeout, then is not asked for a
         # short, growing interval (wsgi_isr.stores.breaker)
-        self.breaker = Breaker(probe_window=socket_timeout + 0.5, is_timeout=_timed_out)
+        self.breaker = Breaker(
+            probe_window=socket_timeout + 0.5, is_timeout=_timed_out, slow=0.9 * socket_timeout
+        )
         self._raw = client  # for what needs the client's own type (pipelines, cluster nodes)
         self.client = guarded(client, self.breaker)
         # hits: the lookups running at once in a process share one round trip (a
@@ -492,6 +495,12 @@ class RedisStore(Store):
         disconnect(self._raw)  # a pool we built is ours to close
 
 
+#: Seconds of silence on the pub/sub connection before the listener sends a PING, and
+#: seconds it then waits for any answer before it connects again.
+PING_AFTER = 2.0
+PONG_WITHIN = 2.0
+
+
 class _Subscriber:
     """Listens to ``channels`` in a background thread (a greenlet when the process is
     gevent-patched) and calls ``callback(channel, data)`` for each message, and
@@ -525,11 +534,29 @@ class _Subscriber:
                 try:
                     pubsub.subscribe(*self.channels)
                     self.callback(None, None)  # catch up with what happened while not listening
-                    while not self._stop.is_set():
-                        message = pubsub.get_message(timeout=1.0)
-                        if message is not None:
-                            self.callback(_tag_name(message["channel"]), message["data"])
+                    self._listen(pubsub)
                 finally:
                     pubsub.close()
             except Exception:  # Redis down or restarting: wait, then listen again
                 self._stop.wait(1.0)
+
+    def _listen(self, pubsub: Any) -> None:
+        """Pass messages on until stopped; a server silent for :data:`PING_AFTER` s is
+        sent a PING, and one that does not answer it within :data:`PONG_WITHIN` s is
+        left (``TimeoutError``: listen again). A hung primary keeps the socket open and
+        sends nothing, and a Sentinel failover away from it would go unheard for good."""
+        heard = time.monotonic()
+        pinged = False
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None:
+                heard, pinged = now, False
+                if message.get("type") == "pong":
+                    continue
+                self.callback(_tag_name(message["channel"]), message["data"])
+            elif pinged and now - heard >= PING_AFTER + PONG_WITHIN:
+                raise TimeoutError("the pub/sub connection went silent")
+            elif not pinged and now - heard >= PING_AFTER:
+                pubsub.ping()
+                pinged = True

@@ -209,8 +209,11 @@ def _sentinel(url: str, common: dict[str, Any], max_connections: int) -> tuple[A
         "username": query.get("sentinel_username"),
         "password": query.get("sentinel_password"),
     }
+    # the Sentinels are asked one after another: each within its share of the timeouts,
+    # so finding the primary when all of them hang costs one socket timeout, not n
+    share = {name: seconds / len(nodes) for name, seconds in common.items()}
     sentinels: Any = redis_sentinel.Sentinel  # untyped in redis-py
-    sentinel = sentinels(nodes, sentinel_kwargs={**common, **sentinel_auth}, **common)
+    sentinel = sentinels(nodes, sentinel_kwargs={**share, **sentinel_auth}, **common)
     client = sentinel.master_for(
         service,
         connection_pool_class=_BlockingSentinelPool(),
