@@ -310,6 +310,38 @@ def test_a_process_killed_mid_refresh_frees_the_refresh_within_a_lease(tmp_path:
     mw.store.close()
 
 
+@pytest.mark.redis
+def test_a_store_failing_after_the_call_lock_was_taken_frees_it(redis_url: str) -> None:
+    """The call's lock is taken, then the store fails to read (planted garbage in the
+    tag state): the caller calls the function uncached and gives the lock back, instead
+    of leaving every other caller of the key waiting a lease for nothing."""
+    from wsgi_isr.stores.redis import RedisStore
+
+    class PlantedWhileLocking(RedisStore):
+        """Garbage lands in the tag state just as the call's lock is taken."""
+
+        def acquire_stamped(self, name: str, ttl: float) -> Any:
+            held = super().acquire_stamped(name, ttl)
+            self.client.set(self.prefix + "tagseq", b"garbage")
+            return held
+
+    store = PlantedWhileLocking(redis_url)
+    mw = ISRMiddleware(page_app(), store=store)
+    calls: list[int] = []
+
+    @mw.cached(revalidate=60)
+    def value(n: int) -> int:
+        calls.append(n)
+        return n
+
+    try:
+        assert value(7) == 7 and calls == [7]
+        token = store.acquire("data:" + value.key(7), 1.0)
+        assert token is not None, "the call's lock was left held"
+    finally:
+        store.close()
+
+
 class Overlap:
     """Calls of a slow function that fails: how many ran at once, at most."""
 

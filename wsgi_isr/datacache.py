@@ -362,12 +362,15 @@ class CachedFunction(Generic[P, R]):
         delay = 0.002
         waited = False
         while True:
+            held = None
             try:
                 held = mw.regen.lock(lock)  # one lease, renewed while the call runs
                 landed = self._landed(mw, key, seen)
                 failed = waited and landed is None and held is not None and self._failed(key)
             except StoreError as exc:
                 mw._store_failed(exc)
+                if held is not None:  # taken, then the store failed: not for a lease
+                    _release(mw, lock, held[0])
                 return self._call_uncached(args, kwargs)
             if landed is not None or failed:
                 if held is not None:
