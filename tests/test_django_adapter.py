@@ -317,6 +317,23 @@ def test_a_store_down_at_the_commit_never_fails_the_save(
         install(WSGIHandler(), store="memory://", clock=clock)
 
 
+def test_commands_on_a_store_that_is_down_say_so_and_exit_1(clock: FakeClock) -> None:
+    """``isr revalidate`` and ``isr build`` with Redis down: a clear error and exit 1
+    (nothing was invalidated: the deploy script runs it again), never a traceback."""
+    install(WSGIHandler(), store=f"redis://127.0.0.1:{free_port()}/0", clock=clock)
+    try:
+        with pytest.raises(CommandError, match="not revalidated, the store failed") as down:
+            call_command("isr", "revalidate", "--tag", "articles", stdout=io.StringIO())
+        assert down.value.returncode == 1
+        err = io.StringIO()
+        with pytest.raises(CommandError, match="pages failed") as failed:
+            call_command("isr", "build", stdout=io.StringIO(), stderr=err)
+        assert failed.value.returncode == 1
+        assert "FAILED /listing/: the store" in err.getvalue()
+    finally:
+        install(WSGIHandler(), store="memory://", clock=clock)
+
+
 # -- management commands -----------------------------------------------------------------
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
 from flask import Flask, request
 from helpers import FakeClock
+from servers import free_port
 from werkzeug.test import Client
 
 import wsgi_isr
@@ -210,6 +212,27 @@ def test_static_paths_cover_every_static_param(tmp_path: Any) -> None:
     app, isr, _ = make_app(tmp_path, ISR_STORE="memory://")
     with app.app_context():
         assert isr.static_paths() == ["/posts/a", "/posts/b", "/docs/1", "/docs/2"]
+
+
+def test_cli_revalidate_on_a_store_that_is_down_exits_1(tmp_path: Any) -> None:
+    app, isr, _ = make_app(tmp_path, ISR_STORE=f"redis://127.0.0.1:{free_port()}/0")
+    result = app.test_cli_runner().invoke(args=["isr", "revalidate", "--tag", "posts"])
+    assert result.exit_code == 1 and "not revalidated, the store failed" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.redis
+def test_cli_build_on_a_store_that_hangs_reports_failed_pages(
+    tmp_path: Any, own_redis: Any
+) -> None:
+    """Redis hangs during ``flask isr build``: every page is reported failed (exit 1),
+    the build does not die in a traceback from the store's clock."""
+    app, isr, _ = make_app(tmp_path, ISR_STORE=f"{own_redis.url}?socket_timeout=0.3")
+    assert app.test_client().get("/posts/a").headers["X-ISR-Cache"] == "MISS"
+    own_redis.signal(signal.SIGSTOP)  # the fixture resumes it
+    result = app.test_cli_runner().invoke(args=["isr", "build"])
+    assert result.exit_code == 1, result.output
+    assert "0 built" in result.output and "4 failed" in result.output, result.output
 
 
 def test_prebuild_of_a_path_the_app_does_not_have_fails(tmp_path: Any) -> None:

@@ -30,6 +30,7 @@ from flask import Flask, abort, current_app, make_response
 from flask.cli import AppGroup
 
 from .datacache import CachedFunction, make_cached
+from .errors import StoreError
 from .invalidation import Mode, PathType, revalidate_many
 from .middleware import ISRMiddleware
 from .pages import PageSpec, Params
@@ -292,6 +293,8 @@ def revalidate_command(
         mode = revalidate_many(mw, tags, paths, layout=layout, hard=hard)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    except StoreError as exc:  # nothing was invalidated: say so, exit 1, run it again
+        raise click.ClickException(f"not revalidated, the store failed: {exc}") from None
     click.echo(f"revalidated ({mode}): tags={list(tags)} paths={list(paths)}")
     # the purges of the caches in front are sent before this process exits (purge.queue)
 

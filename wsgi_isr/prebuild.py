@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .errors import StoreError
 from .invalidation import current_middleware
 from .keys import render_environ, request_key
 from .render import capture
@@ -59,7 +60,10 @@ def prebuild_one(
     if rk is None:
         return "failed", f"invalid host {host!r}"
     env = render_environ(rk, environ)
-    started = mw.store.stamp()  # the clock invalidations are stamped with
+    try:
+        started = mw.store.stamp()  # the clock invalidations are stamped with
+    except StoreError as exc:  # a failed page in the report, not a traceback
+        return "failed", f"the store: {exc}"
     current = current_middleware.set(mw)  # wsgi_isr.cached in the render uses this store
     try:
         captured = capture(mw.app, env, mw.max_entry_bytes)

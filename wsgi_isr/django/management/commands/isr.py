@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ....errors import StoreError
 from ....invalidation import revalidate_many
 from ....status import status_lines
 from ...application import middleware
@@ -125,6 +126,8 @@ class Command(BaseCommand):  # type: ignore[misc]  # django ships no types
             mode = revalidate_many(mw, tags, paths, layout=layout, hard=hard)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        except StoreError as exc:  # nothing was invalidated: say so, exit 1, run it again
+            raise CommandError(f"not revalidated, the store failed: {exc}") from None
         self.stdout.write(f"revalidated ({mode}): tags={tags} paths={paths}")
 
     def status(self, url: str | None) -> None:
