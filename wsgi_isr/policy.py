@@ -323,9 +323,15 @@ def client_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 #: application's to set.
 SHARED_DIRECTIVES = frozenset(("public", "private", "s-maxage", "proxy-revalidate"))
 #: Headers that tell a CDN or proxy in front how long to keep an answer, over
-#: ``Cache-Control`` (Fastly/Varnish, RFC 9213, Cloudflare, nginx).
+#: ``Cache-Control`` (Fastly/Varnish, RFC 9213, Cloudflare, nginx, Akamai).
 _DOWNSTREAM_TTL_HEADERS = frozenset(
-    ("surrogate-control", "cdn-cache-control", "cloudflare-cdn-cache-control", "x-accel-expires")
+    (
+        "surrogate-control",
+        "cdn-cache-control",
+        "cloudflare-cdn-cache-control",
+        "x-accel-expires",
+        "edge-control",
+    )
 )
 _REFUSED_DIRECTIVES = frozenset(("no-cache", "no-store", "stale-while-revalidate"))
 
