@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from conftest import FakeClock, RedisServer
 from helpers import elsewhere
-from servers import Instance, Reply, free_port, start_gunicorn, summary
+from servers import Instance, Reply, free_port, start_gunicorn, summary, wait_for
 from werkzeug.test import Client
 
 from wsgi_isr import ISRMiddleware
-from wsgi_isr.stores.breaker import Breaker, BreakerOpen, guarded
+from wsgi_isr.lease import LeaseKeeper
+from wsgi_isr.stores.breaker import Breaker, BreakerOpen, guarded, one_wait
 from wsgi_isr.stores.redis import RedisStore
 
 SECRET = "breaker-secret-0123456789abcdef0123456789abcdef"
@@ -103,27 +104,52 @@ def test_errors_answered_at_once_do_not_open_it(clock: FakeClock) -> None:
     assert not breaker.open and breaker.streak == 0
 
 
-def test_a_thread_whose_command_timed_out_sends_no_more_for_a_while(clock: FakeClock) -> None:
-    """One request that waited for the socket timeout does not wait for it again with its
-    next command (the write, the unlock after a lookup timed out): its thread is refused
-    at once for ``probe_window``; other threads still go until the breaker opens."""
+def test_a_block_whose_command_timed_out_sends_no_more_for_a_while(clock: FakeClock) -> None:
+    """Inside one_wait (a miss, a regeneration, a cached call) a command that timed out
+    holds back the block's later ones for ``probe_window``: its visitor waits once.
+    Outside any block (a hit, the lease keeper, the pub/sub listener), and in the next
+    block (the next visitor of a sync worker's thread), commands go as before."""
     flaky, breaker = Flaky(), _breaker(clock)
     client = guarded(flaky, breaker)
+    with one_wait():
+        flaky.errors = [TimeoutError()]
+        with pytest.raises(TimeoutError):
+            client.get("k")
+        with pytest.raises(BreakerOpen, match="a command of this request timed out"):
+            client.get("k")
+        # a cached call inside the render: part of the same block
+        with one_wait(), pytest.raises(BreakerOpen):
+            client.get("k")
+        with one_wait(fresh=True):  # a background regeneration started from it
+            assert client.get("k") == "value"
+        assert flaky.calls == 2
+    assert client.get("k") == "value"  # outside: the keeper renews, the listener listens
+    with one_wait():  # the next visitor on this thread
+        assert client.get("k") == "value"
     flaky.errors = [TimeoutError()]
     with pytest.raises(TimeoutError):
-        client.get("k")
-    with pytest.raises(BreakerOpen, match="this thread's last command timed out"):
-        client.get("k")
-    assert flaky.calls == 1 and not breaker.open
-    assert another(client) == "value"  # another request: sent, and it closes the streak
-    flaky.errors = [TimeoutError()]
-    with pytest.raises(TimeoutError):
-        client.get("k")
-    clock.advance(1.0)  # the thread's window is over
-    assert client.get("k") == "value" and flaky.calls == 4
+        client.get("k")  # outside a block a timeout holds nothing back...
+    assert client.get("k") == "value"  # ...but the breaker's own count
 
 
-# -- a real hung Redis ---------------------------------------------------------------------
+def test_only_a_connection_failure_that_took_the_timeout_counts_as_one(clock: FakeClock) -> None:
+    """``slow``: Sentinels that all hang end in "no primary found" after the socket
+    timeout, a connection error; a durable invalidation's own error after its WAIT is not
+    one (it would open the breaker for page traffic when a replica is missing)."""
+
+    class Slow:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        def get(self, key: str) -> str:
+            clock.advance(1.0)
+            raise self.exc
+
+    for exc, counted in ((ConnectionError("no primary"), True), (ValueError("no replica"), False)):
+        breaker = Breaker(probe_window=1.0, slow=0.9, monotonic=clock)
+        with pytest.raises(type(exc)):
+            guarded(Slow(exc), breaker).get("k")
+        assert breaker.streak == (1 if counted else 0), exc
 
 
 @pytest.mark.redis
@@ -132,7 +158,8 @@ def test_a_request_during_which_redis_hangs_waits_for_one_socket_timeout(
 ) -> None:
     """Redis hangs while a page renders (and while a cached function runs): the visitor
     waits for one socket timeout — the write after the render — and its remaining
-    commands (the unlock, the landing) are refused at once; it waited for each."""
+    commands (the unlock, the landing) are refused at once; it waited for each. The
+    next visitor on the same thread (a sync worker's) is not held back for it."""
     hang = threading.Event()
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -149,7 +176,7 @@ def test_a_request_during_which_redis_hangs_waits_for_one_socket_timeout(
     assert cached(0) == {"n": 0}
     breaker = mw.store.breaker
     try:
-        for visit in (lambda: client.get("/miss").data, lambda: cached(1)):
+        for n, visit in enumerate((lambda: client.get("/miss").data, lambda: cached(1))):
             hang.set()
             try:
                 assert visit() in (b"page /miss", {"n": 1})
@@ -158,10 +185,35 @@ def test_a_request_during_which_redis_hangs_waits_for_one_socket_timeout(
                 own_redis.signal(signal.SIGCONT)
             assert breaker.streak == 1, "more than one command waited for the timeout"
             assert breaker.skipped >= 1
-            breaker.succeeded()  # as the next answer would: start over for the next visit
+            after = client.get(f"/next-{n}")  # at once, on this thread, Redis answering
+            assert after.headers["X-ISR-Cache"] == "MISS", after.headers
+            assert breaker.streak == 0
     finally:
         own_redis.signal(signal.SIGCONT)
         mw.store.close()
+
+
+@pytest.mark.redis
+def test_the_lease_keeper_is_not_held_back_by_its_own_timeout(own_redis: RedisServer) -> None:
+    """Redis stalls while two renders hold their locks: the keeper's renewal of the
+    first times out, and it still sends the second's (and the next round's) instead of
+    refusing them as one request's later commands: the keeper is no request."""
+    url = f"{own_redis.url}?prefix=l-{uuid.uuid4().hex[:6]}:"
+    store = RedisStore(url, socket_timeout=1.0)
+    errors: list[str] = []
+    keeper = LeaseKeeper(store, lease=3.0, limit=60.0, on_error=lambda exc: errors.append(str(exc)))
+    tokens = [store.acquire(name, 3.0) for name in ("render:a", "render:b")]
+    assert None not in tokens
+    try:
+        with keeper.hold("render:a", str(tokens[0])), keeper.hold("render:b", str(tokens[1])):
+            own_redis.signal(signal.SIGSTOP)  # the first renewal comes at 1 s
+            assert wait_for(lambda: errors, 10), "no renewal timed out"
+            own_redis.signal(signal.SIGCONT)
+            time.sleep(1.5)  # the second lease's renewal, then the next round's
+        assert errors and not [e for e in errors if "skipped" in e], errors
+    finally:
+        own_redis.signal(signal.SIGCONT)
+        store.close()
 
 
 def _stops_redis(server: RedisServer, hang: threading.Event) -> Any:

@@ -297,6 +297,25 @@ def test_a_transaction_on_any_database_defers_the_helpers(
     assert cache(client, "/")[0] == "HIT", "the rolled-back savepoint's revalidate_path ran"
 
 
+def test_using_waits_for_that_databases_transaction_alone(site: Any, clock: FakeClock) -> None:
+    """ATOMIC_REQUESTS on default, the content saved in atomic(using="other") that rolls
+    back: without ``using`` the default's commit invalidates (which database held the
+    rows is unknown); with the post_save receiver's ``using``, nothing is invalidated."""
+    mw, client = site
+    note_page(client, "using", "one")
+    clock.advance(1)
+    for using, expected in ((None, "STALE"), ("other", "HIT")):
+        # the request's transaction, and the content's inside it
+        with transaction.atomic(), pytest.raises(RuntimeError), transaction.atomic(using="other"):
+            wsgi_isr.django.revalidate_tag("note-using", using=using)
+            raise RuntimeError("the form failed: the content rolls back")
+        clock.advance(1)
+        assert cache(client, "/notes/using/?v=1")[0] == expected, using
+        assert mw.join(10)
+        assert cache(client, "/notes/using/?v=1")[0] == "HIT"
+        clock.advance(1)
+
+
 def test_a_store_down_at_the_commit_never_fails_the_save(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

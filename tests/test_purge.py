@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -521,6 +523,74 @@ def test_a_process_that_exits_at_once_sends_its_purges_first(tmp_path: Any) -> N
         assert done.returncode == 0, done.stderr
         sent = [c.headers.get("xkey-softpurge") for c in varnish.calls]
         assert sent == [edge_key("from-a-script")] * 2, sent
+
+
+IN_A_MULTIPROCESSING_CHILD = """
+import multiprocessing, sys
+from wsgi_isr import ISRMiddleware
+
+def job(target):
+    mw = ISRMiddleware(lambda e, s: [], store="memory://", purge=[target])
+    mw.revalidate_tag("from-a-child")  # then the child ends with os._exit
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("fork").Process(target=job, args=(sys.argv[1],))
+    child.start()
+    child.join(60)
+    sys.exit(child.exitcode)
+"""
+
+
+def test_a_multiprocessing_child_sends_its_purges_before_it_ends(tmp_path: Any) -> None:
+    """multiprocessing ends its children with os._exit, past atexit: the queue sends
+    what they queued from multiprocessing's own exit finalizers (a 503, then the retry)."""
+    script = tmp_path / "child.py"
+    script.write_text(IN_A_MULTIPROCESSING_CHILD)
+    with Recorder() as varnish:
+        varnish.failures.append((503, {}))
+        target = f"varnish://127.0.0.1:{varnish.port}"
+        done = subprocess.run(
+            [sys.executable, str(script), target], capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        sent = [c.headers.get("xkey-softpurge") for c in varnish.calls]
+    assert sent == [edge_key("from-a-child")] * 2, sent
+
+
+GUNICORN_WORKER_EXITS = """
+import socket, sys, time
+from types import SimpleNamespace
+from wsgi_isr import ISRMiddleware
+from wsgi_isr.gunicorn import worker_exit
+
+mw = ISRMiddleware(lambda e, s: [], store="memory://", purge=[sys.argv[1]])
+mw.revalidate_tag("at-shutdown")
+worker_exit(None, SimpleNamespace(cfg=SimpleNamespace(graceful_timeout=1)))
+"""
+
+
+def test_a_gunicorn_worker_exits_within_its_graceful_timeout_with_a_cdn_hung() -> None:
+    """The worker_exit hook waits 80 % of graceful_timeout for purges: the process's own
+    exit must not wait on past it (up to 30 s), or the master kills it first and what
+    was not sent goes unlogged."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)  # accepts connections (the kernel's backlog), never answers
+    try:
+        target = f"varnish://127.0.0.1:{hung.getsockname()[1]}"
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", GUNICORN_WORKER_EXITS, target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+    finally:
+        hung.close()
+    assert done.returncode == 0, done.stderr
+    assert took < 1.0 + 3.0, took  # graceful_timeout, and the interpreter's own start
+    assert "not sent" in done.stderr, done.stderr
 
 
 def test_a_forked_worker_sends_its_own_purges() -> None:

@@ -82,6 +82,24 @@ def test_durable_timeouts_feed_the_breaker(own_redis: RedisServer) -> None:
     assert store.breaker.open, f"3 timeouts in a row, breaker streak {store.breaker.streak}"
 
 
+def test_durable_invalidations_missing_their_replica_leave_page_traffic_alone(
+    own_redis: RedisServer,
+) -> None:
+    """No replica, and a durable_timeout close to the socket timeout: each invalidation
+    waits its WAIT and is refused (DurabilityError), but that is the store's own answer,
+    not a hung server: the breaker stays closed and visitors keep their cache."""
+    store = RedisStore(f"{own_redis.url}?prefix=rt3r:&durable=1&durable_timeout=0.8",
+                       socket_timeout=1.0)  # fmt: skip
+    try:
+        for _ in range(3):  # three webhook calls
+            with pytest.raises(StoreError):
+                elsewhere(lambda: store.invalidate(["t"], hard=False))
+        assert store.breaker.streak == 0 and not store.breaker.open
+        assert store.lookup("x")[0] is None  # a visitor's lookup goes through
+    finally:
+        store.close()
+
+
 def test_readme_acl_user_on_a_cluster(redis_cluster: Cluster) -> None:
     import re
 

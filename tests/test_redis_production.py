@@ -248,6 +248,9 @@ def test_store_options_are_split_off_the_url(url: str, expected: Any) -> None:
         pytest.param("redis+sentinel://127.0.0.1:1/m?bogus=1", id="sentinel-unknown-option"),
         pytest.param("redis+cluster://127.0.0.1:1/3", id="cluster-db"),
         pytest.param("redis://127.0.0.1:1/0?durable=1&durable_timeout=5", id="durable-too-long"),
+        pytest.param(  # the WAIT's reply would race the socket timeout (2 s)
+            "redis://127.0.0.1:1/0?durable=1&durable_timeout=1.9", id="durable-no-room"
+        ),
         pytest.param("redis://127.0.0.1:1/0?durable_timeout=soon", id="durable-not-a-number"),
         pytest.param("redis://127.0.0.1:1/0?durable=1&durable_replicas=0", id="durable-no-replica"),
         pytest.param("redis+cluster://127.0.0.1:1/?prefix=a{b}:", id="cluster-braces-prefix"),

@@ -53,6 +53,7 @@ from .invalidation import only_middleware
 from .policy import _render_tags, given_tags, valid_tags
 from .profiles import Revalidate, lifetime
 from .stores import LocalLayer
+from .stores.breaker import one_wait
 
 if TYPE_CHECKING:
     from .middleware import ISRMiddleware
@@ -349,6 +350,7 @@ class CachedFunction(Generic[P, R]):
         """Whether a call of ``key`` failed here within the last :data:`FAILED_FOR` s."""
         return self._failed_until.get(key, 0.0) > time.monotonic()
 
+    @one_wait()
     def _foreground(
         self, mw: ISRMiddleware, key: str, seen: DataEntry | None, args: Any, kwargs: Any
     ) -> Any:
@@ -419,6 +421,7 @@ class CachedFunction(Generic[P, R]):
         if not mw.runner.submit(lambda: variables.run(refresh)):
             _release(mw, lock, token)
 
+    @one_wait(fresh=True)
     def _refresh(
         self,
         mw: ISRMiddleware,

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from .invalidation import instances
+from .purge.queue import exit_by
 from .stats import multiprocess_dir
 
 log = logging.getLogger("wsgi_isr")
@@ -39,8 +40,11 @@ def finish_regenerations(timeout: float) -> bool:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Gunicorn ``worker_exit`` hook: use most of ``graceful_timeout`` to finish."""
+    """Gunicorn ``worker_exit`` hook: use most of ``graceful_timeout`` to finish (the
+    regenerations, then the purges of the caches in front; the process's exit waits no
+    longer for them, or the master would kill it first)."""
     timeout = float(getattr(getattr(worker, "cfg", None), "graceful_timeout", 30)) * 0.8
+    exit_by(time.monotonic() + timeout)
     if not finish_regenerations(timeout):
         log.warning("wsgi_isr: worker exiting with regenerations still running")
 

@@ -42,6 +42,7 @@ from .policy import (
 )
 from .regeneration import Settled, lock_name
 from .render import Captured, capture
+from .stores.breaker import one_wait
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -207,6 +208,7 @@ class _Landing:
         self.looker: int | None = None
 
 
+@one_wait()
 def personal_miss(
     mw: ISRMiddleware,
     environ: WSGIEnvironment,
@@ -233,6 +235,7 @@ def personal_miss(
     return mw.app(environ, sr)
 
 
+@one_wait()
 def coalesced_miss(
     mw: ISRMiddleware,
     environ: WSGIEnvironment,

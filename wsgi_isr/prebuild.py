@@ -21,6 +21,7 @@ from .errors import StoreError
 from .invalidation import current_middleware
 from .keys import render_environ, request_key
 from .render import capture
+from .stores.breaker import one_wait
 
 if TYPE_CHECKING:
     from .middleware import ISRMiddleware
@@ -46,6 +47,7 @@ class PrebuildReport:
         )
 
 
+@one_wait()
 def prebuild_one(
     mw: ISRMiddleware, path: str, host: str, scheme: str, script_name: str = ""
 ) -> tuple[str, str]:

@@ -38,6 +38,7 @@ from .render import Captured, capture
 from .runner import Runner
 from .stats import Stats
 from .stores import Store
+from .stores.breaker import one_wait
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -268,6 +269,7 @@ class Regenerator:
             last_modified=last_modified,
         )
 
+    @one_wait()  # the visitor of a stale page waits for a hung store once, if at all
     def schedule(
         self,
         environ: WSGIEnvironment,
@@ -388,6 +390,7 @@ class Regenerator:
         self.store.release(backoff_name(key), probe)
         return False
 
+    @one_wait(fresh=True)  # in a copy of the request's context: a block of its own
     def regenerate(
         self,
         rk: RequestKey,

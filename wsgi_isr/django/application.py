@@ -63,27 +63,30 @@ def middleware() -> ISRMiddleware:
         return _bound if _bound is not None else install(WSGIHandler())
 
 
-def revalidate_tag(*tags: str, mode: Mode = "soft") -> float | None:
+def revalidate_tag(*tags: str, mode: Mode = "soft", using: str | None = None) -> float | None:
     """Invalidate tags (see :meth:`ISRMiddleware.revalidate_tag`): from a view, a
     signal handler (``post_save``), a management command or a shell.
 
     Inside a transaction of any database (the admin's saves, ``ATOMIC_REQUESTS``,
     ``transaction.atomic(using=...)``) it acts when the transaction commits
-    and returns ``None`` (see :func:`when_committed`)."""
+    and returns ``None`` (see :func:`when_committed`); ``using``: only that database's
+    transaction counts (a ``post_save`` receiver's ``using`` argument)."""
     checked_tags(tags)  # a bad tag is the caller's error now, not at the commit
     check_mode(mode)
-    return when_committed(lambda: middleware().revalidate_tag(*tags, mode=mode))
+    return when_committed(lambda: middleware().revalidate_tag(*tags, mode=mode), using)
 
 
-def revalidate_path(path: str, type: PathType = "page", *, mode: Mode = "soft") -> float | None:
+def revalidate_path(
+    path: str, type: PathType = "page", *, mode: Mode = "soft", using: str | None = None
+) -> float | None:
     """Invalidate a path (see :meth:`ISRMiddleware.revalidate_path`); inside a
     transaction, when it commits, as :func:`revalidate_tag`."""
     path_tag(path, type)
     check_mode(mode)
-    return when_committed(lambda: middleware().revalidate_path(path, type, mode=mode))
+    return when_committed(lambda: middleware().revalidate_path(path, type, mode=mode), using)
 
 
-def when_committed(invalidate: Callable[[], float]) -> float | None:
+def when_committed(invalidate: Callable[[], float], using: str | None = None) -> float | None:
     """``invalidate()`` now, or, inside a transaction, once it commits (nothing on a
     rollback). Invalidating before the commit would let a render that starts in
     between read the old rows and be stored as fresh; after it, a render that read
@@ -92,12 +95,16 @@ def when_committed(invalidate: Callable[[], float]) -> float | None:
     into the request that saved."""
     from django.db import connections, transaction
 
-    open_ = [c.alias for c in connections.all(initialized_only=True) if c.in_atomic_block]
+    if using is not None:
+        open_ = [using] if connections[using].in_atomic_block else []
+    else:
+        open_ = [c.alias for c in connections.all(initialized_only=True) if c.in_atomic_block]
     if not open_:
         return invalidate()
-    # Which database holds the rows the pages read is the router's secret: act after
-    # each open transaction's COMMIT, so the last one (all rows visible) invalidates
-    # once more. A rollback of one still lets another's commit invalidate (harmless).
+    # Without ``using``, which database holds the rows the pages read is the router's
+    # secret: act after each open transaction's COMMIT, so the last one (all rows
+    # visible) invalidates once more; a rollback of one with a commit of another still
+    # invalidates (one regeneration more, never a stale page kept).
     for alias in open_:
         transaction.on_commit(invalidate, using=alias, robust=True)
     return None

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 
+from ..forks import generation
 from .base import PurgeError, Purger, edge_key
 
 log = logging.getLogger("wsgi_isr")
@@ -39,11 +42,25 @@ RESULTS = ("ok", "retried", "failed", "dropped")
 EXIT_WAIT = 30.0
 
 _queues: weakref.WeakSet[PurgeQueue] = weakref.WeakSet()
+_exit_deadline = [math.inf]
+_finalizing = [-1]  # the fork generation whose multiprocessing exit sends them too
+_exited = [-1]  # the fork generation that ran the exit's wait (once: atexit or mp's)
+
+
+def exit_by(deadline: float) -> None:
+    """The process has to be gone by ``deadline`` (``time.monotonic()``): its exit waits
+    for pending purges until then at most. gunicorn's ``worker_exit`` hook (which has
+    waited for them already) sets it, or the master kills the worker at
+    ``graceful_timeout``, before it could log what was not sent."""
+    _exit_deadline[0] = min(_exit_deadline[0], deadline)
 
 
 @atexit.register
 def _send_pending_at_exit() -> None:
-    deadline = time.monotonic() + EXIT_WAIT
+    if _exited[0] == generation():
+        return
+    _exited[0] = generation()
+    deadline = min(time.monotonic() + EXIT_WAIT, _exit_deadline[0])
     for queue in list(_queues):
         if not queue.join(max(0.0, deadline - time.monotonic())):
             log.warning(
@@ -51,6 +68,18 @@ def _send_pending_at_exit() -> None:
                 " their copies until their TTL ends)",
                 ", ".join(queue.descriptions),
             )
+
+
+def _finalize_in_multiprocessing() -> None:
+    """A ``multiprocessing`` child ends with ``os._exit``, past ``atexit``: send what it
+    queued from multiprocessing's own exit finalizers too (registered in each process,
+    as multiprocessing clears them in its children)."""
+    if _finalizing[0] == generation() or "multiprocessing.util" not in sys.modules:
+        return
+    _finalizing[0] = generation()
+    from multiprocessing import util
+
+    util.Finalize(None, _send_pending_at_exit, exitpriority=100)
 
 
 class _Worker:
@@ -216,6 +245,7 @@ class PurgeQueue:
         keys = list(dict.fromkeys(edge_key(t) for t in tags))
         if not keys:
             return
+        _finalize_in_multiprocessing()
         for worker in self._workers:
             if not worker.add(keys, hard):
                 self.count(worker.target, "dropped")

@@ -9,10 +9,12 @@ at each further timeout up to ``longest``. When the interval ends one command go
 through as a probe (the others are still refused while it runs); its success closes
 the breaker, and caching resumes by itself.
 
-A timeout also holds back the thread (the greenlet, under gevent) that waited for it:
-its further commands for the next ``probe_window`` seconds are refused at once, so one
-request costs one socket timeout, not one per command it still had to send (the lookup,
-then the write and the unlock of its render) before the breaker opened.
+Inside :func:`one_wait` (a miss's render, a regeneration, a cached call: work that
+sends several commands one after another), once a command timed out the block's later
+commands are refused at once for ``probe_window``: its visitor waits for one socket
+timeout, not one each for the write, the unlock and the landing after the render.
+Outside such a block (a hit's one lookup, the lease keeper, the pub/sub listener)
+nothing is held back but by the breaker itself.
 
     breaker = Breaker(is_timeout=lambda exc: isinstance(exc, redis.TimeoutError))
     client = guarded(redis.Redis(...), breaker)   # every command passes the breaker
@@ -20,13 +22,12 @@ then the write and the unlock of its render) before the breaker opened.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
-
-from ..forks import generation
 
 log = logging.getLogger("wsgi_isr")
 T = TypeVar("T")
@@ -37,6 +38,26 @@ _UNGUARDED = frozenset({"close", "pubsub", "get_encoder", "connection_pool"})
 
 class BreakerOpen(Exception):
     """Raised instead of sending a command while the breaker is open."""
+
+
+#: The :func:`one_wait` block running: a one-item list, until when its commands are
+#: refused (0.0: none of them timed out yet); ``None`` outside any block.
+_block: ContextVar[list[float] | None] = ContextVar("wsgi_isr_one_wait", default=None)
+
+
+@contextlib.contextmanager
+def one_wait(fresh: bool = False) -> Iterator[None]:
+    """A block of work that waits for a hung store once (see the module). A block inside
+    another is part of it (a cached call in a render); ``fresh``: a block of its own, for
+    work started in a copy of a request's context (a background regeneration)."""
+    if _block.get() is not None and not fresh:
+        yield
+        return
+    token = _block.set([0.0])
+    try:
+        yield
+    finally:
+        _block.reset(token)
 
 
 class Breaker:
@@ -51,6 +72,7 @@ class Breaker:
         probe_window: float = 2.0,
         is_timeout: Callable[[BaseException], bool] = lambda exc: isinstance(exc, TimeoutError),
         slow: float | None = None,
+        may_hang: Callable[[BaseException], bool] = lambda exc: isinstance(exc, OSError),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.threshold = threshold
@@ -58,25 +80,18 @@ class Breaker:
         self.longest = longest
         self.probe_window = probe_window  # how long a probe may take (the socket timeout)
         self.is_timeout = is_timeout
-        # a failure of any kind that took this long counts as a timeout: what was waited
-        # for is what the breaker saves (Sentinels that all hang answer "no primary")
+        # a connection failure (``may_hang``) that took this long counts as a timeout:
+        # what was waited for is what the breaker saves (Sentinels that all hang answer
+        # "no primary found"); an error the store's own code raised after a wait it chose
+        # (a durable invalidation's WAIT) does not
         self.slow = slow
+        self.may_hang = may_hang
         self.monotonic = monotonic
         self.streak = 0  # timeouts in a row
         self.skipped = 0  # commands refused while open
         self._interval = first
         self._open_until = 0.0
         self._probe_until = 0.0
-        # per thread: until when its commands are refused after one of them timed out.
-        # Made on first use in each process, so after gevent patched threading: per
-        # greenlet under gunicorn -k gevent, --preload or not
-        self._waited: tuple[int, threading.local] | None = None
-
-    def _thread_state(self) -> threading.local:
-        waited = self._waited
-        if waited is None or waited[0] != generation():
-            waited = self._waited = (generation(), threading.local())
-        return waited[1]
 
     @property
     def open(self) -> bool:
@@ -84,14 +99,13 @@ class Breaker:
 
     def check(self) -> None:
         """Raise :class:`BreakerOpen` unless a command may be sent now."""
-        if self.streak == 0:
-            return
-        now = self.monotonic()
-        if getattr(self._thread_state(), "until", 0.0) > now:
+        block = _block.get()
+        if block is not None and block[0] and block[0] > self.monotonic():
             self.skipped += 1
-            raise BreakerOpen("skipped: this thread's last command timed out")
+            raise BreakerOpen("skipped: a command of this request timed out")
         if self.streak < self.threshold:
             return
+        now = self.monotonic()
         if now < self._open_until or now < self._probe_until:
             self.skipped += 1
             raise BreakerOpen(
@@ -113,7 +127,11 @@ class Breaker:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            slow = self.slow is not None and self.monotonic() - started >= self.slow
+            slow = (
+                self.slow is not None
+                and self.monotonic() - started >= self.slow
+                and self.may_hang(exc)
+            )
             self.failed(exc, slow)
             raise
         self.succeeded()
@@ -122,7 +140,9 @@ class Breaker:
     def failed(self, exc: BaseException, slow: bool = False) -> None:
         if not (slow or self.is_timeout(exc)):
             return  # refused, reset, an error reply: answered at once, nothing to save
-        self._thread_state().until = self.monotonic() + self.probe_window
+        block = _block.get()
+        if block is not None:
+            block[0] = self.monotonic() + self.probe_window
         self.streak += 1
         if self.streak >= self.threshold:
             self._open_until = self.monotonic() + self._interval

@@ -148,6 +148,14 @@ def _timed_out(exc: BaseException) -> bool:
     )
 
 
+def _may_hang(exc: BaseException) -> bool:
+    """A failure to reach the server (a connection, the Sentinels' answer), as opposed to
+    one this store raised itself after a wait it chose (:class:`DurabilityError`)."""
+    import redis as _redis
+
+    return isinstance(exc, _redis.ConnectionError)
+
+
 def config_warnings(maxmemory: str | None, policy: str | None) -> list[str]:
     """What is wrong with a server's eviction settings for this store, in words."""
     out = []
@@ -229,7 +237,10 @@ class RedisStore(Store):
         # a hung server costs a few requests the socket timeout, then is not asked for a
         # short, growing interval (wsgi_isr.stores.breaker)
         self.breaker = Breaker(
-            probe_window=socket_timeout + 0.5, is_timeout=_timed_out, slow=0.9 * socket_timeout
+            probe_window=socket_timeout + 0.5,
+            is_timeout=_timed_out,
+            slow=0.9 * socket_timeout,
+            may_hang=_may_hang,
         )
         self._raw = client  # for what needs the client's own type (pipelines, cluster nodes)
         self.client = guarded(client, self.breaker)

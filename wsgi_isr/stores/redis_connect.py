@@ -140,8 +140,11 @@ def connect(
     durability = None
     if ours.get("durable", durable):
         timeout = ours.get("durable_timeout", durable_timeout)
-        if not 0 < timeout < socket_timeout:
-            raise ValueError(f"durable_timeout must be above 0 and below {socket_timeout} s")
+        if not 0 < timeout <= 0.8 * socket_timeout:  # room for the WAIT's reply
+            raise ValueError(
+                f"durable_timeout must be above 0 and at most {0.8 * socket_timeout:g} s"
+                f" (0.8 x the socket timeout, {socket_timeout:g} s)"
+            )
         replicas = ours.get("durable_replicas", 1)
         if replicas < 1:
             raise ValueError("durable_replicas must be at least 1")
