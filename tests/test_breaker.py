@@ -216,6 +216,43 @@ def test_the_lease_keeper_is_not_held_back_by_its_own_timeout(own_redis: RedisSe
         store.close()
 
 
+@pytest.mark.redis
+def test_a_request_whose_lookup_timed_out_waits_no_more_in_the_app(
+    own_redis: RedisServer, redis_url: str
+) -> None:
+    """Redis hangs before the request: its lookup times out, the app renders for it
+    (fail open), and the app's cached calls are refused at once (called uncached) — one
+    socket timeout for the request. A second site's store on a healthy Redis, used in the
+    same render, is not held back by the first one's timeout."""
+    url = f"{own_redis.url}?prefix=r-{uuid.uuid4().hex[:6]}:"
+    other = ISRMiddleware(lambda e, s: [], store=RedisStore(redis_url, socket_timeout=0.5))
+    elsewhere_cached = other.cached(revalidate=60)(_doubled)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        values = [cached(1), cached(2), elsewhere_cached(3)]
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-ISR-Revalidate", "60")])
+        return [repr(values).encode()]
+
+    mw = ISRMiddleware(app, store=RedisStore(url, socket_timeout=0.5))
+    cached = mw.cached(revalidate=60)(_doubled)
+    client = Client(mw)
+    own_redis.signal(signal.SIGSTOP)
+    try:
+        r = client.get("/p")
+    finally:
+        own_redis.signal(signal.SIGCONT)
+    assert r.status_code == 200 and r.data == b"[2, 4, 6]"
+    assert mw.store.breaker.streak == 1, "the app's cached calls waited for the timeout too"
+    assert other.store.breaker.skipped == 0 and other.store.breaker.streak == 0
+    assert other.store.lookup(elsewhere_cached.key(3))[0] is not None, "not stored"
+    mw.store.close()
+    other.store.close()
+
+
+def _doubled(n: int) -> int:
+    return 2 * n
+
+
 def _stops_redis(server: RedisServer, hang: threading.Event) -> Any:
     def stops_redis(n: int) -> dict[str, int]:
         if hang.is_set():

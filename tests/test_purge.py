@@ -569,6 +569,36 @@ worker_exit(None, SimpleNamespace(cfg=SimpleNamespace(graceful_timeout=1)))
 """
 
 
+FORKED_AFTER_THE_MASTER_RAN_THE_HOOK = """
+import os, sys, time
+from wsgi_isr import ISRMiddleware
+from wsgi_isr.purge.queue import exit_by
+
+exit_by(time.monotonic())  # gunicorn's master runs worker_exit itself for a vanished worker
+pid = os.fork()
+if pid == 0:  # a worker forked afterwards: its exit must still send what it queued
+    mw = ISRMiddleware(lambda e, s: [], store="memory://", purge=[sys.argv[1]])
+    mw.revalidate_tag("after-the-fork")
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_deadline_set_before_a_fork_does_not_hold_in_the_child() -> None:
+    with Recorder() as varnish:
+        varnish.failures.append((503, {}))
+        target = f"varnish://127.0.0.1:{varnish.port}"
+        done = subprocess.run(
+            [sys.executable, "-c", FORKED_AFTER_THE_MASTER_RAN_THE_HOOK, target],
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        sent = [c.headers.get("xkey-softpurge") for c in varnish.calls]
+    assert sent == [edge_key("after-the-fork")] * 2, sent
+
+
 def test_a_gunicorn_worker_exits_within_its_graceful_timeout_with_a_cdn_hung() -> None:
     """The worker_exit hook waits 80 % of graceful_timeout for purges: the process's own
     exit must not wait on past it (up to 30 s), or the master kills it first and what

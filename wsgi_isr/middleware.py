@@ -61,6 +61,7 @@ from .regeneration import Regenerator
 from .runner import AutoRunner, Runner
 from .stats import Stats
 from .stores import LocalLayer, Store, open_store
+from .stores.breaker import new_block
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -301,6 +302,7 @@ class ISRMiddleware:
     # -- request path ----------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        new_block()  # a hung store costs this request one socket timeout (stores.breaker)
         path_info = environ.get("PATH_INFO", "")
         if (
             self.secret is not None

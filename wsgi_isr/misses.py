@@ -42,7 +42,6 @@ from .policy import (
 )
 from .regeneration import Settled, lock_name
 from .render import Captured, capture
-from .stores.breaker import one_wait
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -208,7 +207,6 @@ class _Landing:
         self.looker: int | None = None
 
 
-@one_wait()
 def personal_miss(
     mw: ISRMiddleware,
     environ: WSGIEnvironment,
@@ -235,7 +233,6 @@ def personal_miss(
     return mw.app(environ, sr)
 
 
-@one_wait()
 def coalesced_miss(
     mw: ISRMiddleware,
     environ: WSGIEnvironment,

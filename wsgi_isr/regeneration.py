@@ -269,7 +269,6 @@ class Regenerator:
             last_modified=last_modified,
         )
 
-    @one_wait()  # the visitor of a stale page waits for a hung store once, if at all
     def schedule(
         self,
         environ: WSGIEnvironment,

@@ -42,7 +42,7 @@ RESULTS = ("ok", "retried", "failed", "dropped")
 EXIT_WAIT = 30.0
 
 _queues: weakref.WeakSet[PurgeQueue] = weakref.WeakSet()
-_exit_deadline = [math.inf]
+_exit_deadline = [-1, math.inf]  # the fork generation that set it, and the deadline
 _finalizing = [-1]  # the fork generation whose multiprocessing exit sends them too
 _exited = [-1]  # the fork generation that ran the exit's wait (once: atexit or mp's)
 
@@ -52,7 +52,9 @@ def exit_by(deadline: float) -> None:
     for pending purges until then at most. gunicorn's ``worker_exit`` hook (which has
     waited for them already) sets it, or the master kills the worker at
     ``graceful_timeout``, before it could log what was not sent."""
-    _exit_deadline[0] = min(_exit_deadline[0], deadline)
+    if _exit_deadline[0] != generation():  # not one inherited through fork
+        _exit_deadline[:] = [generation(), math.inf]
+    _exit_deadline[1] = min(_exit_deadline[1], deadline)
 
 
 @atexit.register
@@ -60,7 +62,9 @@ def _send_pending_at_exit() -> None:
     if _exited[0] == generation():
         return
     _exited[0] = generation()
-    deadline = min(time.monotonic() + EXIT_WAIT, _exit_deadline[0])
+    deadline = time.monotonic() + EXIT_WAIT
+    if _exit_deadline[0] == generation():
+        deadline = min(deadline, _exit_deadline[1])
     for queue in list(_queues):
         if not queue.join(max(0.0, deadline - time.monotonic())):
             log.warning(

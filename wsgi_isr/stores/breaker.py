@@ -9,12 +9,12 @@ at each further timeout up to ``longest``. When the interval ends one command go
 through as a probe (the others are still refused while it runs); its success closes
 the breaker, and caching resumes by itself.
 
-Inside :func:`one_wait` (a miss's render, a regeneration, a cached call: work that
-sends several commands one after another), once a command timed out the block's later
-commands are refused at once for ``probe_window``: its visitor waits for one socket
-timeout, not one each for the write, the unlock and the landing after the render.
-Outside such a block (a hit's one lookup, the lease keeper, the pub/sub listener)
-nothing is held back but by the breaker itself.
+Within one request (the middleware opens a block for each: :func:`new_block`), or one
+block of work outside any (:func:`one_wait`: a regeneration, a cached call from a
+script), once a command to a store timed out the block's later commands to that store
+are refused at once for ``probe_window``: its visitor waits for one socket timeout, not
+one each for the lookup, the write, the unlock and the landing. Outside any block (the
+lease keeper, the pub/sub listener) nothing is held back but by the breaker itself.
 
     breaker = Breaker(is_timeout=lambda exc: isinstance(exc, redis.TimeoutError))
     client = guarded(redis.Redis(...), breaker)   # every command passes the breaker
@@ -40,20 +40,26 @@ class BreakerOpen(Exception):
     """Raised instead of sending a command while the breaker is open."""
 
 
-#: The :func:`one_wait` block running: a one-item list, until when its commands are
-#: refused (0.0: none of them timed out yet); ``None`` outside any block.
-_block: ContextVar[list[float] | None] = ContextVar("wsgi_isr_one_wait", default=None)
+#: The block running: breaker -> until when its commands are refused (a command to
+#: its store timed out); ``None`` outside any block.
+_block: ContextVar[dict[Breaker, float] | None] = ContextVar("wsgi_isr_block", default=None)
+
+
+def new_block() -> None:
+    """Start a block for the request beginning in this context (the middleware's first
+    step, never undone: the next request on the thread, or greenlet, starts its own)."""
+    _block.set({})
 
 
 @contextlib.contextmanager
 def one_wait(fresh: bool = False) -> Iterator[None]:
-    """A block of work that waits for a hung store once (see the module). A block inside
-    another is part of it (a cached call in a render); ``fresh``: a block of its own, for
+    """A block of work that waits for a hung store once (see the module). Inside another
+    it is part of it (a cached call in a request); ``fresh``: a block of its own, for
     work started in a copy of a request's context (a background regeneration)."""
     if _block.get() is not None and not fresh:
         yield
         return
-    token = _block.set([0.0])
+    token = _block.set({})
     try:
         yield
     finally:
@@ -100,7 +106,7 @@ class Breaker:
     def check(self) -> None:
         """Raise :class:`BreakerOpen` unless a command may be sent now."""
         block = _block.get()
-        if block is not None and block[0] and block[0] > self.monotonic():
+        if block and block.get(self, 0.0) > self.monotonic():
             self.skipped += 1
             raise BreakerOpen("skipped: a command of this request timed out")
         if self.streak < self.threshold:
@@ -142,7 +148,7 @@ class Breaker:
             return  # refused, reset, an error reply: answered at once, nothing to save
         block = _block.get()
         if block is not None:
-            block[0] = self.monotonic() + self.probe_window
+            block[self] = self.monotonic() + self.probe_window
         self.streak += 1
         if self.streak >= self.threshold:
             self._open_until = self.monotonic() + self._interval
