@@ -5,6 +5,7 @@ not the session's) stopped with ``SIGSTOP`` under a real gunicorn."""
 
 from __future__ import annotations
 
+import contextvars
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ from werkzeug.test import Client
 
 from wsgi_isr import ISRMiddleware
 from wsgi_isr.lease import LeaseKeeper
-from wsgi_isr.stores.breaker import Breaker, BreakerOpen, guarded, one_wait
+from wsgi_isr.stores.breaker import Breaker, BreakerOpen, guarded, new_block, one_wait
 from wsgi_isr.stores.redis import RedisStore
 
 SECRET = "breaker-secret-0123456789abcdef0123456789abcdef"
@@ -105,13 +106,16 @@ def test_errors_answered_at_once_do_not_open_it(clock: FakeClock) -> None:
 
 
 def test_a_block_whose_command_timed_out_sends_no_more_for_a_while(clock: FakeClock) -> None:
-    """Inside one_wait (a miss, a regeneration, a cached call) a command that timed out
-    holds back the block's later ones for ``probe_window``: its visitor waits once.
-    Outside any block (a hit, the lease keeper, the pub/sub listener), and in the next
-    block (the next visitor of a sync worker's thread), commands go as before."""
+    """Inside a block (a request: new_block; work outside one: one_wait) a command that
+    timed out holds back the block's later ones for ``probe_window``: its visitor waits
+    once. Outside any block (the lease keeper, the pub/sub listener: threads of their
+    own, with an empty context), and in the next request's block (the next visitor of a
+    sync worker's thread), commands go as before."""
     flaky, breaker = Flaky(), _breaker(clock)
     client = guarded(flaky, breaker)
-    with one_wait():
+
+    def request() -> None:
+        new_block()
         flaky.errors = [TimeoutError()]
         with pytest.raises(TimeoutError):
             client.get("k")
@@ -123,13 +127,17 @@ def test_a_block_whose_command_timed_out_sends_no_more_for_a_while(clock: FakeCl
         with one_wait(fresh=True):  # a background regeneration started from it
             assert client.get("k") == "value"
         assert flaky.calls == 2
-    assert client.get("k") == "value"  # outside: the keeper renews, the listener listens
-    with one_wait():  # the next visitor on this thread
+        new_block()  # the next visitor on this thread
         assert client.get("k") == "value"
-    flaky.errors = [TimeoutError()]
-    with pytest.raises(TimeoutError):
-        client.get("k")  # outside a block a timeout holds nothing back...
-    assert client.get("k") == "value"  # ...but the breaker's own count
+
+    def keeper() -> None:  # a thread of its own: no block
+        flaky.errors = [TimeoutError()]
+        with pytest.raises(TimeoutError):
+            client.get("k")  # outside a block a timeout holds nothing back...
+        assert client.get("k") == "value"  # ...but the breaker's own count
+
+    contextvars.Context().run(request)
+    contextvars.Context().run(keeper)
 
 
 def test_only_a_connection_failure_that_took_the_timeout_counts_as_one(clock: FakeClock) -> None:
