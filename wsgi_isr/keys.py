@@ -216,10 +216,14 @@ def shorten(key: str) -> str:
     return key[:200] + "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _environ_name(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
 def vary_value(environ: WSGIEnvironment, name: str) -> str:
     """The value of request header ``name`` as a variant is keyed on, and as its render
     sees it: runs of whitespace folded to one space, an empty value as no header."""
-    return " ".join(environ.get("HTTP_" + name.upper().replace("-", "_"), "").split())
+    return " ".join(environ.get(_environ_name(name), "").split())
 
 
 def variant_key(base: str, vary: Iterable[str], environ: WSGIEnvironment) -> str:
@@ -306,5 +310,5 @@ def render_environ(
     for name in vary:  # as the key holds them (vary_value): never the raw spelling
         value = vary_value(source, name)
         if value:
-            env["HTTP_" + name.upper().replace("-", "_")] = value
+            env[_environ_name(name)] = value
     return env

@@ -92,6 +92,11 @@ class Settled:
     decision: Decision
 
 
+def _newer(record: Record | None, started: float) -> Entry | None:
+    """``record`` if it is a page whose render started after ``started``."""
+    return record if isinstance(record, Entry) and record.created > started else None
+
+
 class Regenerator:
     def __init__(
         self,
@@ -187,8 +192,9 @@ class Regenerator:
             self.put(rk.key, VaryMarker(decision.vary) if decision.vary else None, None)
             key = variant_key(rk.key, decision.vary, env) if decision.vary else rk.key
         existing = self._existing(key)
-        if isinstance(existing, Entry) and existing.created > started:
-            return Settled(existing, key, decision)  # a later render landed: keep it
+        newer = _newer(existing, started)
+        if newer is not None:  # a render that started later already landed: keep it
+            return Settled(newer, key, decision)
         entry = self.entry(rk, captured, decision, started, existing)
         ttl = None if decision.expire is None else decision.expire + 60
         stored = self.put(key, entry, ttl)
@@ -207,10 +213,7 @@ class Regenerator:
             return None  # the write will tell
 
     def _newer_entry(self, key: str, started: float) -> Entry | None:
-        existing = self._existing(key)
-        if isinstance(existing, Entry) and existing.created > started:
-            return existing
-        return None
+        return _newer(self._existing(key), started)
 
     def decide(self, captured: Captured) -> Decision:
         return decide(

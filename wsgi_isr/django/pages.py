@@ -115,7 +115,8 @@ def static_paths(urlconf: str | None = None) -> list[str]:
     and under ``i18n_patterns`` once per language of ``settings.LANGUAGES``."""
     from django.urls import URLPattern, URLResolver, get_resolver
 
-    found: list[tuple[PageSpec, list[Any], URLPattern]] = []
+    # each view's spec, with every (resolvers above, pattern) it is reached through
+    views: dict[int, tuple[PageSpec, list[tuple[list[Any], URLPattern]]]] = {}
 
     def walk(patterns: Iterable[Any], chain: list[Any]) -> None:
         for pattern in patterns:
@@ -124,36 +125,29 @@ def static_paths(urlconf: str | None = None) -> list[str]:
             elif isinstance(pattern, URLPattern):
                 spec = page_spec(pattern.callback)
                 if spec is not None:
-                    found.append((spec, chain, pattern))
+                    views.setdefault(id(spec), (spec, []))[1].append((chain, pattern))
 
     walk(get_resolver(urlconf).url_patterns, [])
     paths: list[str] = []
-    params_of: dict[int, list[dict[str, Any]]] = {}
-    reached: dict[int, set[int]] = {}
-    for spec, chain, pattern in found:
-        if spec.static_params is None:
-            paths.extend(_reverse_each(chain, pattern, [{}]))
+    for spec, reached in views.values():
+        if spec.static_params is None:  # those that take no arguments
+            paths += [url for chain, pattern in reached for url in _reverse(chain, pattern, {})]
             continue
-        listed = params_of.setdefault(id(spec), list(spec.static_params()))
-        took = reached.setdefault(id(spec), set())
-        for i, params in enumerate(listed):
-            urls = _reverse_each(chain, pattern, [params])
-            if urls:
-                took.add(i)
-                paths.extend(urls)
-    for spec, _, pattern in found:
-        for i, params in enumerate(params_of.get(id(spec), [])):
-            if i not in reached[id(spec)]:
+        for params in spec.static_params():
+            urls = [url for chain, pattern in reached for url in _reverse(chain, pattern, params)]
+            if not urls:
+                pattern = reached[0][1]
                 raise ValueError(
                     f"static_params of {pattern.name or pattern.callback!r} gave "
                     f"{params!r}, which none of its URL patterns takes"
                 )
+            paths += urls
     return list(dict.fromkeys(paths))
 
 
-def _reverse_each(chain: list[Any], pattern: Any, params: list[dict[str, Any]]) -> list[str]:
-    """``pattern`` (below the resolvers of ``chain``) reversed with each of ``params``,
-    in every language when a resolver is ``i18n_patterns``' (empty if it takes none).
+def _reverse(chain: list[Any], pattern: Any, kwargs: dict[str, Any]) -> list[str]:
+    """``pattern`` (below the resolvers of ``chain``) reversed with ``kwargs``, in every
+    language when a resolver is ``i18n_patterns``' (empty if it does not take them).
     A resolver of this one pattern alone: ``reverse()`` by name or view finds only one
     URL per name and cannot reach an unnamed pattern under a namespace."""
     from django.conf import settings
@@ -171,11 +165,7 @@ def _reverse_each(chain: list[Any], pattern: Any, params: list[dict[str, Any]]) 
     out = []
     for language in languages:
         scope = translation.override(language) if language else contextlib.nullcontext()
-        with scope:
-            for kwargs in params:
-                with contextlib.suppress(NoReverseMatch):
-                    url = resolver._reverse_with_prefix(
-                        pattern.callback, get_script_prefix(), **kwargs
-                    )
-                    out.append(iri_to_uri(url))
+        with scope, contextlib.suppress(NoReverseMatch):
+            url = resolver._reverse_with_prefix(pattern.callback, get_script_prefix(), **kwargs)
+            out.append(iri_to_uri(url))
     return out

@@ -139,8 +139,8 @@ def _tag_name(raw: Any) -> str:
 
 def _timed_out(exc: BaseException) -> bool:
     """A command that waited for the socket timeout (or for a pooled connection that
-    never came back): what the breaker counts, as any failure that took the socket
-    timeout (Sentinels that all hang: "no primary found")."""
+    never came back): what the breaker counts, as a connection failure that took the
+    socket timeout (:func:`_may_hang`: Sentinels that all hang, "no primary found")."""
     import redis as _redis
 
     return isinstance(exc, _redis.TimeoutError) or (
