@@ -231,21 +231,15 @@ def test_concurrent_misses_call_the_function_once() -> None:
     assert results == [1] * 8 and source.n == {"slow": 1}
 
 
-def test_a_caller_killed_mid_call_frees_its_key_within_a_lease(tmp_path: Path) -> None:
-    """A process killed (``kill -9``, gunicorn's timeout) while its call runs holds the
-    key's lock only for one lease, not ``lock_timeout``: a waiter takes over and stores
-    the value, instead of every caller waiting ``coalesce_timeout`` and storing nothing."""
-    import data_holder
-
-    url = f"file://{tmp_path / 'shared'}"
-    flag = str(tmp_path / "started")
+def kill_while_it_runs(code: str, url: str, flag: str) -> None:
+    """Run ``code`` in a child process (``sys``, ``time``, ``data_holder`` and
+    ``ISRMiddleware`` imported) whose ``data_holder.report`` hangs once started, then
+    SIGKILL it, once its lease keeper has renewed the lease."""
     child = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, data_holder; from wsgi_isr import ISRMiddleware;"
-            "mw = ISRMiddleware(lambda e, s: [], store=sys.argv[1]);"
-            "mw.cached()(data_holder.report)(sys.argv[2])",
+            "import sys, time, data_holder; from wsgi_isr import ISRMiddleware;" + code,
             url,
             flag,
         ],
@@ -255,11 +249,27 @@ def test_a_caller_killed_mid_call_frees_its_key_within_a_lease(tmp_path: Path) -
         deadline = time.monotonic() + 30
         while not Path(flag).exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert Path(flag).exists(), "the child never started its call"
+        assert Path(flag).exists(), "the child never started the call"
         time.sleep(2.0)  # its keeper has renewed the lease by now
     finally:
         child.kill()
         child.wait(10)
+
+
+def test_a_caller_killed_mid_call_frees_its_key_within_a_lease(tmp_path: Path) -> None:
+    """A process killed (``kill -9``, gunicorn's timeout) while its call runs holds the
+    key's lock only for one lease, not ``lock_timeout``: a waiter takes over and stores
+    the value, instead of every caller waiting ``coalesce_timeout`` and storing nothing."""
+    import data_holder
+
+    url = f"file://{tmp_path / 'shared'}"
+    flag = str(tmp_path / "started")
+    kill_while_it_runs(
+        "mw = ISRMiddleware(lambda e, s: [], store=sys.argv[1]);"
+        "mw.cached()(data_holder.report)(sys.argv[2])",
+        url,
+        flag,
+    )
     mw = ISRMiddleware(page_app(), store=url, coalesce_timeout=30.0, lock_timeout=60.0)
     report = mw.cached()(data_holder.report)
     assert report(flag) == {"pid": os.getpid()}
@@ -279,27 +289,12 @@ def test_a_process_killed_mid_refresh_frees_the_refresh_within_a_lease(tmp_path:
     report = mw.cached(revalidate=1)(data_holder.report)
     assert report(flag) == {"pid": os.getpid()}
     time.sleep(1.2)  # stale now, on the store's (real) clock
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time, data_holder; from wsgi_isr import ISRMiddleware;"
-            "mw = ISRMiddleware(lambda e, s: [], store=sys.argv[1], lock_timeout=60.0);"
-            "mw.cached(revalidate=1)(data_holder.report)(sys.argv[2]); time.sleep(120)",
-            url,
-            flag,
-        ],
-        env={**os.environ, "DATA_HOLDER_HANG": "1", "PYTHONPATH": str(Path(__file__).parent)},
+    kill_while_it_runs(  # the call returns the stale value; its refresh then hangs
+        "mw = ISRMiddleware(lambda e, s: [], store=sys.argv[1], lock_timeout=60.0);"
+        "mw.cached(revalidate=1)(data_holder.report)(sys.argv[2]); time.sleep(120)",
+        url,
+        flag,
     )
-    try:
-        deadline = time.monotonic() + 30
-        while not Path(flag).exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert Path(flag).exists(), "the child never started its refresh"
-        time.sleep(2.0)  # its keeper has renewed the lease by now
-    finally:
-        child.kill()
-        child.wait(10)
     killed, first = time.monotonic(), stored(mw, report, flag).created
     while stored(mw, report, flag).created == first:  # the stale value meanwhile
         assert time.monotonic() - killed < 20, "no refresh within 20 s of the kill"

@@ -502,6 +502,18 @@ def test_flask_config_and_cli_purge(tmp_path: Any) -> None:
             assert sent == [edge_key("post-a")]
 
 
+def purges_sent_by(args: list[str]) -> list[str | None]:
+    """Run ``python *args <varnish target>`` to its end against a Varnish that answers
+    its first purge 503 (so the one that lands is the retry, after the backoff): the
+    soft-purge keys it received, in order."""
+    with Recorder() as varnish:
+        varnish.failures.append((503, {}))
+        target = f"varnish://127.0.0.1:{varnish.port}"
+        done = subprocess.run([sys.executable, *args, target], capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [c.headers.get("xkey-softpurge") for c in varnish.calls]
+
+
 EXITS_AT_ONCE = """
 import sys
 from wsgi_isr import ISRMiddleware
@@ -514,15 +526,8 @@ def test_a_process_that_exits_at_once_sends_its_purges_first(tmp_path: Any) -> N
     """A cron script, a shell or a CLI revalidates and exits: the purge workers are
     daemon threads, so the exit waits for what they queued (here a 503 first, retried
     after the backoff) instead of leaving the CDN with the old page."""
-    with Recorder() as varnish:
-        varnish.failures.append((503, {}))
-        target = f"varnish://127.0.0.1:{varnish.port}"
-        done = subprocess.run(
-            [sys.executable, "-c", EXITS_AT_ONCE, target], capture_output=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-        sent = [c.headers.get("xkey-softpurge") for c in varnish.calls]
-        assert sent == [edge_key("from-a-script")] * 2, sent
+    sent = purges_sent_by(["-c", EXITS_AT_ONCE])
+    assert sent == [edge_key("from-a-script")] * 2, sent
 
 
 IN_A_MULTIPROCESSING_CHILD = """
@@ -546,14 +551,7 @@ def test_a_multiprocessing_child_sends_its_purges_before_it_ends(tmp_path: Any) 
     what they queued from multiprocessing's own exit finalizers (a 503, then the retry)."""
     script = tmp_path / "child.py"
     script.write_text(IN_A_MULTIPROCESSING_CHILD)
-    with Recorder() as varnish:
-        varnish.failures.append((503, {}))
-        target = f"varnish://127.0.0.1:{varnish.port}"
-        done = subprocess.run(
-            [sys.executable, str(script), target], capture_output=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-        sent = [c.headers.get("xkey-softpurge") for c in varnish.calls]
+    sent = purges_sent_by([str(script)])
     assert sent == [edge_key("from-a-child")] * 2, sent
 
 
@@ -586,16 +584,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 
 def test_a_deadline_set_before_a_fork_does_not_hold_in_the_child() -> None:
-    with Recorder() as varnish:
-        varnish.failures.append((503, {}))
-        target = f"varnish://127.0.0.1:{varnish.port}"
-        done = subprocess.run(
-            [sys.executable, "-c", FORKED_AFTER_THE_MASTER_RAN_THE_HOOK, target],
-            capture_output=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        sent = [c.headers.get("xkey-softpurge") for c in varnish.calls]
+    sent = purges_sent_by(["-c", FORKED_AFTER_THE_MASTER_RAN_THE_HOOK])
     assert sent == [edge_key("after-the-fork")] * 2, sent
 
 
